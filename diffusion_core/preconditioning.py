@@ -1,0 +1,83 @@
+"""The one wrapper at the network boundary: raw network output -> x0, eps or score.
+
+Any Gaussian diffusion state is x = alpha x0 + sigma eps. Writing x_tilde = x / alpha and the
+noise level s = sigma / alpha (EDM's sigma; Karras et al., 2022, section 4) makes VP and VE
+processes the same problem: x_tilde = x0 + s eps. The network always sees the unit-variance
+input c_in(s) x_tilde and the condition c_noise(s) = log(s) / 4; only how its output F is read
+differs by parameterization:
+
+  "eps": eps_hat = F                               (Ho et al., 2020)
+  "x0":  x0_hat  = F
+  "edm": x0_hat  = c_skip(s) x_tilde + c_out(s) F  (Karras et al., 2022, eq. 7, table 1)
+
+Losses and samplers only call `Denoiser`; they never branch on the process or the
+parameterization.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .utils import append_dims
+
+PARAMETERIZATIONS = ("eps", "x0", "edm")
+
+
+class Prediction(NamedTuple):
+    x0: torch.Tensor
+    eps: torch.Tensor
+
+
+class Denoiser(nn.Module):
+    """Wraps a network F(x_in, c_noise) into a denoiser D(x; alpha, sigma)."""
+
+    def __init__(self, net: nn.Module, parameterization: str = "edm", sigma_data: float = 0.5):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
+                             f"got {parameterization!r}")
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.net, self.parameterization, self.sigma_data = net, parameterization, sigma_data
+
+    def coefficients(self, s: torch.Tensor):
+        """EDM preconditioning c_skip, c_out, c_in (table 1), each shaped like s."""
+        total = s**2 + self.sigma_data**2
+        return self.sigma_data**2 / total, s * self.sigma_data / total.sqrt(), total.rsqrt()
+
+    def raw(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
+        """Network output F, with the rescaled input x_tilde and noise level s it was given."""
+        s = sigma / alpha
+        x_tilde = x / append_dims(alpha, x.ndim)
+        _, _, c_in = self.coefficients(s)
+        out = self.net(append_dims(c_in, x.ndim) * x_tilde, torch.log(s) / 4)
+        return out, x_tilde, s
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> Prediction:
+        out, x_tilde, s = self.raw(x, alpha, sigma)
+        s_ = append_dims(s, x.ndim)
+        if self.parameterization == "eps":
+            return Prediction(x_tilde - s_ * out, out)
+        if self.parameterization == "x0":
+            x0 = out
+        else:
+            c_skip, c_out, _ = self.coefficients(s)
+            x0 = append_dims(c_skip, x.ndim) * x_tilde + append_dims(c_out, x.ndim) * out
+        return Prediction(x0, (x_tilde - x0) / s_)
+
+    def score(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """grad_x log p_t(x) = -eps / sigma (Tweedie's formula)."""
+        return -self(x, alpha, sigma).eps / append_dims(sigma, x.ndim)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """What F should output for the state alpha x0 + sigma noise (unit loss weight)."""
+        if self.parameterization == "eps":
+            return noise
+        if self.parameterization == "x0":
+            return x0
+        s = sigma / alpha
+        c_skip, c_out, _ = self.coefficients(s)
+        x_tilde = x0 + append_dims(s, x0.ndim) * noise
+        return (x0 - append_dims(c_skip, x0.ndim) * x_tilde) / append_dims(c_out, x0.ndim)

@@ -1,0 +1,110 @@
+"""Samplers for the discrete DDPM chain and the probability-flow ODE in EDM's noise-level space.
+
+Each sampler is a function of (denoiser, process, x_T, steps, noise source, progress callback)
+returning (samples, number of network evaluations). Each stochastic step takes its noise as an
+explicit tensor so it can be checked against another implementation.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .ddpm import DDPMChain
+from .preconditioning import Denoiser
+from .utils import batch_of
+
+Progress = Callable[[int, int], None] | None
+
+
+def _predict_x0(denoiser: Denoiser, x: torch.Tensor, alpha, sigma, clip: float | None):
+    x0 = denoiser(x, batch_of(alpha, x), batch_of(sigma, x)).x0
+    return x0.clamp(-clip, clip) if clip is not None else x0
+
+
+def ddpm_ancestral_step(denoiser, chain: DDPMChain, x, index: int, noise, clip=None):
+    """One step of DDPM ancestral sampling: x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) (Ho et al., alg. 2)."""
+    alpha, sigma = chain.alpha_sigma(torch.tensor(index))
+    x0 = _predict_x0(denoiser, x, alpha, sigma, clip)
+    mean, var = chain.posterior_mean_variance(x0, x, torch.full((x.shape[0],), index))
+    return mean + var.sqrt() * noise
+
+
+@torch.no_grad()
+def ddpm_ancestral(denoiser, chain: DDPMChain, x, generator=None, clip=None,
+                   progress: Progress = None):
+    """DDPM ancestral sampling over all N steps of the chain (Ho et al., 2020, algorithm 2)."""
+    for step, index in enumerate(reversed(range(chain.N))):
+        noise = torch.randn(x.shape, generator=generator).to(x) if index > 0 else torch.zeros_like(x)
+        x = ddpm_ancestral_step(denoiser, chain, x, index, noise, clip)
+        if progress:
+            progress(step + 1, chain.N)
+    return x, chain.N
+
+
+def ddim_timesteps(num_train_steps: int, steps: int) -> list[int]:
+    """Evenly spaced chain indices, descending from N-1 to 0 (Song et al., 2021, section 4.2)."""
+    if not 1 <= steps <= num_train_steps:
+        raise ValueError(f"steps must lie in [1, {num_train_steps}], got {steps}")
+    grid = torch.linspace(0, num_train_steps - 1, steps).round().long()
+    return sorted(set(grid.tolist()), reverse=True)
+
+
+def ddim_step(denoiser, chain: DDPMChain, x, index: int, prev_index: int, eta: float,
+              noise, clip=None):
+    """x_{t'} = sqrt(abar') x0_hat + sqrt(1 - abar' - s^2) eps_hat + s z (DDIM, eq. 12)."""
+    abar = chain.alphas_cumprod[index]
+    abar_prev = chain.alphas_cumprod[prev_index] if prev_index >= 0 else torch.tensor(1.0)
+    x0 = _predict_x0(denoiser, x, abar.sqrt(), (1 - abar).sqrt(), clip)
+    eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+    std = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+    direction = (1 - abar_prev - std**2).clamp(min=0).sqrt()
+    return (abar_prev.sqrt() * x0 + direction * eps + std * noise).to(x.dtype)
+
+
+@torch.no_grad()
+def ddim(denoiser, chain: DDPMChain, x, steps: int = 50, eta: float = 0.0, generator=None,
+         clip=None, progress: Progress = None):
+    """DDIM sampling on a subsequence of the chain; eta = 0 is deterministic (Song et al., 2021)."""
+    indices = ddim_timesteps(chain.N, steps)
+    for k, index in enumerate(indices):
+        prev = indices[k + 1] if k + 1 < len(indices) else -1
+        noise = torch.randn(x.shape, generator=generator).to(x) if eta > 0 else 0.0
+        x = ddim_step(denoiser, chain, x, index, prev, eta, noise, clip)
+        if progress:
+            progress(k + 1, len(indices))
+    return x, len(indices)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0):
+    """Noise levels s_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then 0
+    (Karras et al., 2022, eq. 5)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.no_grad()
+def heun_pf_ode(denoiser, x, sigmas: torch.Tensor, progress: Progress = None):
+    """Heun's 2nd-order solver of the probability-flow ODE dx/ds = (x - D(x; s)) / s
+    (Karras et al., 2022, algorithm 1, deterministic). x lives in the rescaled space x / alpha,
+    starting at noise level sigmas[0]; the last step (to s = 0) is an Euler step."""
+    nfe, steps = 0, len(sigmas) - 1
+    for i in range(steps):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        slope = (x - _predict_x0(denoiser, x, 1.0, s, None)) / s
+        x_next = x + (s_next - s) * slope
+        nfe += 1
+        if s_next > 0:
+            slope_next = (x_next - _predict_x0(denoiser, x_next, 1.0, s_next, None)) / s_next
+            x_next = x + (s_next - s) * 0.5 * (slope + slope_next)
+            nfe += 1
+        x = x_next
+        if progress:
+            progress(i + 1, steps)
+    return x, nfe

@@ -1,0 +1,148 @@
+"""Forward diffusion processes as SDE objects (Song et al., 2021, "Score-Based Generative
+Modeling through Stochastic Differential Equations", section 3 and appendix B).
+
+Every process has a Gaussian marginal x_t = alpha(t) x_0 + sigma(t) z, which is the one fact the
+denoiser, the losses and the samplers rely on; `alpha_sigma` exposes it.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from .utils import append_dims, batch_of, sum_except_batch
+
+
+class SDE(ABC):
+    """dx = f(x, t) dt + g(t) dw on t in [0, T], with N discretization steps."""
+
+    T = 1.0
+
+    def __init__(self, N: int):
+        if int(N) < 1:
+            raise ValueError(f"N (number of discretization steps) must be >= 1, got {N}")
+        self.N = int(N)
+
+    @abstractmethod
+    def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift f(x, t) (shaped like x) and diffusion g(t) (shaped (B,))."""
+
+    @abstractmethod
+    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale alpha(t) and standard deviation sigma(t) of the marginal q(x_t | x_0)."""
+
+    @abstractmethod
+    def prior_sampling(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw from p_T, the prior the reverse process starts from."""
+
+    @abstractmethod
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """log p_T(z) per example."""
+
+    def marginal_prob(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(x_t | x_0) (eq. 29 for VP, 31 for VE)."""
+        alpha, sigma = self.alpha_sigma(batch_of(t, x0))
+        return append_dims(alpha, x0.ndim) * x0, sigma
+
+    def discretize(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler-Maruyama discretization x_{i+1} = x_i + f_i + G_i z (eq. 42 / appendix E)."""
+        dt = self.T / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * math.sqrt(dt)
+
+    def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (eq. 6) or the probability-flow ODE (eq. 13)."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+
+class ReverseSDE:
+    """dx = [f - c g^2 score] dt + (1 - c) g dw_bar with c = 1 (SDE) or 1/2 (ODE)."""
+
+    def __init__(self, forward: SDE, score_fn, probability_flow: bool):
+        self.forward, self.score_fn, self.probability_flow = forward, score_fn, probability_flow
+
+    def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        t = batch_of(t, x)
+        drift, diffusion = self.forward.sde(x, t)
+        c = 0.5 if self.probability_flow else 1.0
+        g2 = append_dims(diffusion**2, x.ndim)
+        drift = drift - c * g2 * self.score_fn(x, t)
+        return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (eq. 11).
+
+    schedule "linear": beta(t) = beta_min + t (beta_max - beta_min); its discretization with
+    N = 1000 is DDPM's beta = linspace(1e-4, 0.02) (Ho et al., 2020).
+    schedule "cosine": alpha_bar(t) = cos^2(((t + s)/(1 + s)) pi/2) / cos^2(s/(1 + s) pi/2)
+    (Nichol & Dhariwal, 2021, eq. 17); the discrete betas are clipped at 0.999 as in the paper.
+    """
+
+    COSINE_OFFSET = 0.008
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
+                 schedule: str = "linear"):
+        super().__init__(N)
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        if beta_max / N >= 1:
+            raise ValueError(f"beta_max / N must lie in (0, 1), got {beta_max / N}")
+        self.beta_min, self.beta_max, self.schedule = float(beta_min), float(beta_max), schedule
+        self.discrete_betas = self._discrete_betas()
+
+    def _discrete_betas(self) -> torch.Tensor:
+        if self.schedule == "linear":
+            return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N,
+                                  dtype=torch.float64)
+        t = torch.arange(self.N + 1, dtype=torch.float64) / self.N
+        alpha_bar = self._cosine_alpha_bar(t)
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+
+    def _cosine_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        s = self.COSINE_OFFSET
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        if self.schedule == "linear":
+            return self.beta_min + t * (self.beta_max - self.beta_min)
+        s = self.COSINE_OFFSET
+        return math.pi / (1 + s) * torch.tan((t + s) / (1 + s) * math.pi / 2)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """log alpha(t) = -1/2 int_0^t beta(s) ds."""
+        if self.schedule == "linear":
+            return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        return 0.5 * torch.log(self._cosine_alpha_bar(t))
+
+    def sde(self, x, t):
+        beta = self.beta(batch_of(t, x))
+        return -0.5 * append_dims(beta, x.ndim) * x, torch.sqrt(beta)
+
+    def alpha_sigma(self, t):
+        t = torch.as_tensor(t)
+        alpha = torch.exp(self.log_alpha(t))
+        return alpha, torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
+
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(shape, generator=generator)
+
+    def prior_logp(self, z):
+        d = z[0].numel()
+        return -0.5 * d * np.log(2 * np.pi) - 0.5 * sum_except_batch(z**2)
+
+    def discretize(self, x, t):
+        """DDPM's chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z (eq. 2 of Ho et al.)."""
+        index = self.timestep_index(batch_of(t, x))
+        beta = self.discrete_betas.to(x.device)[index].to(x.dtype)
+        f = append_dims(torch.sqrt(1 - beta), x.ndim) * x - x
+        return f, torch.sqrt(beta)
+
+    def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
+        """Index i of the discrete step that continuous time t falls on, t_i = (i + 1) / N."""
+        return (t * self.N / self.T - 1).round().long().clamp(0, self.N - 1)

@@ -1,0 +1,60 @@
+"""The `diffusion` command: one subcommand per stage, plus `pipeline` (the Prefect flow).
+
+Exit codes: 0 done, 2 bad params (nothing touched), 1 any other named failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, load_params
+
+STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in STAGES + ("pipeline", "check-params"):
+        cmd = sub.add_parser(name)
+        cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        if name in ("train", "sample", "evaluate"):
+            cmd.add_argument("--framework", required=True)
+    return parser
+
+
+def _run(command: str, params, framework: str | None):
+    from . import evaluate, stages
+
+    if framework is not None and framework not in params.train.frameworks:
+        raise ConfigError(f"train.frameworks: {framework!r} is not listed {params.train.frameworks}")
+    if command == "pipeline":
+        from .pipeline import pipeline_flow
+
+        return pipeline_flow(params_path=None, params=params)
+    handlers = {"prepare": stages.prepare, "train-classifier": stages.train_classifier,
+                "train": stages.train, "sample": stages.sample, "evaluate": evaluate.evaluate}
+    if command == "check-params":
+        return {"ok": True}
+    fn = handlers[command]
+    return fn(params, framework) if framework else fn(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+        result = _run(args.command, params, getattr(args, "framework", None))
+    except ConfigError as err:
+        print(f"error: bad params: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""params.yaml, validated once at the edge.
+
+Every section is a dataclass; `load_params` walks the YAML against the type hints, so an unknown
+key, a wrong type or an impossible value stops with one `ConfigError` naming the field
+(`train.lr`, say) before any stage does work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from diffusion_core.frameworks import FRAMEWORKS, SAMPLERS
+from diffusion_core.losses import WEIGHTINGS
+from diffusion_core.preconditioning import PARAMETERIZATIONS
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message starts with the dotted name of the field."""
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "digits"  # digits | toy:<name> | folder:<path> | npz:<path>
+    seed: int = 0
+    test_size: int = 500  # held-out examples of a data set read from disk
+    toy_train_size: int = 20000
+    toy_test_size: int = 5000
+    samples_per_shard: int = 256
+    out_dir: str = "data/shards"
+
+    def check(self, name: str) -> None:
+        for key in ("test_size", "toy_train_size", "toy_test_size", "samples_per_shard"):
+            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+
+
+@dataclass(frozen=True)
+class RayParams:
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    resources_timeout_s: float = 60.0  # how long to wait for the cluster to offer the workers
+    max_failures: int = 2
+    storage_path: str = "ray_results"
+
+    def check(self, name: str) -> None:
+        _require(self.num_workers >= 1, f"{name}.num_workers", "must be >= 1")
+        _require(self.cpus_per_worker > 0, f"{name}.cpus_per_worker", "must be positive")
+        _require(self.resources_timeout_s > 0, f"{name}.resources_timeout_s", "must be positive")
+        _require(self.max_failures >= 0, f"{name}.max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    kind: str = "unet"
+    width: int = 256  # mlp
+    depth: int = 4  # mlp
+    base: int = 64  # unet
+    mults: list[int] = field(default_factory=lambda: [1, 2])  # unet
+    blocks: int = 2  # unet
+    emb_dim: int = 128
+
+    def check(self, name: str) -> None:
+        _require(self.kind in ("mlp", "unet"), f"{name}.kind", f"must be mlp or unet, got {self.kind!r}")
+        for key in ("width", "depth", "base", "blocks", "emb_dim"):
+            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        _require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    """Model, training and sampling settings for one kind of data (vectors or images)."""
+
+    network: NetworkParams = field(default_factory=NetworkParams)
+    sigma_data: float = 0.5
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    sampler: str = "ddim"
+    sampler_steps: int = 50
+    num_samples: int = 500
+    clip: float | None = 1.0
+
+    def check(self, name: str) -> None:
+        for key in ("sigma_data", "steps", "batch_size", "lr", "sampler_steps", "num_samples"):
+            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        _require(self.sampler in SAMPLERS, f"{name}.sampler", f"must be one of {SAMPLERS}")
+        _require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
+
+
+@dataclass(frozen=True)
+class DDPMParams:
+    schedule: str = "linear"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    N: int = 1000
+    parameterization: str = "x0"
+    noise: str = "uniform"  # uniform (DDPM's t ~ U{1..N}) | lognormal (EDM)
+    weighting: str = "network"  # network (unit weight on the raw output) | x0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+    def check(self, name: str) -> None:
+        _require(self.schedule in ("linear", "cosine"), f"{name}.schedule", "must be linear or cosine")
+        _require(self.N >= 2, f"{name}.N", "must be >= 2")
+        _require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
+                 f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        _require(0 < self.beta_max / self.N < 1, f"{name}.beta_max",
+                 "the discrete betas beta_max / N must lie in (0, 1)")
+        _require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
+                 f"must be one of {PARAMETERIZATIONS}")
+        _require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
+        _require(self.p_std > 0, f"{name}.p_std", "must be positive")
+        _require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    frameworks: list[str] = field(default_factory=lambda: ["ddpm"])
+    seed: int = 0
+    time_limit_s: float = 300.0  # a cap on top of the profile's steps
+    grad_clip: float = 1.0
+    ema_gamma: float = 7.0
+    checkpoint_every: int = 500
+    log_every: int = 100
+    loader_workers: int = 0
+    cache_in_memory: bool = True  # after the first streamed epoch, reshuffle in memory
+    out_dir: str = "models"
+
+    def check(self, name: str) -> None:
+        for fw in self.frameworks:
+            _require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
+                     f"known: {sorted(FRAMEWORKS)}")
+        for key in ("time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every", "log_every"):
+            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        _require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    epochs: int = 30
+    seed: int = 0
+    out_dir: str = "models/classifier"
+
+    def check(self, name: str) -> None:
+        _require(self.epochs > 0, f"{name}.epochs", "must be positive")
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    seed: int = 1
+    batch_size: int = 1000
+    samples_per_shard: int = 1000
+    out_dir: str = "samples"
+
+    def check(self, name: str) -> None:
+        _require(self.batch_size > 0, f"{name}.batch_size", "must be positive")
+        _require(self.samples_per_shard > 0, f"{name}.samples_per_shard", "must be positive")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    swd_projections: int = 256
+    seed: int = 0
+    out_dir: str = "metrics"
+
+    def check(self, name: str) -> None:
+        _require(self.swd_projections > 0, f"{name}.swd_projections", "must be positive")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    ray: RayParams = field(default_factory=RayParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    ddpm: DDPMParams = field(default_factory=DDPMParams)
+    vector: ProfileParams = field(default_factory=ProfileParams)
+    image: ProfileParams = field(default_factory=ProfileParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def check(self, name: str) -> None:
+        pass
+
+    def profile(self, kind: str) -> ProfileParams:
+        return self.vector if kind == "vector" else self.image
+
+
+def _convert(value, hint, name: str):
+    """Check one YAML value against a type hint; nested dataclasses recurse."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), name)
+    if origin is list:
+        _require(isinstance(value, list), name, f"expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    _require(isinstance(value, hint) and not (hint is not bool and isinstance(value, bool)),
+             name, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data, name: str):
+    _require(isinstance(data, dict), name or "params", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    _require(not unknown, f"{name + '.' if name else ''}{unknown[0] if unknown else ''}",
+             f"unknown key; known keys: {sorted(hints)}")
+    values = {k: _convert(v, hints[k], f"{name + '.' if name else ''}{k}") for k, v in data.items()}
+    obj = cls(**values)
+    obj.check(name)
+    return obj
+
+
+def parse_params(data: dict) -> Params:
+    return _build(Params, data or {}, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    return parse_params(data)
+
+
+def as_dict(params) -> dict:
+    return dataclasses.asdict(params)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the test suite with telemetry off and services bound to loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RAY_USAGE_STATS_ENABLED=0 PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest -q "$@"

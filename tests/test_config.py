@@ -1,0 +1,55 @@
+"""params.yaml validation: one message naming the field, exit code 2, nothing touched."""
+import subprocess
+import sys
+
+import pytest
+
+from flows.cli import main
+from flows.config import ConfigError, parse_params
+from tests.tiny import tiny_params, write_params
+
+
+def test_defaults_and_repo_params_are_valid():
+    parse_params({})
+    parse_params(tiny_params())
+
+
+@pytest.mark.parametrize("section, change, field", [
+    ("train", {"bogus": 1}, "train.bogus"),
+    ("vector", {"steps": -5}, "vector.steps"),
+    ("vector", {"lr": "fast"}, "vector.lr"),
+    ("ddpm", {"beta_min": 30.0}, "ddpm.beta_min"),
+    ("ddpm", {"beta_max": 2000.0}, "ddpm.beta_max"),
+    ("ddpm", {"parameterization": "v"}, "ddpm.parameterization"),
+    ("image", {"sampler": "euler"}, "image.sampler"),
+    ("ray", {"num_workers": 0}, "ray.num_workers"),
+    ("train", {"frameworks": ["gan"]}, "train.frameworks"),
+    ("vector", {"network": {"kind": "mlp", "depth": True}}, "vector.network.depth"),
+])
+def test_bad_value_names_the_field(section, change, field):
+    data = tiny_params()
+    data[section].update(change)
+    with pytest.raises(ConfigError) as err:
+        parse_params(data)
+    assert str(err.value).startswith(field)
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match="^nonsense"):
+        parse_params({**tiny_params(), "nonsense": {}})
+
+
+def test_cli_exits_2_and_touches_nothing(tmp_path, capsys):
+    data = tiny_params()
+    data["data"]["out_dir"] = str(tmp_path / "shards")
+    data["vector"]["steps"] = 0
+    code = main(["prepare", "--params", str(write_params(tmp_path, data))])
+    assert code == 2
+    assert "vector.steps" in capsys.readouterr().err
+    assert not (tmp_path / "shards").exists()
+
+
+def test_console_script_reports_missing_params_file(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--params",
+                             str(tmp_path / "absent.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2 and "absent.yaml" in result.stderr

@@ -1,0 +1,33 @@
+"""A tiny configuration of the whole pipeline for tests: a few hundred steps on small data."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
+    """params.yaml's content shrunk to seconds of work; `sections` override whole keys."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["data"].update(source=source, toy_train_size=2000, toy_test_size=500, samples_per_shard=250)
+    data["ray"].update(num_workers=2, cpus_per_worker=1, resources_timeout_s=20)
+    data["classifier"].update(epochs=3)
+    data["train"].update(log_every=20, checkpoint_every=40, time_limit_s=120)
+    data["vector"].update(steps=60, batch_size=128, num_samples=500, sampler_steps=9,
+                          network={"kind": "mlp", "width": 64, "depth": 2, "emb_dim": 32})
+    data["image"].update(steps=20, batch_size=32, num_samples=64, sampler_steps=5,
+                         network={"kind": "unet", "base": 16, "mults": [1, 2], "blocks": 1,
+                                  "emb_dim": 32})
+    data["sample"].update(batch_size=256, samples_per_shard=250)
+    for key, value in sections.items():
+        data[key] = {**data[key], **value}
+    return copy.deepcopy(data)
+
+
+def write_params(directory: Path, data: dict) -> Path:
+    path = Path(directory) / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
