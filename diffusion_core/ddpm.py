@@ -24,6 +24,15 @@ class DDPMChain:
                                               self.alphas_cumprod[:-1]])
         # Posterior variance beta_tilde (eq. 7); zero at i = 0, where the chain ends at x_0.
         self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        # Every coefficient is formed here in float64 and only cast when used: 1 - alpha_bar is
+        # ~1e-4 near t = 1 and loses most of float32's digits if formed after the cast.
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
+        self.posterior_coef_x0 = self.alphas_cumprod_prev.sqrt() * betas / (1 - self.alphas_cumprod)
+        self.posterior_coef_xt = ((1 - betas).sqrt() * (1 - self.alphas_cumprod_prev)
+                                  / (1 - self.alphas_cumprod))
+        self.eps_coef = betas / self.sqrt_one_minus_alphas_cumprod
+        self.recip_sqrt_alphas = (1 - betas).rsqrt()
 
     @classmethod
     def from_process(cls, process) -> "DDPMChain":
@@ -44,8 +53,8 @@ class DDPMChain:
 
     def q_mean_std(self, x0: torch.Tensor, index: torch.Tensor):
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (eq. 4)."""
-        alpha_bar = self._take(self.alphas_cumprod, index, x0)
-        return alpha_bar.sqrt() * x0, (1 - alpha_bar).sqrt()
+        return (self._take(self.sqrt_alphas_cumprod, index, x0) * x0,
+                self._take(self.sqrt_one_minus_alphas_cumprod, index, x0))
 
     def q_sample(self, x0: torch.Tensor, index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         mean, std = self.q_mean_std(x0, index)
@@ -53,15 +62,11 @@ class DDPMChain:
 
     def posterior_mean_variance(self, x0: torch.Tensor, xt: torch.Tensor, index: torch.Tensor):
         """q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) (eqs. 6-7)."""
-        beta = self._take(self.betas, index, xt)
-        alpha_bar = self._take(self.alphas_cumprod, index, xt)
-        alpha_bar_prev = self._take(self.alphas_cumprod_prev, index, xt)
-        coef_x0 = alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)
-        coef_xt = (1 - beta).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        coef_x0 = self._take(self.posterior_coef_x0, index, xt)
+        coef_xt = self._take(self.posterior_coef_xt, index, xt)
         return coef_x0 * x0 + coef_xt * xt, self._take(self.posterior_variance, index, xt)
 
     def mean_from_eps(self, xt: torch.Tensor, eps: torch.Tensor, index: torch.Tensor):
         """mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) (eq. 11)."""
-        beta = self._take(self.betas, index, xt)
-        alpha_bar = self._take(self.alphas_cumprod, index, xt)
-        return (xt - beta / (1 - alpha_bar).sqrt() * eps) / (1 - beta).sqrt()
+        return self._take(self.recip_sqrt_alphas, index, xt) * (
+            xt - self._take(self.eps_coef, index, xt) * eps)
