@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import ConfigError, load_params
@@ -41,8 +42,14 @@ def _run(command: str, params, framework: str | None):
     return fn(params, framework) if framework else fn(params)
 
 
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DVC_NO_ANALYTICS": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
     try:
         params = load_params(args.params)
         result = _run(args.command, params, getattr(args, "framework", None))

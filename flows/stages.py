@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from diffusion_core import classifier as clf
-from diffusion_core.data import shards, sources, toys
+from diffusion_core.data import shards, sources
 from diffusion_core.frameworks import DiffusionModel
 
 from . import plots, tracking
@@ -44,8 +45,6 @@ def dataset_meta(params: Params) -> dict:
 
 
 def manifest_hash(params: Params) -> str:
-    import hashlib
-
     return hashlib.sha256((Path(params.data.out_dir) / "manifest.parquet").read_bytes()).hexdigest()
 
 

@@ -98,6 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     step = _restore(model, net, optimizer, ema)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
     start, seen, window_loss, window_start = time.time(), 0, 0.0, time.time()
+    loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
         if step >= config["steps"]:
             break
