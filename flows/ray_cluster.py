@@ -6,8 +6,10 @@ import time
 
 LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Keeps a single-node Ray on loopback instead of the machine's interface address.
+    # Keeps a single-node Ray on loopback instead of the machine's interface address; read
+    # when ray is imported, so connect() sets it first.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",  # a private instance on loopback needs no token
 }
 
 
@@ -17,11 +19,14 @@ class RayUnavailable(RuntimeError):
 
 def connect() -> None:
     """ray.init against RAY_ADDRESS, or a local instance bound to 127.0.0.1."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
     if address:
         import diffusion_core
         import flows
@@ -35,8 +40,6 @@ def connect() -> None:
             raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} "
                                  f"(set by RAY_ADDRESS): {err}") from err
         return
-    for key, value in LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
 
 

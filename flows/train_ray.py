@@ -22,7 +22,7 @@ from .ray_cluster import connect, require_resources
 STATE_FILE = "state.pt"
 
 
-def _restore(model, net, optimizer, ema) -> int:
+def _restore(model, net, optimizer, ema, config: dict, rank: int) -> int:
     """Ray touch point: resume from the last reported checkpoint, if a worker was restarted."""
     import ray.train
 
@@ -34,6 +34,9 @@ def _restore(model, net, optimizer, ema) -> int:
     model.denoiser.net.load_state_dict(state["net"])
     optimizer.load_state_dict(state["optimizer"])
     ema.load_state_dict(state["ema"])
+    if rank == 0:
+        tracking.log_metrics(config["run_id"], {"resumed_from_step": state["step"]}, state["step"])
+        print(f"[{config['framework']}] resumed from the checkpoint at step {state['step']}", flush=True)
     return int(state["step"])
 
 
@@ -95,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_denoiser = Denoiser(net, model.denoiser.parameterization, model.denoiser.sigma_data)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
     ema = EMA(model.denoiser.net, config["ema_gamma"])
-    step = _restore(model, net, optimizer, ema)
+    step = _restore(model, net, optimizer, ema, config, rank)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
     start, seen, window_loss, window_start = time.time(), 0, 0.0, time.time()
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
@@ -131,11 +134,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
     """Run the TorchTrainer and copy the final EMA model to out_dir; returns the last metrics."""
+    connect()
+    require_resources(ray_params)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    connect()
-    require_resources(ray_params)
     storage = os.path.abspath(ray_params.storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -32,6 +32,9 @@ def test_ray_train_ran_two_workers_and_checkpointed(trained):
     assert summary["steps"] == params.vector.steps
     assert summary["world_size"] == 2
     assert {"model.json", "weights.pt", "mlflow_run.json"} <= {p.name for p in (root / "models/ddpm").iterdir()}
+    import ray
+
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
     checkpoints = list((root / "ray_results").glob("*/checkpoint_*"))
     assert checkpoints, "Ray Train reported no checkpoint to storage_path"
 
@@ -71,3 +74,37 @@ def test_asking_for_more_workers_than_the_cluster_has_fails_fast(trained):
     connect()
     with pytest.raises(RayUnavailable, match="num_workers=64"):
         require_resources(params.ray, poll_s=0.5)
+
+
+def _kill_one_train_worker() -> int:
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
+            return proc.info["pid"]
+    raise AssertionError("no Ray Train worker process found")
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(trained, tmp_path, monkeypatch):
+    """Ray restarts the worker group (FailureConfig) and the loop resumes via get_checkpoint()."""
+    import threading
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    steps = 3000
+    params = parse_params(tiny_params(vector={"steps": steps}, train={"checkpoint_every": 50}))
+    stages.prepare(params)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(stages.train(params, "ddpm")))
+    thread.start()
+    deadline = time.time() + 120
+    # Two checkpoints on disk: the first is surely registered with Ray Train by then.
+    while len(list(tmp_path.glob("ray_results/*/checkpoint_*"))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    _kill_one_train_worker()
+    thread.join(timeout=600)
+    assert result["steps"] == steps
+    run_id = tracking.load_run_id(tmp_path / "models/ddpm")
+    resumed = tracking.client().get_metric_history(run_id, "resumed_from_step")
+    assert resumed and resumed[0].value >= 50
