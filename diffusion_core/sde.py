@@ -146,3 +146,98 @@ class VPSDE(SDE):
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i of the discrete step that continuous time t falls on, t_i = (i + 1) / N."""
         return (t * self.N / self.T - 1).round().long().clamp(0, self.N - 1)
+
+
+class SubVPSDE(SDE):
+    """Sub-VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw (eq. 34).
+
+    Same mean as VP, alpha(t) = exp(-1/2 int_0^t beta), but a smaller marginal standard
+    deviation sigma(t) = 1 - alpha(t)^2 (eq. 35); linear beta(t) = beta_min + t (beta_max -
+    beta_min). Its discretization is the generic Euler-Maruyama one, as in Song et al.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got beta_min={beta_min}, "
+                             f"beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t: torch.Tensor) -> torch.Tensor:
+        """B(t) = int_0^t beta(s) ds."""
+        return 0.5 * t**2 * (self.beta_max - self.beta_min) + t * self.beta_min
+
+    def sde(self, x, t):
+        t = batch_of(t, x)
+        beta = self.beta(t)
+        diffusion = torch.sqrt(beta * -torch.expm1(-2 * self.integrated_beta(t)))
+        return -0.5 * append_dims(beta, x.ndim) * x, diffusion
+
+    def alpha_sigma(self, t):
+        t = torch.as_tensor(t)
+        big_b = self.integrated_beta(t)
+        return torch.exp(-0.5 * big_b), -torch.expm1(-big_b)
+
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(shape, generator=generator)
+
+    def prior_logp(self, z):
+        d = z[0].numel()
+        return -0.5 * d * np.log(2 * np.pi) - 0.5 * sum_except_batch(z**2)
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw (eq. 30),
+    sigma(t) = sigma_min (sigma_max / sigma_min)^t.
+
+    Following Song et al., the marginal is x_t = x_0 + sigma(t) z (eq. 31): the data at t = 0
+    already carries the smallest noise level sigma_min. Its discretization is NCSN's geometric
+    ladder sigma_i = exp(linspace(log sigma_min, log sigma_max, N))_i at t_i = i / (N - 1).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
+                             f"sigma_max={sigma_max}")
+        if self.N < 2:
+            raise ValueError(f"N must be >= 2 for a VE ladder, got {N}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.discrete_sigmas = torch.exp(torch.linspace(
+            math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64))
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x, t):
+        t = batch_of(t, x)
+        diffusion = self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
+        return torch.zeros_like(x), diffusion
+
+    def alpha_sigma(self, t):
+        t = torch.as_tensor(t)
+        return torch.ones_like(t), self.sigma(t)
+
+    def prior_sampling(self, shape, generator=None):
+        return torch.randn(shape, generator=generator) * self.sigma_max
+
+    def prior_logp(self, z):
+        d = z[0].numel()
+        return (-0.5 * d * np.log(2 * np.pi * self.sigma_max**2)
+                - sum_except_batch(z**2) / (2 * self.sigma_max**2))
+
+    def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
+        """Index i of the ladder rung that continuous time t falls on, t_i = i / (N - 1)."""
+        return (t * (self.N - 1) / self.T).round().long().clamp(0, self.N - 1)
+
+    def discretize(self, x, t):
+        """NCSN's chain x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z with sigma_{-1} = 0."""
+        index = self.timestep_index(batch_of(t, x))
+        sigmas = self.discrete_sigmas.to(x.device)
+        sigma = sigmas[index]
+        adjacent = torch.where(index == 0, torch.zeros_like(sigma),
+                               sigmas[(index - 1).clamp(min=0)])
+        return torch.zeros_like(x), torch.sqrt(sigma**2 - adjacent**2).to(x.dtype)
