@@ -25,16 +25,6 @@ from tests.analytic import GaussianMixtureDenoiser, gmm8_mixture, two_mode_mixtu
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These loops run thousands of ops on small tensors; with intra-op threads on a loaded
-    machine they run tens of times slower (threads wait on each other), so use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _chain(schedule: str = "linear") -> DDPMChain:
     return DDPMChain.from_process(VPSDE(schedule=schedule))
 

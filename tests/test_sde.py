@@ -22,15 +22,6 @@ PROCESSES = {"vp": VPSDE, "ve": VESDE, "subvp": SubVPSDE}
 T_EPS = {"vp": 1e-3, "ve": 1e-5, "subvp": 1e-3}  # VP's 1/N puts each grid point on a DDPM rung
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Thousands of small-tensor ops: intra-op threads only wait on each other here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def exact_score(mixture: GaussianMixtureDenoiser, sde):
     """The analytic score of the mixture's noisy marginal at time t: x_t = alpha x0 + sigma z."""
     def score_fn(x, t):
