@@ -43,8 +43,9 @@ class DDPMChain:
 
     def alpha_sigma(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sqrt(alpha_bar_i) and sqrt(1 - alpha_bar_i), per example."""
-        alpha_bar = self.alphas_cumprod[index.cpu()]
-        return alpha_bar.sqrt().float(), (1 - alpha_bar).sqrt().float()
+        index = index.cpu()
+        return (self.sqrt_alphas_cumprod[index].float(),
+                self.sqrt_one_minus_alphas_cumprod[index].float())
 
     def noise_level(self, index) -> torch.Tensor:
         """EDM noise level s_i = sigma_i / alpha_i of the rescaled chain x_i / alpha_i."""

@@ -22,7 +22,7 @@ from .ray_cluster import connect, require_resources
 STATE_FILE = "state.pt"
 
 
-def _restore(model, net, optimizer, ema, config: dict, rank: int) -> int:
+def _restore(model, optimizer, ema, config: dict, rank: int) -> int:
     """Ray touch point: resume from the last reported checkpoint, if a worker was restarted."""
     import ray.train
 
@@ -98,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_denoiser = Denoiser(net, model.denoiser.parameterization, model.denoiser.sigma_data)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
     ema = EMA(model.denoiser.net, config["ema_gamma"])
-    step = _restore(model, net, optimizer, ema, config, rank)
+    step = _restore(model, optimizer, ema, config, rank)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
     start, seen, window_loss, window_start = time.time(), 0, 0.0, time.time()
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
