@@ -76,11 +76,13 @@ def test_asking_for_more_workers_than_the_cluster_has_fails_fast(trained):
         require_resources(params.ray, poll_s=0.5)
 
 
-def _kill_one_train_worker() -> int:
+def _kill_one_train_worker(started_after: float) -> int:
+    """Kill a worker of the run under test, not one left from an earlier run of this Ray."""
     import psutil
 
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        if ("RayTrainWorker" in " ".join(proc.info["cmdline"] or [])
+                and proc.info["create_time"] >= started_after):
             proc.kill()
             return proc.info["pid"]
     raise AssertionError("no Ray Train worker process found")
@@ -95,14 +97,16 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(trained, tmp_path, mon
     steps = 3000
     params = parse_params(tiny_params(vector={"steps": steps}, train={"checkpoint_every": 50}))
     stages.prepare(params)
-    result = {}
+    result, started = {}, time.time()
     thread = threading.Thread(target=lambda: result.update(stages.train(params, "ddpm")))
     thread.start()
     deadline = time.time() + 120
-    # Two checkpoints on disk: the first is surely registered with Ray Train by then.
+    # Checkpoints land on disk before the controller registers them: wait for several, then
+    # give the controller a moment, so the kill comes after at least one is registered.
     while len(list(tmp_path.glob("ray_results/*/checkpoint_*"))) < 2 and time.time() < deadline:
         time.sleep(0.1)
-    _kill_one_train_worker()
+    time.sleep(3)
+    _kill_one_train_worker(started)
     thread.join(timeout=600)
     assert result["steps"] == steps
     run_id = tracking.load_run_id(tmp_path / "models/ddpm")
