@@ -207,6 +207,18 @@ def _pipeline(paths: list[str], shard_seed=None, shuffle_buffer: int = 0, sample
     return wds.DataPipeline(*stages)
 
 
+def read_shard(data_dir, shard: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Verify one shard named in the manifest, then read it into numpy (for per-shard work)."""
+    table, meta = read_manifest(data_dir)
+    rows = [row for row in table.to_pylist() if row["shard"] == shard]
+    if not rows:
+        raise ValueError(f"shard {shard!r} is not listed in {Path(data_dir) / MANIFEST_NAME}")
+    _verify_rows(data_dir, rows)
+    pairs = list(_pipeline([str(Path(data_dir) / shard)]))
+    x = np.stack([p[0].numpy() for p in pairs]).astype(np.float32, copy=False)
+    return x, (np.asarray([p[1] for p in pairs], dtype=np.int64) if meta["has_labels"] else None)
+
+
 def load_split(data_dir, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Verify, then read a whole split into numpy, in written order."""
     table, meta = read_manifest(data_dir)

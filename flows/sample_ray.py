@@ -1,0 +1,166 @@
+"""Distributed sampling on Ray: actors that load the model once and draw seed ranges.
+
+Sample i is drawn from its own seed (`PerSampleNoise`), and part k always holds samples
+[k·S, min((k+1)·S, N)), drawn in the same batches whichever actor draws it; so 1 or many
+workers give identical samples. Each part is written atomically as
+``parts/part-{first:09d}-{stop:09d}.npz`` (x, seeds, nfe). A run interrupted halfway and run
+again draws only the missing parts; ``parts/plan.json`` (model weights hash, sampler, seed,
+sizes) makes a changed plan start afresh instead of mixing samples of two plans.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .actor_pool import chunk_ranges, map_actors, progress_printer
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """How many samples, in parts of which size and batches, and what identifies the plan."""
+
+    total: int
+    per_part: int
+    batch_size: int
+    fingerprint: dict = field(default_factory=dict)  # JSON-able: model hash, sampler, seed, ...
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return chunk_ranges(self.total, self.per_part)
+
+
+def part_path(parts_dir: Path, first: int, stop: int) -> Path:
+    return Path(parts_dir) / f"part-{first:09d}-{stop:09d}.npz"
+
+
+def read_part(path: Path, seeds: list[int]) -> tuple[np.ndarray, int]:
+    """A finished part's samples and NFE; ValueError naming the file when it is empty,
+    unreadable or holds other seeds than the plan gives it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, stored, nfe = z["x"], z["seeds"], int(z["nfe"])
+    except Exception as err:  # zipfile, KeyError, ValueError, EOFError for a damaged file
+        raise ValueError(f"sample part {path} is corrupt or empty ({err}); delete it to draw it again") from err
+    if len(x) != len(seeds) or not np.array_equal(stored, np.asarray(seeds, dtype=np.int64)):
+        raise ValueError(f"sample part {path} holds {len(x)} samples of other seeds than the plan; "
+                         "delete it to draw it again")
+    return x, nfe
+
+
+def _write_part(path: Path, x: np.ndarray, seeds: list[int], nfe: int) -> None:
+    """Write to a temporary file, then rename: a part exists whole or not at all."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, x=x, seeds=np.asarray(seeds, dtype=np.int64), nfe=np.int64(nfe))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class PartWriter:
+    """A Ray actor: loads the model once, then draws and writes whole parts."""
+
+    def __init__(self, load_model: Callable, seeds_of: Callable, draw: Callable, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.model, self.seeds_of, self.draw = load_model(), seeds_of, draw
+
+    def run(self, parts_dir: str, first: int, stop: int, batch_size: int) -> dict:
+        start, chunks, nfe = time.perf_counter(), [], 0
+        for b in range(first, stop, batch_size):
+            x, nfe = self.draw(self.model, self.seeds_of(b, min(batch_size, stop - b)))
+            chunks.append(np.asarray(x, dtype=np.float32))
+        _write_part(part_path(Path(parts_dir), first, stop), np.concatenate(chunks),
+                    self.seeds_of(first, stop - first), nfe)
+        return {"first": first, "stop": stop, "nfe": nfe, "seconds": time.perf_counter() - start}
+
+
+def _prepare(parts_dir: Path, plan: SamplePlan) -> None:
+    """Keep the parts of the same plan; anything else in the folder is removed."""
+    wanted = asdict(plan)
+    path = parts_dir / PLAN_FILE
+    if path.is_file():
+        try:
+            same = json.loads(path.read_text()) == json.loads(json.dumps(wanted))
+        except ValueError:
+            same = False
+        if same:
+            for stale in parts_dir.glob(".part-*.tmp"):  # left by an interrupted write
+                stale.unlink()
+            return
+    if parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True)
+    path.write_text(json.dumps(wanted, indent=2, sort_keys=True))
+
+
+def draw_parts(parts_dir, plan: SamplePlan, load_model: Callable, seeds_of: Callable,
+               draw: Callable, num_workers: int = 2, cpus_per_worker: float = 1.0,
+               label: str = "sample") -> dict:
+    """Draw every part of ``plan`` not already in ``parts_dir`` on a pool of Ray actors.
+
+    ``load_model()`` builds the model (once per actor), ``seeds_of(first, count)`` gives the
+    seeds of samples first .. first+count-1, ``draw(model, seeds)`` returns (float32 samples,
+    NFE). Returns counts and the wall time and throughput of the drawing.
+    """
+    parts_dir = Path(parts_dir).absolute()
+    _prepare(parts_dir, plan)
+    todo = []
+    for first, stop in plan.ranges():
+        path = part_path(parts_dir, first, stop)
+        if path.is_file():
+            read_part(path, seeds_of(first, stop - first))
+        else:
+            todo.append((str(parts_dir), first, stop, plan.batch_size))
+    drawn = sum(stop - first for _, first, stop, _ in todo)
+    advance = progress_printer(label, drawn) if drawn else None
+    start = time.perf_counter()
+    threads = max(1, int(cpus_per_worker))
+    map_actors(PartWriter, (load_model, seeds_of, draw, threads), todo, num_workers,
+               cpus_per_worker, lambda r: advance(r["stop"] - r["first"]))
+    seconds = time.perf_counter() - start
+    return {"drawn": drawn, "reused": plan.total - drawn, "parts": len(plan.ranges()),
+            "draw_seconds": seconds, "samples_per_s": drawn / seconds if drawn else None,
+            "workers": min(int(num_workers), len(todo))}
+
+
+def _draw_with_params(params, framework: str, kind: str, shape: tuple, model, seeds):
+    from . import stages
+
+    return stages.draw_samples(params, framework, model, seeds, kind, shape)
+
+
+def stage_callables(params, framework: str, model_dir, kind: str, shape) -> dict:
+    """``load_model``, ``seeds_of`` and ``draw`` for one framework of the pipeline: the
+    stage's own seed scheme and sampler settings (picklable, for the actors)."""
+    from diffusion_core.frameworks import DiffusionModel
+
+    from . import stages
+
+    return {"load_model": functools.partial(DiffusionModel.load, Path(model_dir).absolute()),
+            "seeds_of": functools.partial(stages.sample_seeds, params),
+            "draw": functools.partial(_draw_with_params, params, framework, kind, tuple(shape))}
+
+
+def collect(parts_dir, plan: SamplePlan, seeds_of: Callable) -> tuple[np.ndarray, int]:
+    """All samples of ``plan`` in order (no gaps, no duplicates) and the NFE per sample
+    (the parts' mean, rounded: adaptive samplers may differ between parts)."""
+    chunks, nfes = [], []
+    for first, stop in plan.ranges():
+        path = part_path(Path(parts_dir), first, stop)
+        if not path.is_file():
+            raise ValueError(f"sample part {path} is missing: run the sample stage again")
+        x, nfe = read_part(path, seeds_of(first, stop - first))
+        chunks.append(x)
+        nfes.append(nfe)
+    return np.concatenate(chunks), int(round(float(np.mean(nfes))))

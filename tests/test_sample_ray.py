@@ -1,0 +1,121 @@
+"""Distributed sampling on a local Ray: identical samples for 1 and 2 workers, resumption
+without duplicates or gaps, clear errors for damaged parts."""
+import numpy as np
+import pytest
+
+from diffusion_core.frameworks import DiffusionModel
+from flows import sample_ray, stages
+from flows.config import parse_params
+from tests.tiny import tiny_params
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """Tiny digits data and an untrained tiny U-Net (sampling plumbing needs no training)."""
+    root = tmp_path_factory.mktemp("sample_ray")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        params = parse_params(tiny_params("digits"))
+        stages.prepare(params)
+        meta = stages.dataset_meta(params)
+        DiffusionModel(stages.model_config(params, "ddpm", meta)).save(root / "model")
+        callables = sample_ray.stage_callables(params, "ddpm", root / "model", meta["kind"],
+                                               meta["shape"])
+        yield root, params, callables
+
+
+PLAN = sample_ray.SamplePlan(total=20, per_part=6, batch_size=4, fingerprint={"seed": 1})
+
+
+def _run(job, folder, workers, plan=PLAN):
+    root, _, callables = job
+    info = sample_ray.draw_parts(root / folder, plan, num_workers=workers, cpus_per_worker=1,
+                                 **callables)
+    x, nfe = sample_ray.collect(root / folder, plan, callables["seeds_of"])
+    return info, x, nfe
+
+
+def test_one_and_two_workers_draw_identical_samples(job):
+    one_info, one, nfe = _run(job, "one", 1)
+    two_info, two, _ = _run(job, "two", 2)
+    assert one_info["workers"] == 1 and two_info["workers"] == 2
+    assert one.shape == (20, 1, 8, 8) and one.dtype == np.float32 and nfe > 0
+    np.testing.assert_array_equal(one, two)
+    assert len({x.tobytes() for x in one}) == 20  # every sample its own seed
+    # the samples of seeds 6..11 do not depend on which part or batch drew them
+    _, params, callables = job
+    model = callables["load_model"]()
+    direct, _ = callables["draw"](model, stages.sample_seeds(params, 6, 6))
+    np.testing.assert_allclose(direct, one[6:12], atol=1e-5)
+
+
+def test_an_interrupted_run_draws_only_the_missing_parts(job, capsys):
+    root = job[0]
+    _, full, _ = _run(job, "resume", 2)
+    parts = sorted((root / "resume").glob("part-*.npz"))
+    assert len(parts) == 4
+    for lost in parts[1:3]:  # an interrupted run: two parts never finished, one write half done
+        lost.unlink()
+    (root / "resume" / f".{parts[1].name}.tmp").write_bytes(b"half a part")
+    info, again, _ = _run(job, "resume", 2)
+    assert info["drawn"] == 12 and info["reused"] == 8
+    assert "sample: 12/12 samples (100%)" in capsys.readouterr().out
+    np.testing.assert_array_equal(again, full)
+    assert not list((root / "resume").glob(".*.tmp"))
+
+
+def test_a_changed_plan_starts_afresh(job):
+    root = job[0]
+    _run(job, "plan", 1)
+    other = sample_ray.SamplePlan(total=6, per_part=6, batch_size=4, fingerprint={"seed": 2})
+    info, x, _ = _run(job, "plan", 1, other)
+    assert info["drawn"] == 6 and len(x) == 6
+    assert sorted(p.name for p in (root / "plan").glob("part-*")) == ["part-000000000-000000006.npz"]
+
+
+def test_an_empty_or_corrupt_part_is_named(job):
+    root, _, callables = job
+    _run(job, "corrupt", 1)
+    path = sample_ray.part_path(root / "corrupt", 6, 12)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"sample part {path} is corrupt or empty"):
+        sample_ray.draw_parts(root / "corrupt", PLAN, num_workers=1, **callables)
+    path.unlink()
+    with pytest.raises(ValueError, match="part-000000006-000000012.npz is missing"):
+        sample_ray.collect(root / "corrupt", PLAN, callables["seeds_of"])
+
+
+def test_per_shard_feature_stats_on_ray_equal_a_single_pass(job, tmp_path):
+    from diffusion_core import classifier as clf
+    from diffusion_core.data import shards
+    from flows.shard_features import Extractor, split_features
+
+    root, params, _ = job
+    folder = clf.save_classifier(clf.DigitClassifier(1, 8, 10), tmp_path / "classifier")
+    extractor = Extractor("classifier", str(folder))
+    got = split_features(params.data.out_dir, "train", extractor, keep=300, num_workers=2,
+                         n_classes=10)
+    x, _ = shards.load_split(params.data.out_dir, "train")
+    feats = clf.extract_features(clf.load_classifier(folder), x)
+    np.testing.assert_allclose(got.stats.mean, feats.mean(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.stats.cov, np.cov(feats, rowvar=False), rtol=1e-8, atol=1e-12)
+    assert got.stats.n == len(x) and got.histogram.sum() == len(x)
+    np.testing.assert_array_equal(got.kept_x, x[:300])
+    np.testing.assert_allclose(got.kept_features, feats[:300], rtol=1e-6)
+
+
+def test_a_damaged_shard_is_named_by_the_evaluation(job, tmp_path):
+    from diffusion_core.data import shards
+    from flows.shard_features import Extractor, split_features
+
+    root, params, _ = job
+    data = tmp_path / "data"
+    shards.write_shards(data, {"samples": (np.zeros((10, 1, 8, 8), np.float32), None)}, 5, {})
+    (data / "samples-000001.tar").write_bytes(b"")
+    with pytest.raises(shards.ShardChecksumError, match="samples-000001.tar"):
+        split_features(data, "samples", Extractor("classifier", "unused"), keep=0, num_workers=1)
+    (data / "samples-000001.tar").unlink()
+    shards.write_shards(data, {"samples": (np.zeros((10, 1, 8, 8), np.float32), None)}, 5, {})
+    with pytest.raises(RuntimeError, match="FeatureWorker actor failed to start: .*'nowhere' has no"):
+        split_features(data, "samples", Extractor("classifier", "nowhere"), keep=0, num_workers=1)
