@@ -1,0 +1,109 @@
+"""The MLflow registry on a local sqlite store: pyfunc samplers, the champion alias, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from diffusion_core.frameworks import DiffusionModel
+from flows import registry, stages, tracking
+from flows.config import ConfigError, parse_params
+from tests.tiny import tiny_params
+
+
+def _trained_run(root, params, fd: float) -> str:
+    """A framework's outputs as train and evaluate leave them: weights, run id, metrics.
+    (An untrained tiny U-Net: the registry needs the files, not a good model.)"""
+    meta = stages.dataset_meta(params)
+    model_dir = root / "models" / "ddpm"
+    DiffusionModel(stages.model_config(params, "ddpm", meta)).save(model_dir)
+    run_id = tracking.start_run("digits", "ddpm", {}, {"framework": "ddpm"})
+    tracking.save_run_id(model_dir, run_id, "digits")
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "ddpm.json").write_text(json.dumps({"fd": fd, "sampler": "ddim", "nfe": 9}))
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        params = parse_params(tiny_params("digits"))
+        stages.prepare(params)
+        run_id = _trained_run(root, params, fd=5.0)
+        first = registry.register(params, "ddpm")
+        yield root, params, run_id, first
+
+
+def test_register_names_the_model_and_gives_champion(registered):
+    _, _, run_id, first = registered
+    assert first["name"] == "digits-ddpm" and first["version"] == 1
+    assert first["champion"] == {"name": "digits-ddpm", "version": 1, "primary_value": 5.0}
+    version = tracking.client().get_model_version_by_alias("digits-ddpm", "champion")
+    assert version.run_id == run_id and version.tags["primary_metric"] == "fd"
+    assert registry.champion_uri("digits") == "models:/digits-ddpm@champion"
+
+
+def test_the_champion_draws_samples_of_the_right_shape_and_range(registered):
+    _, params, _, _ = registered
+    sampler = registry.load_sampler("digits-ddpm")
+    x = sampler.predict(None, params={"num_samples": 5, "seed": 3})
+    assert x.shape == (5, 1, 8, 8) and x.dtype == np.float32
+    assert x.min() >= -1 and x.max() <= 1 and np.isfinite(x).all()
+    # the pipeline's seed scheme: the same samples as the sample stage with sample.seed = 3
+    again = parse_params({**tiny_params("digits"), "sample": {**tiny_params("digits")["sample"], "seed": 3}})
+    model = DiffusionModel.load(registered[0] / "models" / "ddpm")
+    expected, _ = stages.draw_samples(again, "ddpm", model, stages.sample_seeds(again, 0, 5),
+                                      "image", (1, 8, 8))
+    np.testing.assert_allclose(x, expected, atol=1e-5)
+    other = sampler.predict(None, params={"num_samples": 2, "seed": 3, "sampler": "heun", "steps": 3})
+    assert other.shape == (2, 1, 8, 8) and not np.allclose(other, x[:2])
+
+
+def test_bad_predict_parameters_are_named(registered):
+    sampler = registry.load_sampler("digits-ddpm")
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        sampler.predict(None, params={"num_samples": 0})
+    with pytest.raises(ConfigError, match="sampler"):
+        sampler.predict(None, params={"num_samples": 1, "sampler": "euler-nonsense"})
+
+
+def test_a_better_run_takes_champion_and_a_worse_one_does_not(registered):
+    root, params, _, _ = registered
+    _trained_run(root, params, fd=3.0)
+    better = registry.register(params, "ddpm")
+    assert better["version"] == 2 and better["champion"]["version"] == 2
+    _trained_run(root, params, fd=9.0)
+    worse = registry.register(params, "ddpm")
+    assert worse["version"] == 3 and worse["champion"]["version"] == 2
+    again = registry.register(params, "ddpm")  # the same run registered twice: no new version
+    assert again["version"] == 3
+
+
+def test_champion_moves_across_frameworks_of_a_data_set(registered):
+    client = tracking.client()
+    best = client.get_model_version("digits-ddpm", "2")
+    client.create_registered_model("digits-rival")
+    client.create_model_version("digits-rival", best.source, run_id=best.run_id,
+                                tags={"primary_metric": "fd", "primary_value": "1.0"})
+    assert registry.update_champion("digits") == {"name": "digits-rival", "version": 1,
+                                                 "primary_value": 1.0}
+    assert "champion" not in client.get_registered_model("digits-ddpm").aliases
+    client.delete_registered_model("digits-rival")
+    assert registry.update_champion("digits")["name"] == "digits-ddpm"
+
+
+def test_bad_input_is_named_and_changes_nothing(registered):
+    root, params, _, _ = registered
+    with pytest.raises(ValueError, match="registered model 'digits-nope' does not exist"):
+        registry.load_sampler("digits-nope")
+    client = tracking.client()
+    before = len(client.search_model_versions("name='digits-ddpm'"))
+    (root / "metrics" / "ddpm.json").unlink()
+    with pytest.raises(FileNotFoundError, match="ddpm.json is missing"):
+        registry.register(params, "ddpm")
+    (root / "metrics" / "ddpm.json").write_text(json.dumps({"fd": float("nan")}))
+    with pytest.raises(ValueError, match="no finite primary metric 'fd'"):
+        registry.register(params, "ddpm")
+    assert len(client.search_model_versions("name='digits-ddpm'")) == before
