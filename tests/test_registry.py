@@ -107,3 +107,26 @@ def test_bad_input_is_named_and_changes_nothing(registered):
     with pytest.raises(ValueError, match="no finite primary metric 'fd'"):
         registry.register(params, "ddpm")
     assert len(client.search_model_versions("name='digits-ddpm'")) == before
+
+
+def test_compare_writes_the_report_and_logs_it(registered, tmp_path):
+    from flows import compare
+
+    root, params, _, _ = registered
+    (root / "metrics" / "ddpm.json").write_text(json.dumps(
+        {"fd": 3.0, "fd_floor": 2.0, "kid": 0.01, "precision": 0.8, "recall": 0.7,
+         "sampler": "ddim", "nfe": 9, "num_samples": 64}))
+    (root / "metrics" / "ddpm_nfe.json").write_text(json.dumps({"points": [
+        {"sampler": "ddim", "steps": s, "nfe": s, "metric": "fd", "value": 10.0 / s} for s in (3, 9)]}))
+    (root / "models" / "ddpm" / "train_summary.json").write_text(json.dumps({"train_seconds": 12.5, "steps": 20}))
+    (root / "samples" / "ddpm").mkdir(parents=True)
+    (root / "samples" / "ddpm" / "sampling.json").write_text(json.dumps({"samples_per_s": 50.0}))
+    np.savez(root / "samples" / "ddpm" / "samples.npz", x=np.zeros((16, 1, 8, 8), np.float32))
+    result = compare.compare(params, tmp_path / "reports")
+    report = (tmp_path / "reports" / "compare.md").read_text()
+    assert "| ddpm | ddim | 9 | 3 | 2 | 0.01 | 0.8 | 0.7 |" in report
+    assert "`models:/digits-ddpm@champion`" in report and "## Quality against NFE" in report
+    for name in ("quality_vs_nfe.png", "samples_side_by_side.png", "compare.json"):
+        assert (tmp_path / "reports" / name).stat().st_size > 100
+    names = {a.path for a in tracking.client().list_artifacts(result["run_id"], "report")}
+    assert "report/compare.md" in names
