@@ -1,7 +1,12 @@
-"""Frameworks as named presets: (process, parameterization, loss, default sampler).
+"""Frameworks as named presets, and the model the pipeline trains, saves and samples.
 
-`DiffusionModel` bundles a process with a denoiser and is what the pipeline trains, saves and
-samples; it is rebuilt from a JSON config plus weights, never from pickled code.
+A framework is (process, parameterization, loss, default sampler). `DiffusionModel` is rebuilt
+from a JSON config plus weights, never from pickled code. Its config names:
+
+  process:          {"kind": "vp" | "subvp" | "ve", ...the process's constructor arguments}
+  parameterization: how the network output is read ("eps" | "x0" | "edm"), with sigma_data
+  loss:             {"kind": one of LOSSES, ...its arguments}
+  network:          the network's JSON config (nets.build_network)
 """
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from . import samplers
+from . import sampling
 from .ddpm import DDPMChain
 from .losses import ddpm_loss, lognormal_loss
 from .nets import build_network
+from .noise import NoiseSource
 from .preconditioning import Denoiser
-from .sde import VPSDE
+from .sde import SDE, VESDE, VPSDE, SubVPSDE
 
 
 @dataclass(frozen=True)
@@ -28,51 +34,74 @@ class Preset:
 
 
 FRAMEWORKS = {
-    "ddpm": Preset(process="vp", parameterization="eps", loss="ddpm", sampler="ancestral"),
+    "ddpm": Preset(process="vp", parameterization="edm", loss="lognormal", sampler="ddim"),
 }
-SAMPLERS = ("ancestral", "ddim", "heun")
+PROCESSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def _ddpm_loss(model, denoiser, x0, generator, weighting="network"):
+    return ddpm_loss(denoiser, model.chain, x0, generator, weighting)
+
+
+def _lognormal_loss(model, denoiser, x0, generator, p_mean=-1.2, p_std=1.2, weighting="network"):
+    return lognormal_loss(denoiser, x0, p_mean, p_std, generator, weighting)
+
+
+# Each loss: (model, denoiser, x0, generator, **arguments from the config) -> per-example loss.
+LOSSES = {"ddpm": _ddpm_loss, "lognormal": _lognormal_loss}
+
+
+def build_process(config: dict) -> SDE:
+    """The process named by config["kind"], built from the remaining keys."""
+    config = dict(config)
+    kind = config.pop("kind", "vp")
+    if kind not in PROCESSES:
+        raise ValueError(f"process.kind must be one of {sorted(PROCESSES)}, got {kind!r}")
+    return PROCESSES[kind](**config)
 
 
 class DiffusionModel:
-    """A process, a chain over its discretization and a denoiser around one network."""
+    """A process and a denoiser around one network, with the framework's loss."""
 
     def __init__(self, config: dict, network: torch.nn.Module | None = None):
         self.config = config
-        framework = config["framework"]
-        if framework not in FRAMEWORKS:
-            raise ValueError(f"framework must be one of {sorted(FRAMEWORKS)}, got {framework!r}")
-        self.process = VPSDE(**config["process"])
-        self.chain = DDPMChain.from_process(self.process)
+        if config["framework"] not in FRAMEWORKS:
+            raise ValueError(f"framework must be one of {sorted(FRAMEWORKS)}, "
+                             f"got {config['framework']!r}")
+        if config["loss"]["kind"] not in LOSSES:
+            raise ValueError(f"loss.kind must be one of {sorted(LOSSES)}, got {config['loss']['kind']!r}")
+        self.process = build_process(config["process"])
         net = network if network is not None else build_network(config["network"])
-        self.denoiser = Denoiser(net, config["parameterization"], config["sigma_data"])
+        self.denoiser = self.wrap(net)
+
+    def wrap(self, net: torch.nn.Module) -> Denoiser:
+        """The model's denoiser around `net` (a DDP-wrapped copy during training, say)."""
+        return Denoiser(net, self.config["parameterization"], self.config["sigma_data"])
+
+    @property
+    def chain(self) -> DDPMChain:
+        """DDPM's discrete chain: the VP process's discretization."""
+        if not isinstance(self.process, VPSDE):
+            raise ValueError(f"the DDPM chain needs a vp process, not {type(self.process).__name__}")
+        if not hasattr(self, "_chain"):
+            self._chain = DDPMChain.from_process(self.process)
+        return self._chain
 
     def loss(self, x0: torch.Tensor, generator=None, denoiser: Denoiser | None = None):
-        """Per-example training loss over the configured noise distribution: "uniform" is DDPM's
-        t ~ U{1..N}, "lognormal" EDM's. `denoiser` lets a DDP-wrapped copy stand in."""
-        denoiser = denoiser or self.denoiser
-        noise = self.config.get("noise", {"distribution": "uniform"})
-        weighting = self.config.get("weighting", "network")
-        if noise["distribution"] == "lognormal":
-            return lognormal_loss(denoiser, x0, noise["p_mean"], noise["p_std"], generator, weighting)
-        return ddpm_loss(denoiser, self.chain, x0, generator, weighting)
+        """Per-example training loss; `denoiser` lets a DDP-wrapped copy stand in."""
+        arguments = dict(self.config["loss"])
+        kind = arguments.pop("kind")
+        return LOSSES[kind](self, denoiser or self.denoiser, x0, generator, **arguments)
 
     @torch.no_grad()
-    def sample(self, n: int, shape: tuple, sampler: str = "ancestral", steps: int = 50,
-               generator=None, clip: float | None = None, progress=None, denoiser=None):
-        """n samples of per-example `shape`; returns (samples, number of network evaluations)."""
-        denoiser = (denoiser or self.denoiser).eval()
-        x = self.process.prior_sampling((n, *shape), generator)
-        if sampler == "ancestral":
-            return samplers.ddpm_ancestral(denoiser, self.chain, x, generator, clip, progress)
-        if sampler == "ddim":
-            return samplers.ddim(denoiser, self.chain, x, steps, 0.0, generator, clip, progress)
-        if sampler == "heun":
-            s_min, s_max = (float(self.chain.noise_level(i)) for i in (0, self.chain.N - 1))
-            sigmas = samplers.karras_sigmas(s_min, s_max, (steps + 1) // 2)
-            x = x * (1 + s_max**2) ** 0.5  # x_T / alpha_T: the rescaled space of the ODE
-            out, nfe = samplers.heun_pf_ode(denoiser, x, sigmas, progress)
-            return (out.clamp(-clip, clip) if clip is not None else out), nfe
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    def sample(self, n: int, shape: tuple, settings: dict, noise: NoiseSource = None,
+               clip: float | None = None, progress=None):
+        """n samples of per-example `shape` drawn by the sampler `settings["name"]`;
+        returns (samples, number of network evaluations)."""
+        self.denoiser.eval()
+        x = self.process.prior_sampling((n, *shape), noise)
+        x, nfe = sampling.draw(self, x, settings, noise, clip, progress)
+        return (x.clamp(-clip, clip) if clip is not None else x), nfe
 
     def save(self, directory: Path, state_dict: dict | None = None) -> None:
         directory = Path(directory)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .noise import normal
 from .score_matching import validate_sigmas
 from .utils import batch_of
 
@@ -35,7 +36,7 @@ def check_count(name: str, value) -> int:
 
 def _noise_at(noise, generator, x: torch.Tensor, step: int, total: int) -> torch.Tensor:
     if noise is None:
-        return torch.randn(x.shape, generator=generator).to(x)
+        return normal(x.shape, generator, like=x)
     if noise.shape[0] != total or noise.shape[1:] != x.shape:
         raise ValueError(f"noise must be shaped {(total,) + tuple(x.shape)}, "
                          f"got {tuple(noise.shape)}")

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
+from .noise import normal
 from .utils import append_dims, batch_of, sum_except_batch
 
 
@@ -130,7 +131,7 @@ class VPSDE(SDE):
         return alpha, torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
 
     def prior_sampling(self, shape, generator=None):
-        return torch.randn(shape, generator=generator)
+        return normal(shape, generator)
 
     def prior_logp(self, z):
         d = z[0].numel()
@@ -182,7 +183,7 @@ class SubVPSDE(SDE):
         return torch.exp(-0.5 * big_b), -torch.expm1(-big_b)
 
     def prior_sampling(self, shape, generator=None):
-        return torch.randn(shape, generator=generator)
+        return normal(shape, generator)
 
     def prior_logp(self, z):
         d = z[0].numel()
@@ -222,7 +223,7 @@ class VESDE(SDE):
         return torch.ones_like(t), self.sigma(t)
 
     def prior_sampling(self, shape, generator=None):
-        return torch.randn(shape, generator=generator) * self.sigma_max
+        return normal(shape, generator) * self.sigma_max
 
     def prior_logp(self, z):
         d = z[0].numel()

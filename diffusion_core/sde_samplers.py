@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from scipy.integrate import solve_ivp
 
+from .noise import normal
 from .sde import SDE, VESDE, VPSDE
 from .utils import append_dims, batch_of
 
@@ -40,9 +41,8 @@ class _Counted:
         return self.fn(x, t)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    return normal(x.shape, generator, like=x)
 
 
 def _lookup(registry: dict, name: str, parameter: str):

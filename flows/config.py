@@ -13,18 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from diffusion_core.frameworks import FRAMEWORKS, SAMPLERS
+from diffusion_core.frameworks import FRAMEWORKS
 from diffusion_core.losses import WEIGHTINGS
 from diffusion_core.preconditioning import PARAMETERIZATIONS
 
+from .validation import ConfigError, check_sampler, require
 
-class ConfigError(ValueError):
-    """A params.yaml problem; the message starts with the dotted name of the field."""
-
-
-def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: {message}")
+__all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class DataParams:
 
     def check(self, name: str) -> None:
         for key in ("test_size", "toy_train_size", "toy_test_size", "samples_per_shard"):
-            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -52,10 +47,10 @@ class RayParams:
     storage_path: str = "ray_results"
 
     def check(self, name: str) -> None:
-        _require(self.num_workers >= 1, f"{name}.num_workers", "must be >= 1")
-        _require(self.cpus_per_worker > 0, f"{name}.cpus_per_worker", "must be positive")
-        _require(self.resources_timeout_s > 0, f"{name}.resources_timeout_s", "must be positive")
-        _require(self.max_failures >= 0, f"{name}.max_failures", "must be >= 0")
+        require(self.num_workers >= 1, f"{name}.num_workers", "must be >= 1")
+        require(self.cpus_per_worker > 0, f"{name}.cpus_per_worker", "must be positive")
+        require(self.resources_timeout_s > 0, f"{name}.resources_timeout_s", "must be positive")
+        require(self.max_failures >= 0, f"{name}.max_failures", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -69,10 +64,10 @@ class NetworkParams:
     emb_dim: int = 128
 
     def check(self, name: str) -> None:
-        _require(self.kind in ("mlp", "unet"), f"{name}.kind", f"must be mlp or unet, got {self.kind!r}")
+        require(self.kind in ("mlp", "unet"), f"{name}.kind", f"must be mlp or unet, got {self.kind!r}")
         for key in ("width", "depth", "base", "blocks", "emb_dim"):
-            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
-        _require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
 
 
 @dataclass(frozen=True)
@@ -84,16 +79,13 @@ class ProfileParams:
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
-    sampler: str = "ddim"
-    sampler_steps: int = 50
     num_samples: int = 500
-    clip: float | None = 1.0
+    clip: float | None = 1.0  # images: bound on x0 predictions and samples
 
     def check(self, name: str) -> None:
-        for key in ("sigma_data", "steps", "batch_size", "lr", "sampler_steps", "num_samples"):
-            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
-        _require(self.sampler in SAMPLERS, f"{name}.sampler", f"must be one of {SAMPLERS}")
-        _require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
+        for key in ("sigma_data", "steps", "batch_size", "lr", "num_samples"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
 
 
 @dataclass(frozen=True)
@@ -107,19 +99,29 @@ class DDPMParams:
     weighting: str = "network"  # network (unit weight on the raw output) | x0
     p_mean: float = -1.2
     p_std: float = 1.2
+    sampler: dict = field(default_factory=lambda: {"name": "ddim", "steps": 50, "spacing": "karras"})
+
+    def model_parts(self) -> dict:
+        """The process, parameterization and loss entries of the model's JSON config."""
+        loss = (dict(kind="lognormal", p_mean=self.p_mean, p_std=self.p_std, weighting=self.weighting)
+                if self.noise == "lognormal" else dict(kind="ddpm", weighting=self.weighting))
+        return {"process": dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
+                                schedule=self.schedule),
+                "parameterization": self.parameterization, "loss": loss}
 
     def check(self, name: str) -> None:
-        _require(self.schedule in ("linear", "cosine"), f"{name}.schedule", "must be linear or cosine")
-        _require(self.N >= 2, f"{name}.N", "must be >= 2")
-        _require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
+        check_sampler(self.sampler, f"{name}.sampler")
+        require(self.schedule in ("linear", "cosine"), f"{name}.schedule", "must be linear or cosine")
+        require(self.N >= 2, f"{name}.N", "must be >= 2")
+        require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
                  f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-        _require(0 < self.beta_max / self.N < 1, f"{name}.beta_max",
+        require(0 < self.beta_max / self.N < 1, f"{name}.beta_max",
                  "the discrete betas beta_max / N must lie in (0, 1)")
-        _require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
+        require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
                  f"must be one of {PARAMETERIZATIONS}")
-        _require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
-        _require(self.p_std > 0, f"{name}.p_std", "must be positive")
-        _require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
+        require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
+        require(self.p_std > 0, f"{name}.p_std", "must be positive")
+        require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,11 @@ class TrainParams:
 
     def check(self, name: str) -> None:
         for fw in self.frameworks:
-            _require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
+            require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
                      f"known: {sorted(FRAMEWORKS)}")
         for key in ("time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every", "log_every"):
-            _require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
-        _require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class ClassifierParams:
     out_dir: str = "models/classifier"
 
     def check(self, name: str) -> None:
-        _require(self.epochs > 0, f"{name}.epochs", "must be positive")
+        require(self.epochs > 0, f"{name}.epochs", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,8 @@ class SampleParams:
     out_dir: str = "samples"
 
     def check(self, name: str) -> None:
-        _require(self.batch_size > 0, f"{name}.batch_size", "must be positive")
-        _require(self.samples_per_shard > 0, f"{name}.samples_per_shard", "must be positive")
+        require(self.batch_size > 0, f"{name}.batch_size", "must be positive")
+        require(self.samples_per_shard > 0, f"{name}.samples_per_shard", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class EvaluateParams:
     out_dir: str = "metrics"
 
     def check(self, name: str) -> None:
-        _require(self.swd_projections > 0, f"{name}.swd_projections", "must be positive")
+        require(self.swd_projections > 0, f"{name}.swd_projections", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,10 @@ class Params:
     def profile(self, kind: str) -> ProfileParams:
         return self.vector if kind == "vector" else self.image
 
+    def framework(self, name: str):
+        """The params section of one framework: model_parts() and its sampler settings."""
+        return getattr(self, name)
+
 
 def _convert(value, hint, name: str):
     """Check one YAML value against a type hint; nested dataclasses recurse."""
@@ -205,20 +211,20 @@ def _convert(value, hint, name: str):
             return None
         return _convert(value, next(a for a in args if a is not type(None)), name)
     if origin is list:
-        _require(isinstance(value, list), name, f"expected a list, got {value!r}")
+        require(isinstance(value, list), name, f"expected a list, got {value!r}")
         return [_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    _require(isinstance(value, hint) and not (hint is not bool and isinstance(value, bool)),
+    require(isinstance(value, hint) and not (hint is not bool and isinstance(value, bool)),
              name, f"expected {hint.__name__}, got {value!r}")
     return value
 
 
 def _build(cls, data, name: str):
-    _require(isinstance(data, dict), name or "params", f"expected a mapping, got {data!r}")
+    require(isinstance(data, dict), name or "params", f"expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(hints))
-    _require(not unknown, f"{name + '.' if name else ''}{unknown[0] if unknown else ''}",
+    require(not unknown, f"{name + '.' if name else ''}{unknown[0] if unknown else ''}",
              f"unknown key; known keys: {sorted(hints)}")
     values = {k: _convert(v, hints[k], f"{name + '.' if name else ''}{k}") for k, v in data.items()}
     obj = cls(**values)

@@ -17,6 +17,7 @@ import torch
 from diffusion_core import classifier as clf
 from diffusion_core.data import shards, sources
 from diffusion_core.frameworks import DiffusionModel
+from diffusion_core.noise import PerSampleNoise
 
 from . import plots, tracking
 from .config import Params, as_dict
@@ -83,13 +84,8 @@ def model_config(params: Params, framework: str, meta: dict) -> dict:
     else:
         network = dict(kind="unet", channels=shape[0], image_size=shape[1], base=net.base,
                        mults=list(net.mults), blocks=net.blocks, emb_dim=net.emb_dim)
-    fw = getattr(params, framework)
-    return {"framework": framework,
-            "process": dict(beta_min=fw.beta_min, beta_max=fw.beta_max, N=fw.N, schedule=fw.schedule),
-            "parameterization": fw.parameterization, "sigma_data": profile.sigma_data,
-            "noise": dict(distribution=fw.noise, p_mean=fw.p_mean, p_std=fw.p_std),
-            "weighting": fw.weighting,
-            "network": network, "data_shape": list(shape)}
+    return {"framework": framework, **params.framework(framework).model_parts(),
+            "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
 def train(params: Params, framework: str) -> dict:
@@ -128,29 +124,43 @@ def train(params: Params, framework: str) -> dict:
     return summary
 
 
+def sample_seeds(params: Params, first: int, count: int) -> list[int]:
+    """The seeds of samples first .. first+count-1: sample i is fixed by (sample.seed, i) alone."""
+    return [params.sample.seed * 1_000_000_007 + i for i in range(first, first + count)]
+
+
+def draw_samples(params: Params, framework: str, model: DiffusionModel, seeds: list[int],
+                 kind: str, shape: tuple) -> tuple[np.ndarray, int]:
+    """Samples for `seeds` with the framework's sampler (float32; images clipped to [-1, 1])."""
+    profile = params.profile(kind)
+    clip = profile.clip if kind == "image" else None
+    settings = params.framework(framework).sampler
+    x, nfe = model.sample(len(seeds), shape, settings, PerSampleNoise(seeds), clip)
+    return (x.clamp(-1, 1) if kind == "image" else x).numpy().astype(np.float32), nfe
+
+
 def sample(params: Params, framework: str) -> dict:
     """Draw the profile's number of samples (seeded) and write shards, an .npz and a picture."""
     meta = dataset_meta(params)
-    profile = params.profile(meta["kind"])
+    kind, shape = meta["kind"], tuple(meta["shape"])
+    total, batch = params.profile(kind).num_samples, params.sample.batch_size
     model = DiffusionModel.load(Path(params.train.out_dir) / framework)
-    clip = profile.clip if meta["kind"] == "image" else None
     start, chunks, nfe = time.time(), [], 0
-    for index, first in enumerate(range(0, profile.num_samples, params.sample.batch_size)):
-        n = min(params.sample.batch_size, profile.num_samples - first)
-        generator = torch.Generator().manual_seed(params.sample.seed * 100003 + index)
-        x, nfe = model.sample(n, tuple(meta["shape"]), profile.sampler, profile.sampler_steps,
-                              generator, clip)
-        chunks.append(x.clamp(-1, 1) if meta["kind"] == "image" else x)
-    x = torch.cat(chunks).numpy().astype(np.float32)
+    for first in range(0, total, batch):
+        seeds = sample_seeds(params, first, min(batch, total - first))
+        x, nfe = draw_samples(params, framework, model, seeds, kind, shape)
+        chunks.append(x)
+    x = np.concatenate(chunks)
     out = Path(params.sample.out_dir) / framework
     out.mkdir(parents=True, exist_ok=True)
     shards.write_shards(out / "shards", {"samples": (x, None)}, params.sample.samples_per_shard,
                         {"framework": framework, "seed": params.sample.seed})
     np.savez(out / "samples.npz", x=x)
     real, _ = shards.load_split(params.data.out_dir, "test")
-    plots.save_picture(x, real, out / "samples.png", f"{framework}: {profile.sampler}, NFE {nfe}")
-    info = {"num_samples": len(x), "sampler": profile.sampler, "nfe": nfe, "seed": params.sample.seed,
-            "seconds": time.time() - start}
+    sampler = params.framework(framework).sampler
+    plots.save_picture(x, real, out / "samples.png", f"{framework}: {sampler['name']}, NFE {nfe}")
+    info = {"num_samples": len(x), "sampler": sampler["name"], "sampler_settings": sampler,
+            "nfe": nfe, "seed": params.sample.seed, "seconds": time.time() - start}
     (out / "sampling.json").write_text(json.dumps(info, indent=2))
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
     tracking.log_metrics(run_id, {"sample_nfe": nfe, "sample_seconds": info["seconds"]})

@@ -14,7 +14,6 @@ import torch.distributed as dist
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.preconditioning import Denoiser
 
 from . import tracking
 from .ray_cluster import connect, require_resources
@@ -95,7 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = DiffusionModel(config["model"])
     net = ray.train.torch.prepare_model(model.denoiser.net)  # Ray touch point: DDP
     device = ray.train.torch.get_device()
-    train_denoiser = Denoiser(net, model.denoiser.parameterization, model.denoiser.sigma_data)
+    train_denoiser = model.wrap(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
     ema = EMA(model.denoiser.net, config["ema_gamma"])
     step = _restore(model, optimizer, ema, config, rank)

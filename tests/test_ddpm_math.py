@@ -17,6 +17,7 @@ from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.losses import denoising_loss
 from diffusion_core.metrics import sliced_wasserstein
+from diffusion_core.noise import PerSampleNoise
 from diffusion_core.nets import MLP
 from diffusion_core.preconditioning import Denoiser
 from diffusion_core.sde import VPSDE
@@ -294,17 +295,42 @@ def test_samplers_reproduce_gaussian_mixture(sampler, make):
         assert abs(spread - m.std) < 0.15 * m.std, (c, spread)
 
 
-@pytest.mark.parametrize("sampler,steps", [("ancestral", 1000), ("ddim", 50), ("heun", 35)])
-def test_diffusion_model_sample_is_the_checked_sampler(sampler, steps):
+@pytest.mark.parametrize("settings,nfe", [({"name": "ancestral"}, 1000),
+                                          ({"name": "ddim", "steps": 50, "spacing": "uniform"}, 50),
+                                          ({"name": "heun", "steps": 35}, 35)])
+def test_diffusion_model_sample_is_the_checked_sampler(settings, nfe):
     """DiffusionModel.sample wires prior, chain and grid exactly as the sampler test above."""
     m = gmm8_mixture()
-    config = {"framework": "ddpm", "process": {}, "parameterization": "eps", "sigma_data": 0.5}
+    config = {"framework": "ddpm", "process": {"kind": "vp"}, "parameterization": "eps",
+              "sigma_data": 0.5, "loss": {"kind": "ddpm"}}
     model = DiffusionModel(config, network=torch.nn.Identity())
-    x, nfe = model.sample(300, (2,), sampler=sampler, steps=steps,
-                          generator=torch.Generator().manual_seed(10), denoiser=m)
-    expected = _sample(sampler, m, model.chain, 300, torch.Generator().manual_seed(10))
-    assert nfe == steps
+    model.denoiser = m
+    x, got_nfe = model.sample(300, (2,), settings, torch.Generator().manual_seed(10))
+    expected = _sample(settings["name"], m, model.chain, 300, torch.Generator().manual_seed(10))
+    assert got_nfe == nfe
     torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "karras"])
+def test_ddim_spacings_give_distinct_descending_indices(spacing):
+    chain = DDPMChain.from_process(VPSDE())
+    levels = chain.noise_level(torch.arange(chain.N))
+    indices = samplers.ddim_timesteps(chain.N, 50, spacing, levels)
+    assert len(indices) == 50 and indices[0] == chain.N - 1 and indices[-1] == 0
+    assert all(a > b for a, b in zip(indices, indices[1:]))
+
+
+def test_per_sample_noise_does_not_depend_on_the_batch():
+    """Sample i drawn in a batch of 6 equals sample i drawn alone (PerSampleNoise)."""
+    m = gmm8_mixture()
+    config = {"framework": "ddpm", "process": {"kind": "vp"}, "parameterization": "eps",
+              "sigma_data": 0.5, "loss": {"kind": "ddpm"}}
+    model = DiffusionModel(config, network=torch.nn.Identity())
+    model.denoiser = m
+    settings = {"name": "ddim", "steps": 10, "eta": 1.0}
+    batch, _ = model.sample(6, (2,), settings, PerSampleNoise(range(100, 106)))
+    alone, _ = model.sample(2, (2,), settings, PerSampleNoise([103, 105]))
+    torch.testing.assert_close(batch[[3, 5]], alone, rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- 7. DDIM = Euler PF-ODE

@@ -61,7 +61,7 @@ def test_samples_npz_picture_and_metrics(trained):
     x = np.load(root / "samples/ddpm/samples.npz")["x"]
     assert x.shape == (params.vector.num_samples, 2) and x.dtype == np.float32
     assert (root / "samples/ddpm/samples.png").stat().st_size > 1000
-    assert sampled["nfe"] == 2 * ((params.vector.sampler_steps + 1) // 2) - 1
+    assert sampled["nfe"] == params.ddpm.sampler["steps"]
     saved = json.loads((root / "metrics/ddpm.json").read_text())
     for key in ("swd", "swd_floor", "mmd", "mmd_floor", "off_support", "nfe", "seed", "sampler"):
         assert key in saved

@@ -16,9 +16,10 @@ def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
     data["ray"].update(num_workers=2, cpus_per_worker=1, resources_timeout_s=20)
     data["classifier"].update(epochs=3)
     data["train"].update(log_every=20, checkpoint_every=40, time_limit_s=120)
-    data["vector"].update(steps=60, batch_size=128, num_samples=500, sampler_steps=9,
+    data["ddpm"]["sampler"] = {"name": "ddim", "steps": 9, "spacing": "karras"}
+    data["vector"].update(steps=60, batch_size=128, num_samples=500,
                           network={"kind": "mlp", "width": 64, "depth": 2, "emb_dim": 32})
-    data["image"].update(steps=20, batch_size=32, num_samples=64, sampler_steps=5,
+    data["image"].update(steps=20, batch_size=32, num_samples=64,
                          network={"kind": "unet", "base": 16, "mults": [1, 2], "blocks": 1,
                                   "emb_dim": 32})
     data["sample"].update(batch_size=256, samples_per_shard=250)

@@ -1,0 +1,69 @@
+"""The samplers a `DiffusionModel` can be drawn with, by name.
+
+Each entry adapts one sampler function of the core to the model: it receives the model, x_T
+drawn from the model's prior, the sampler's settings (a dict from params), the noise source,
+the clip bound and a progress callback, and returns (samples, NFE). `SAMPLER_SETTINGS` lists
+each sampler's settings with their defaults; an unknown setting is an error, so a typo in
+params.yaml never falls back to a default silently.
+"""
+from __future__ import annotations
+
+from . import samplers
+
+
+SAMPLER_SETTINGS = {
+    "ancestral": {},
+    "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
+    "heun": {"steps": 35, "rho": 7.0},
+}
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(value, bool) or isinstance(default, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def resolve_settings(settings: dict) -> dict:
+    """settings with the sampler's defaults filled in; unknown names or keys are a ValueError
+    whose message starts with the offending key."""
+    name = settings.get("name")
+    if name not in SAMPLER_SETTINGS:
+        raise ValueError(f"name: must be one of {sorted(SAMPLER_SETTINGS)}, got {name!r}")
+    defaults = SAMPLER_SETTINGS[name]
+    for key, value in settings.items():
+        if key != "name" and key not in defaults:
+            raise ValueError(f"{key}: not a setting of {name}; known: {sorted(defaults)}")
+        if key in defaults and not _same_kind(value, defaults[key]):
+            raise ValueError(f"{key}: expected {type(defaults[key]).__name__}, got {value!r}")
+    return {**defaults, **settings}
+
+
+def _ancestral(model, x, settings, noise, clip, progress):
+    return samplers.ddpm_ancestral(model.denoiser, model.chain, x, noise, clip, progress)
+
+
+def _ddim(model, x, settings, noise, clip, progress):
+    return samplers.ddim(model.denoiser, model.chain, x, settings["steps"], settings["eta"],
+                         noise, clip, progress, settings["spacing"])
+
+
+def _heun(model, x, settings, noise, clip, progress):
+    """Heun on the PF-ODE over Karras-spaced noise levels of the model's VP chain."""
+    chain = model.chain
+    s_min, s_max = (float(chain.noise_level(i)) for i in (0, chain.N - 1))
+    sigmas = samplers.karras_sigmas(s_min, s_max, (settings["steps"] + 1) // 2, settings["rho"])
+    x = x * (1 + s_max**2) ** 0.5  # x_T / alpha_T: the rescaled space of the ODE
+    return samplers.heun_pf_ode(model.denoiser, x, sigmas, progress)
+
+
+SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun}
+
+
+def draw(model, x, settings: dict, noise, clip=None, progress=None):
+    """Run the sampler `settings["name"]` from x_T; returns (samples, NFE). `clip` bounds the
+    x0 predictions of the samplers that form one (DDPM's and DDIM's) and the final samples."""
+    settings = resolve_settings(settings)
+    return SAMPLERS[settings["name"]](model, x, settings, noise, clip, progress)
