@@ -4,6 +4,7 @@ Used by the distributed sample stage and the per-shard feature statistics of eva
 """
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Callable
 
@@ -12,13 +13,15 @@ from .ray_cluster import connect, require_resources
 
 def map_actors(actor_cls: type, init_args: tuple, calls: list[tuple], num_workers: int,
                cpus_per_worker: float, on_result: Callable[[object], None],
-               resources_timeout_s: float = 60.0) -> None:
+               resources_timeout_s: float = 60.0) -> dict:
     """Start min(num_workers, len(calls)) actors ``actor_cls(*init_args)`` of
     ``cpus_per_worker`` CPUs each, run ``actor.run(*call)`` for every call (a free actor takes
     the next one) and hand each result to ``on_result`` as it arrives; the actors are ended
-    afterwards, also on failure."""
+    afterwards, also on failure. Returns the seconds spent starting the actors (Ray, process
+    start, ``__init__``) and running the calls."""
     if not calls:
-        return
+        return {"startup_seconds": 0.0, "run_seconds": 0.0}
+    start = time.perf_counter()
     connect()
     import ray
     from ray.util import ActorPool
@@ -29,6 +32,8 @@ def map_actors(actor_cls: type, init_args: tuple, calls: list[tuple], num_worker
     remote_cls = ray.remote(num_cpus=cpus_per_worker)(actor_cls)
     actors = [remote_cls.remote(*init_args) for _ in range(workers)]
     try:
+        ray.get([actor.__ray_ready__.remote() for actor in actors])
+        ready = time.perf_counter()
         for result in ActorPool(actors).map_unordered(lambda a, call: a.run.remote(*call), calls):
             on_result(result)
     except ray.exceptions.ActorDiedError as err:  # the actor's constructor raised
@@ -37,12 +42,11 @@ def map_actors(actor_cls: type, init_args: tuple, calls: list[tuple], num_worker
     finally:
         for actor in actors:
             ray.kill(actor)
+    return {"startup_seconds": ready - start, "run_seconds": time.perf_counter() - ready}
 
 
 def progress_printer(label: str, total: int, unit: str = "samples") -> Callable[[int], None]:
     """A callback counting finished units, printing one line per call with rate and ETA."""
-    import time
-
     state = SimpleNamespace(done=0, start=time.perf_counter())
 
     def advance(count: int) -> None:

@@ -124,14 +124,14 @@ def draw_parts(parts_dir, plan: SamplePlan, load_model: Callable, seeds_of: Call
             todo.append((str(parts_dir), first, stop, plan.batch_size))
     drawn = sum(stop - first for _, first, stop, _ in todo)
     advance = progress_printer(label, drawn) if drawn else None
-    start = time.perf_counter()
     threads = max(1, int(cpus_per_worker))
-    map_actors(PartWriter, (load_model, seeds_of, draw, threads), todo, num_workers,
-               cpus_per_worker, lambda r: advance(r["stop"] - r["first"]))
-    seconds = time.perf_counter() - start
+    times = map_actors(PartWriter, (load_model, seeds_of, draw, threads), todo, num_workers,
+                       cpus_per_worker, lambda r: advance(r["stop"] - r["first"]))
+    total_s = times["startup_seconds"] + times["run_seconds"]
     return {"drawn": drawn, "reused": plan.total - drawn, "parts": len(plan.ranges()),
-            "draw_seconds": seconds, "samples_per_s": drawn / seconds if drawn else None,
-            "workers": min(int(num_workers), len(todo))}
+            "workers": min(int(num_workers), len(todo)), **times,
+            "samples_per_s": drawn / total_s if drawn else None,  # with start-up
+            "samples_per_s_running": drawn / times["run_seconds"] if drawn else None}
 
 
 def _draw_with_params(params, framework: str, kind: str, shape: tuple, model, seeds):

@@ -56,6 +56,7 @@ class SplitFeatures:
     histogram: np.ndarray | None
     kept_features: np.ndarray  # features of the first `keep` samples, in written order
     kept_x: np.ndarray  # and those samples themselves
+    value_range: tuple[float, float]  # of the samples, over every shard
 
 
 class FeatureWorker:
@@ -67,41 +68,57 @@ class FeatureWorker:
         torch.set_num_threads(max(1, int(threads)))
         self.extractor, self.model = extractor, extractor.load()
 
-    def run(self, data_dir: str, shard: str, first: int, keep: int) -> dict:
+    def run(self, name: str, data_dir: str, shard: str, first: int, keep: int) -> dict:
         x, _ = shards.read_shard(data_dir, shard)
+        if not np.isfinite(x).all():
+            raise ValueError(f"shard {Path(data_dir) / shard} holds NaN or infinite values")
         feats, labels = self.extractor.features(self.model, x)
         stats = FeatureStats.from_features(feats)
         n_keep = max(0, min(len(x), keep - first))
-        return {"first": first, "n": stats.n, "mean": stats.mean, "m2": stats.m2,
-                "labels": labels, "kept_features": feats[:n_keep], "kept_x": x[:n_keep]}
+        return {"name": name, "first": first, "n": stats.n, "mean": stats.mean, "m2": stats.m2,
+                "labels": labels, "kept_features": feats[:n_keep], "kept_x": x[:n_keep],
+                "range": (float(x.min()), float(x.max()))}
 
 
-def _shard_calls(data_dir: Path, split: str, keep: int) -> list[tuple]:
+def _shard_calls(name: str, data_dir: Path, split: str, keep: int) -> list[tuple]:
     table, _ = shards.read_manifest(data_dir)
     calls, first = [], 0
     for row in table.to_pylist():
         if row["split"] == split:
-            calls.append((str(data_dir), row["shard"], first, keep))
+            calls.append((name, str(data_dir), row["shard"], first, keep))
             first += row["num_samples"]
     if not calls:
         raise ValueError(f"split {split!r} has no shards in {data_dir / shards.MANIFEST_NAME}")
+    shards.verify_shards(data_dir, split)  # a damaged shard is named here, before any work
     return calls
 
 
-def split_features(data_dir, split: str, extractor: Extractor, keep: int, num_workers: int = 2,
-                   cpus_per_worker: float = 1.0, n_classes: int | None = None) -> SplitFeatures:
-    """Feature statistics of one split, computed shard by shard on Ray actors and merged in
-    shard order; ``keep`` bounds the features returned for pairwise metrics (KID, P&R)."""
-    data_dir = Path(data_dir).absolute()
-    calls = _shard_calls(data_dir, split, int(keep))
-    shards.verify_shards(data_dir, split)  # a damaged shard is named here, before any work
-    results = []
-    map_actors(FeatureWorker, (extractor, max(1, int(cpus_per_worker))), calls, num_workers,
-               cpus_per_worker, results.append)
-    results.sort(key=lambda r: r["first"])
+def _merge(results: list[dict], n_classes: int | None) -> SplitFeatures:
+    results = sorted(results, key=lambda r: r["first"])
     stats = merge_stats(FeatureStats(r["n"], r["mean"], r["m2"]) for r in results)
     histogram = None
     if n_classes is not None and results[0]["labels"] is not None:
         histogram = sum(np.bincount(r["labels"], minlength=n_classes) for r in results)
     return SplitFeatures(stats, histogram, np.concatenate([r["kept_features"] for r in results]),
-                         np.concatenate([r["kept_x"] for r in results]))
+                         np.concatenate([r["kept_x"] for r in results]),
+                         (min(r["range"][0] for r in results), max(r["range"][1] for r in results)))
+
+
+def features_of(sources: dict, extractor: Extractor, keep: int, num_workers: int = 2,
+                cpus_per_worker: float = 1.0, n_classes: int | None = None) -> dict:
+    """Feature statistics of several splits, ``{name: (data_dir, split)}``, computed shard by
+    shard on one pool of Ray actors and merged in shard order; ``keep`` bounds the features
+    returned per split for pairwise metrics (KID, P&R). Returns ``{name: SplitFeatures}``."""
+    calls = [call for name, (data_dir, split) in sources.items()
+             for call in _shard_calls(name, Path(data_dir).absolute(), split, int(keep))]
+    results = {name: [] for name in sources}
+    map_actors(FeatureWorker, (extractor, max(1, int(cpus_per_worker))), calls, num_workers,
+               cpus_per_worker, lambda r: results[r["name"]].append(r))
+    return {name: _merge(found, n_classes) for name, found in results.items()}
+
+
+def split_features(data_dir, split: str, extractor: Extractor, keep: int, num_workers: int = 2,
+                   cpus_per_worker: float = 1.0, n_classes: int | None = None) -> SplitFeatures:
+    """``features_of`` for one split."""
+    return features_of({split: (data_dir, split)}, extractor, keep, num_workers, cpus_per_worker,
+                       n_classes)[split]

@@ -119,3 +119,32 @@ def test_a_damaged_shard_is_named_by_the_evaluation(job, tmp_path):
     shards.write_shards(data, {"samples": (np.zeros((10, 1, 8, 8), np.float32), None)}, 5, {})
     with pytest.raises(RuntimeError, match="FeatureWorker actor failed to start: .*'nowhere' has no"):
         split_features(data, "samples", Extractor("classifier", "nowhere"), keep=0, num_workers=1)
+
+
+def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypatch):
+    import json
+
+    from diffusion_core import classifier as clf
+    from diffusion_core.data import shards
+    from flows.image_eval import image_fidelity
+
+    root, params, _ = job
+    monkeypatch.delenv("DIFFUSION_INCEPTION_WEIGHTS", raising=False)
+    folder = clf.save_classifier(clf.DigitClassifier(1, 8, 10), tmp_path / "classifier")
+    (folder / "classifier_metrics.json").write_text(json.dumps(
+        {"applicable": True, "test_accuracy": 0.1, "sha256": clf.classifier_hash(folder)}))
+    x, _ = shards.load_split(params.data.out_dir, "train")
+    shards.write_shards(tmp_path / "samples", {"samples": (x[:300], None)}, 100, {})
+    result = image_fidelity(tmp_path / "samples", params.data.out_dir, folder, keep=200, num_workers=2)
+    for key in ("fd", "fd_floor", "kid", "precision", "recall", "class_coverage", "nn_ratio"):
+        assert np.isfinite(result[key]), key
+    assert result["num_samples"] == 300 and result["pairwise_num_samples"] == 200
+    assert result["feature_extractor_sha256"] == clf.classifier_hash(folder)
+    assert result["fid"] is None and "nothing is downloaded" in result["fid_note"]
+    assert result["copy_fraction"] > 0.9  # training images themselves: flagged as copies
+    shards.write_shards(tmp_path / "wide", {"samples": (2 * x[:50], None)}, 100, {})
+    with pytest.raises(ValueError, match=r"wide: samples must lie in \[-1, 1\]"):
+        image_fidelity(tmp_path / "wide", params.data.out_dir, folder, keep=10, num_workers=1)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.pt cannot be read"):
+        image_fidelity(tmp_path / "samples", params.data.out_dir, folder, inception_weights=str(tmp_path / "junk.pt"))

@@ -1,0 +1,88 @@
+"""Image sample quality at scale: per-shard features on Ray, then FD, FID (when Inception-v3
+weights are given), KID, precision/recall, class coverage and the memorization check.
+
+Every figure records how it was made: sample counts, reference split, feature extractor and
+its sha256. The Fréchet statistics are merged per shard; the pairwise metrics use the first
+``keep`` samples of each split.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_core import fidelity, metrics
+from diffusion_core.inception import WEIGHTS_ENV, load_inception, weights_sha256
+
+from .shard_features import Extractor, features_of
+
+
+def inception_path(configured: str | None) -> str | None:
+    """The Inception-v3 weights file: the params' value, else $DIFFUSION_INCEPTION_WEIGHTS."""
+    return configured or os.environ.get(WEIGHTS_ENV) or None
+
+
+def _check_range(found, name: str, where) -> None:
+    low, high = found.value_range
+    if low < -1 - 1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"{where}: {name} must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
+
+
+def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
+    """FD with its floor, KID and precision/recall in one feature space."""
+    n_floor = min(fake.stats.n, len(train.kept_features))
+    out = {"fd": fidelity.frechet_distance_from_stats(fake.stats, test.stats),
+           "fd_floor": metrics.frechet_distance_from_features(train.kept_features[:n_floor],
+                                                              test.kept_features),
+           "fd_floor_num_train": n_floor}
+    out["fd_ratio"] = out["fd"] / out["fd_floor"]
+    out.update(fidelity.kernel_inception_distance(test.kept_features, fake.kept_features, seed=seed))
+    out.update(fidelity.precision_recall(test.kept_features, fake.kept_features, k=pr_k))
+    return out
+
+
+def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: float) -> dict:
+    if weights is None:
+        note = (f"FID not computed: no Inception-v3 weights (set evaluate.inception_weights or "
+                f"${WEIGHTS_ENV} to a local copy of pt_inception-2015-12-05; nothing is downloaded)")
+        print(f"evaluate: {note}")
+        return {"fid": None, "fid_note": note}
+    found = features_of(sources, Extractor("inception", str(weights), 64), keep, workers, cpus)
+    return {"fid": fidelity.frechet_distance_from_stats(found["samples"].stats, found["test"].stats),
+            "fid_feature_extractor": "Inception-v3 pool-3 (2048-d, FID weights)",
+            "fid_feature_extractor_sha256": weights_sha256(weights)}
+
+
+def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num_workers: int = 2,
+                   cpus_per_worker: float = 1.0, seed: int = 0, pr_k: int = 3,
+                   inception_weights: str | None = None) -> dict:
+    """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
+    the held-out ``test`` split, with floors from the ``train`` split."""
+    classifier_dir = Path(classifier_dir)
+    summary = json.loads((classifier_dir / "classifier_metrics.json").read_text())
+    if not summary.get("applicable"):
+        return {"note": "no labelled data, no classifier: FD not computed"}
+    weights = inception_path(inception_weights)
+    if weights is not None:
+        load_inception(weights)  # a missing or wrong file is named here, before any work
+    sources = {"samples": (samples_dir, "samples"), "test": (data_dir, "test"), "train": (data_dir, "train")}
+    n_classes = json.loads((classifier_dir / "config.json").read_text())["n_classes"]
+    found = features_of(sources, Extractor("classifier", str(classifier_dir)), keep, num_workers,
+                        cpus_per_worker, n_classes)
+    fake, test, train = found["samples"], found["test"], found["train"]
+    _check_range(fake, "samples", Path(samples_dir))
+    out = _fidelity_block(fake, test, train, seed, pr_k)
+    coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
+    out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],
+               class_histogram=coverage["class_histogram"])
+    out.update(fidelity.memorization(fake.kept_x, test.kept_x, train.kept_x))
+    out.update(_fid({"samples": sources["samples"], "test": sources["test"]}, weights, keep,
+                    num_workers, cpus_per_worker))
+    out.update(num_samples=fake.stats.n, num_reference=test.stats.n, pairwise_num_samples=len(fake.kept_features),
+               classifier_test_accuracy=summary["test_accuracy"],
+               feature_extractor="in-domain CNN classifier (penultimate layer)",
+               feature_extractor_sha256=summary["sha256"], reference_split="test",
+               floor_split="train subset vs test", memorization_space="pixels")
+    return out
