@@ -11,7 +11,7 @@ import sys
 
 from .config import ConfigError, load_params
 
-STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate")
+STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate", "register", "compare")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in STAGES + ("pipeline", "check-params"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-        if name in ("train", "sample", "evaluate"):
+        if name in ("train", "sample", "evaluate", "register"):
             cmd.add_argument("--framework", required=True)
     return parser
 
@@ -35,11 +35,25 @@ def _run(command: str, params, framework: str | None):
 
         return pipeline_flow(params_path=None, params=params)
     handlers = {"prepare": stages.prepare, "train-classifier": stages.train_classifier,
-                "train": stages.train, "sample": stages.sample, "evaluate": evaluate.evaluate}
+                "train": stages.train, "sample": stages.sample, "evaluate": evaluate.evaluate,
+                "register": _register, "compare": _compare}
     if command == "check-params":
         return {"ok": True}
     fn = handlers[command]
     return fn(params, framework) if framework else fn(params)
+
+
+def _register(params, framework: str) -> dict:
+    from .registry import register
+
+    return register(params, framework)
+
+
+def _compare(params) -> dict:
+    from .compare import compare_and_publish
+
+    result = compare_and_publish(params)
+    return {key: value for key, value in result.items() if key != "markdown"}
 
 
 TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

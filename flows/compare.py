@@ -146,6 +146,13 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     return {**summary, "markdown": report, "run_id": run_id, "report_dir": str(out)}
 
 
+def compare_and_publish(params: Params) -> dict:
+    """``compare`` into compare.out_dir, then ``publish`` (the CLI and the Prefect task)."""
+    result = compare(params, params.compare.out_dir)
+    publish(result["markdown"], result["dataset"])
+    return result
+
+
 def publish(markdown_text: str, dataset: str) -> None:
     """The report as a Prefect markdown artifact (inside a flow run, or on its own)."""
     from prefect.artifacts import create_markdown_artifact

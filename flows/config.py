@@ -160,22 +160,48 @@ class ClassifierParams:
 class SampleParams:
     seed: int = 1
     batch_size: int = 1000
-    samples_per_shard: int = 1000
+    samples_per_shard: int = 1000  # also the part one Ray worker draws (the unit of resumption)
+    num_workers: int = 2  # Ray actors drawing parts (RAY_ADDRESS points at a cluster)
+    cpus_per_worker: float = 1.0  # CPUs per actor, and its torch threads
     out_dir: str = "samples"
 
     def check(self, name: str) -> None:
-        require(self.batch_size > 0, f"{name}.batch_size", "must be positive")
-        require(self.samples_per_shard > 0, f"{name}.samples_per_shard", "must be positive")
+        for key in ("batch_size", "samples_per_shard", "num_workers", "cpus_per_worker"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     swd_projections: int = 256
     seed: int = 0
+    num_workers: int = 2  # Ray actors computing per-shard feature statistics
+    cpus_per_worker: float = 1.0
+    max_pairwise: int = 10000  # samples per split used by KID, precision/recall, memorization
+    pr_k: int = 3  # k of the k-NN manifolds (Kynkaanniemi et al. 2019)
+    inception_weights: str | None = None  # local FID Inception-v3 file; else $DIFFUSION_INCEPTION_WEIGHTS
+    nfe_sweep: list[dict] = field(default_factory=lambda: [{"name": "ddim", "steps": [5, 10, 25, 50]}])
+    nfe_sweep_samples: int = 500
     out_dir: str = "metrics"
 
     def check(self, name: str) -> None:
-        require(self.swd_projections > 0, f"{name}.swd_projections", "must be positive")
+        for key in ("swd_projections", "num_workers", "cpus_per_worker", "max_pairwise", "pr_k",
+                    "nfe_sweep_samples"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        for i, entry in enumerate(self.nfe_sweep):
+            require(isinstance(entry, dict) and isinstance(entry.get("steps", []), list),
+                    f"{name}.nfe_sweep[{i}]", "must be a sampler mapping whose steps is a list")
+            for steps in entry.get("steps", [None]):
+                settings = {k: v for k, v in entry.items() if k != "steps"}
+                check_sampler(settings if steps is None else {**settings, "steps": steps},
+                              f"{name}.nfe_sweep[{i}]")
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    out_dir: str = "reports"  # compare.md, compare.json and the plots
+
+    def check(self, name: str) -> None:
+        require(bool(self.out_dir), f"{name}.out_dir", "must name a folder")
 
 
 @dataclass(frozen=True)
@@ -189,6 +215,7 @@ class Params:
     image: ProfileParams = field(default_factory=ProfileParams)
     sample: SampleParams = field(default_factory=SampleParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    compare: CompareParams = field(default_factory=CompareParams)
 
     def check(self, name: str) -> None:
         pass

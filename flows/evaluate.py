@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_core import classifier as clf
 from diffusion_core import metrics
 from diffusion_core.data import shards, toys
 
-from . import tracking
+from . import image_eval, nfe_sweep, tracking
 from .config import Params
 
 
@@ -33,6 +32,7 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
         "mmd": metrics.mmd_rbf(samples, test),
         "mmd_floor": metrics.mmd_rbf(reference, test),
         "num_samples": n, "reference_split": "test", "floor_split": "train subset vs test",
+        "feature_extractor": "none (raw coordinates)",
     }
     out["swd_ratio"] = out["swd"] / out["swd_floor"]
     toy = source.split(":", 1)[1] if source.startswith("toy:") else None
@@ -42,45 +42,29 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
     return out
 
 
-def image_metrics(samples, test, train, params: Params) -> dict:
-    """FD in the in-domain classifier's feature space, class coverage, and the FD floor."""
-    directory = Path(params.classifier.out_dir)
-    summary = json.loads((directory / "classifier_metrics.json").read_text())
-    if not summary.get("applicable"):
-        return {"note": "no labelled data, no classifier: FD not computed"}
-    model = clf.load_classifier(directory)
-    n = min(len(samples), len(test))
-    reference = _real_subset(train, n, params.evaluate.seed)
-    feats = {k: clf.extract_features(model, v) for k, v in
-             (("samples", samples[:n]), ("test", test[:n]), ("reference", reference))}
-    fd = metrics.frechet_distance_from_features(feats["samples"], feats["test"])
-    floor = metrics.frechet_distance_from_features(feats["reference"], feats["test"])
-    predicted = clf.predict(model, samples[:n])
-    coverage = metrics.class_coverage(predicted, n_classes=model.n_classes)
-    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "num_samples": n,
-            "class_coverage": coverage["coverage"], "max_class_share": coverage["max_class_share"],
-            "class_histogram": coverage["class_histogram"],
-            "classifier_test_accuracy": summary["test_accuracy"],
-            "feature_extractor": "in-domain CNN classifier (penultimate layer)",
-            "feature_extractor_sha256": summary["sha256"],
-            "reference_split": "test", "floor_split": "train subset vs test"}
+def image_metrics(params: Params, sample_dir: Path) -> dict:
+    """Every image metric (flows.image_eval): per-shard features on Ray merged in float64, FD
+    with its floor, FID when Inception-v3 weights are given, KID, precision/recall, class
+    coverage and the memorization check."""
+    e = params.evaluate
+    return image_eval.image_fidelity(sample_dir / "shards", params.data.out_dir, params.classifier.out_dir,
+                                     keep=e.max_pairwise, num_workers=e.num_workers,
+                                     cpus_per_worker=e.cpus_per_worker, seed=e.seed, pr_k=e.pr_k,
+                                     inception_weights=e.inception_weights)
 
 
-def evaluate(params: Params, framework: str) -> dict:
-    """Write metrics/<framework>.json (a DVC metric) and log it to the framework's MLflow run."""
-    sample_dir = Path(params.sample.out_dir) / framework
-    samples, _ = shards.load_split(sample_dir / "shards", "samples")
-    sampling = json.loads((sample_dir / "sampling.json").read_text())
-    test, _ = shards.load_split(params.data.out_dir, "test")
-    train, _ = shards.load_split(params.data.out_dir, "train")
-    if samples.shape[1:] != test.shape[1:]:
-        raise ValueError(f"{sample_dir}: samples shaped {samples.shape[1:]}, data {test.shape[1:]}")
-    if samples.ndim == 2:
-        result = vector_metrics(samples, test, train, params, params.data.source)
-    else:
-        result = image_metrics(samples, test, train, params)
-    result.update(framework=framework, sampler=sampling["sampler"], nfe=sampling["nfe"],
-                  seed=sampling["seed"], dataset=params.data.source)
+def _check_samples(sample_dir: Path, params: Params) -> dict:
+    """The sample shards' manifest, checked against the data's shape before any work."""
+    sampled = shards.read_manifest(sample_dir / "shards")[1]
+    data = shards.read_manifest(params.data.out_dir)[1]
+    if sampled["shape"] != data["shape"]:
+        raise ValueError(f"{sample_dir / 'shards'}: samples shaped {tuple(sampled['shape'])}, "
+                         f"data {tuple(data['shape'])}")
+    return data
+
+
+def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict]) -> Path:
+    """metrics/<framework>.json (a DVC metric), the NFE sweep, and the framework's MLflow run."""
     out = Path(params.evaluate.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{framework}.json"
@@ -88,6 +72,34 @@ def evaluate(params: Params, framework: str) -> dict:
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
     tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in result.items()})
     tracking.log_artifacts(run_id, path, "metrics")
+    if sweep:
+        sweep_path = nfe_sweep.save(sweep, framework, out)
+        for point in sweep:
+            tracking.log_metrics(run_id, {f"nfe_sweep_{point['sampler']}_{point['metric']}": point["value"]},
+                                 step=int(point["nfe"]))
+        tracking.log_artifacts(run_id, sweep_path, "metrics")
+        tracking.log_artifacts(run_id, out / f"{framework}_nfe.png", "metrics")
+    return path
+
+
+def evaluate(params: Params, framework: str) -> dict:
+    """Compute every metric (and the quality-against-NFE sweep) first, then write
+    metrics/<framework>.json and log to the framework's MLflow run: bad input changes nothing."""
+    sample_dir = Path(params.sample.out_dir) / framework
+    tracking.load_run_id(Path(params.train.out_dir) / framework)  # names the file if train never ran
+    sampling = json.loads((sample_dir / "sampling.json").read_text())
+    data = _check_samples(sample_dir, params)
+    if data["kind"] == "vector":
+        samples, _ = shards.load_split(sample_dir / "shards", "samples")
+        test, _ = shards.load_split(params.data.out_dir, "test")
+        train, _ = shards.load_split(params.data.out_dir, "train")
+        result = vector_metrics(samples, test, train, params, params.data.source)
+    else:
+        result = image_metrics(params, sample_dir)
+    result.update(framework=framework, sampler=sampling["sampler"], nfe=sampling["nfe"],
+                  seed=sampling["seed"], dataset=params.data.source)
+    sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []
+    _save_and_log(params, framework, result, sweep)
     print(f"evaluate {framework}: " + ", ".join(
         f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
     return result

@@ -1,4 +1,5 @@
-"""The Prefect flow: prepare -> classifier -> (train -> sample -> evaluate) per framework.
+"""The Prefect flow: prepare -> classifier -> (train -> sample -> evaluate -> register) per
+framework -> compare.
 
 Prefect uses its ephemeral server unless PREFECT_API_URL names one. Stages that can fail for
 transient reasons (a Ray worker lost, a tracking server briefly away) are retried.
@@ -40,6 +41,21 @@ def evaluate_task(params: Params, framework: str) -> dict:
     return evaluate.evaluate(params, framework)
 
 
+@task(name="register", cache_policy=NO_CACHE, **RETRY)
+def register_task(params: Params, framework: str) -> dict:
+    from .registry import register
+
+    return register(params, framework)
+
+
+@task(name="compare", cache_policy=NO_CACHE)
+def compare_task(params: Params) -> dict:
+    """The framework comparison report, logged to MLflow and published as an artifact."""
+    from .compare import compare_and_publish
+
+    return compare_and_publish(params)
+
+
 def summary_markdown(params: Params, results: dict) -> str:
     """One table row per framework with its headline figures."""
     keys = ("fd", "fd_floor", "fd_ratio", "swd", "swd_floor", "off_support", "mmd", "nfe")
@@ -74,6 +90,8 @@ def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = 
         trained = train_task(params, framework)
         sample_task(params, framework)
         results[framework] = (trained, evaluate_task(params, framework))
+        register_task(params, framework)
+    compare_task(params)
     create_markdown_artifact(summary_markdown(params, results), key="diffusion-pipeline-summary",
                              description="Headline metrics of each framework")
     return {fw: metrics for fw, (_, metrics) in results.items()}

@@ -45,26 +45,25 @@ class SamplerModel(mlflow.pyfunc.PythonModel):
         for key in ("num_samples", "steps"):
             if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {p[key]!r}")
-        run_params = parse_params(_with_sampler(spec, p["sampler"], p["steps"], p["seed"]))
+        run_params = _with_sampler(spec, p["sampler"], p["steps"], p["seed"])
         seeds = stages.sample_seeds(run_params, 0, p["num_samples"])
         x, _ = stages.draw_samples(run_params, spec["framework"], self.model, seeds, spec["kind"],
                                    tuple(spec["shape"]))
         return x
 
 
-def _with_sampler(spec: dict, sampler: str, steps: int, seed: int) -> dict:
+def _with_sampler(spec: dict, sampler: str, steps: int, seed: int) -> Params:
     """The stored params with sample.seed and the framework's sampler replaced: the stored
     settings when the sampler is the trained default, else the named sampler's defaults;
-    ``steps`` applies to samplers that take steps. parse_params validates the result."""
+    ``steps`` applies to samplers that take steps."""
     from diffusion_core.sampling import SAMPLER_SETTINGS
 
-    data = json.loads(json.dumps(spec["params"]))
+    from .sample_ray import params_with_sampler
+
     settings = dict(spec["sampler"]) if sampler == spec["sampler"]["name"] else {"name": sampler}
     if "steps" in SAMPLER_SETTINGS.get(sampler, {}):
         settings["steps"] = int(steps)
-    data[spec["framework"]]["sampler"] = settings
-    data["sample"]["seed"] = int(seed)
-    return data
+    return params_with_sampler(parse_params(spec["params"]), spec["framework"], settings, seed)
 
 
 def registered_name(params: Params, framework: str) -> str:

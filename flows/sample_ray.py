@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from diffusion_core.inception import weights_sha256
+
 from .actor_pool import chunk_ranges, map_actors, progress_printer
 
 PLAN_FILE = "plan.json"
@@ -36,6 +38,14 @@ class SamplePlan:
 
     def ranges(self) -> list[tuple[int, int]]:
         return chunk_ranges(self.total, self.per_part)
+
+
+def model_fingerprint(model_dir) -> str:
+    """sha256 of the model's weights file: parts drawn from other weights are not reused."""
+    path = Path(model_dir) / "weights.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the train stage first")
+    return weights_sha256(path)
 
 
 def part_path(parts_dir: Path, first: int, stop: int) -> Path:
@@ -69,16 +79,16 @@ def _write_part(path: Path, x: np.ndarray, seeds: list[int], nfe: int) -> None:
 class PartWriter:
     """A Ray actor: loads the model once, then draws and writes whole parts."""
 
-    def __init__(self, load_model: Callable, seeds_of: Callable, draw: Callable, threads: int):
+    def __init__(self, load_model: Callable, seeds_of: Callable, threads: int):
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        self.model, self.seeds_of, self.draw = load_model(), seeds_of, draw
+        self.model, self.seeds_of = load_model(), seeds_of
 
-    def run(self, parts_dir: str, first: int, stop: int, batch_size: int) -> dict:
+    def run(self, parts_dir: str, first: int, stop: int, batch_size: int, draw: Callable) -> dict:
         start, chunks, nfe = time.perf_counter(), [], 0
         for b in range(first, stop, batch_size):
-            x, nfe = self.draw(self.model, self.seeds_of(b, min(batch_size, stop - b)))
+            x, nfe = draw(self.model, self.seeds_of(b, min(batch_size, stop - b)))
             chunks.append(np.asarray(x, dtype=np.float32))
         _write_part(part_path(Path(parts_dir), first, stop), np.concatenate(chunks),
                     self.seeds_of(first, stop - first), nfe)
@@ -113,22 +123,32 @@ def draw_parts(parts_dir, plan: SamplePlan, load_model: Callable, seeds_of: Call
     seeds of samples first .. first+count-1, ``draw(model, seeds)`` returns (float32 samples,
     NFE). Returns counts and the wall time and throughput of the drawing.
     """
-    parts_dir = Path(parts_dir).absolute()
-    _prepare(parts_dir, plan)
-    todo = []
-    for first, stop in plan.ranges():
-        path = part_path(parts_dir, first, stop)
-        if path.is_file():
-            read_part(path, seeds_of(first, stop - first))
-        else:
-            todo.append((str(parts_dir), first, stop, plan.batch_size))
-    drawn = sum(stop - first for _, first, stop, _ in todo)
+    return draw_many([(parts_dir, plan, draw)], load_model, seeds_of, num_workers,
+                     cpus_per_worker, label)
+
+
+def draw_many(jobs: list[tuple], load_model: Callable, seeds_of: Callable, num_workers: int = 2,
+              cpus_per_worker: float = 1.0, label: str = "sample") -> dict:
+    """``draw_parts`` for several ``(parts_dir, plan, draw)`` jobs of one model on one pool
+    (several samplers of a quality-against-NFE sweep, say)."""
+    todo, total = [], 0
+    for parts_dir, plan, draw in jobs:
+        parts_dir = Path(parts_dir).absolute()
+        _prepare(parts_dir, plan)
+        total += plan.total
+        for first, stop in plan.ranges():
+            path = part_path(parts_dir, first, stop)
+            if path.is_file():
+                read_part(path, seeds_of(first, stop - first))
+            else:
+                todo.append((str(parts_dir), first, stop, plan.batch_size, draw))
+    drawn = sum(call[2] - call[1] for call in todo)
     advance = progress_printer(label, drawn) if drawn else None
     threads = max(1, int(cpus_per_worker))
-    times = map_actors(PartWriter, (load_model, seeds_of, draw, threads), todo, num_workers,
+    times = map_actors(PartWriter, (load_model, seeds_of, threads), todo, num_workers,
                        cpus_per_worker, lambda r: advance(r["stop"] - r["first"]))
     total_s = times["startup_seconds"] + times["run_seconds"]
-    return {"drawn": drawn, "reused": plan.total - drawn, "parts": len(plan.ranges()),
+    return {"drawn": drawn, "reused": total - drawn, "parts": sum(len(j[1].ranges()) for j in jobs),
             "workers": min(int(num_workers), len(todo)), **times,
             "samples_per_s": drawn / total_s if drawn else None,  # with start-up
             "samples_per_s_running": drawn / times["run_seconds"] if drawn else None}
@@ -150,6 +170,42 @@ def stage_callables(params, framework: str, model_dir, kind: str, shape) -> dict
     return {"load_model": functools.partial(DiffusionModel.load, Path(model_dir).absolute()),
             "seeds_of": functools.partial(stages.sample_seeds, params),
             "draw": functools.partial(_draw_with_params, params, framework, kind, tuple(shape))}
+
+
+def params_with_sampler(params, framework: str, settings: dict, seed: int | None = None):
+    """params with the framework's sampler (and optionally sample.seed) replaced, validated:
+    a bad setting is a ConfigError naming it."""
+    from .config import as_dict, parse_params
+
+    data = as_dict(params)
+    data[framework]["sampler"] = dict(settings)
+    if seed is not None:
+        data["sample"]["seed"] = int(seed)
+    return parse_params(data)
+
+
+def stage_plan(params, framework: str, meta: dict, total: int) -> SamplePlan:
+    """The sample stage's plan: parts of sample.samples_per_shard, and a fingerprint of
+    everything that fixes the samples (weights, sampler, seed, clip, batching)."""
+    per_part = int(params.sample.samples_per_shard)
+    model_dir = Path(params.train.out_dir) / framework
+    fingerprint = {"model": model_fingerprint(model_dir), "framework": framework,
+                   "sampler": params.framework(framework).sampler, "seed": params.sample.seed,
+                   "clip": params.profile(meta["kind"]).clip, "shape": list(meta["shape"])}
+    return SamplePlan(int(total), per_part, min(int(params.sample.batch_size), per_part), fingerprint)
+
+
+def draw_stage(params, framework: str, meta: dict, parts_dir) -> tuple[np.ndarray, int, dict]:
+    """The sample stage's drawing: every sample of the profile, on sample.num_workers actors;
+    returns the samples in seed order, the NFE and the drawing's counts and timings."""
+    callables = stage_callables(params, framework, Path(params.train.out_dir) / framework,
+                                meta["kind"], meta["shape"])
+    plan = stage_plan(params, framework, meta, params.profile(meta["kind"]).num_samples)
+    info = draw_parts(parts_dir, plan, num_workers=params.sample.num_workers,
+                      cpus_per_worker=params.sample.cpus_per_worker, label=f"sample {framework}",
+                      **callables)
+    x, nfe = collect(parts_dir, plan, callables["seeds_of"])
+    return x, nfe, info
 
 
 def collect(parts_dir, plan: SamplePlan, seeds_of: Callable) -> tuple[np.ndarray, int]:

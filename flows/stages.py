@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from diffusion_core import classifier as clf
 from diffusion_core.data import shards, sources
@@ -140,19 +139,14 @@ def draw_samples(params: Params, framework: str, model: DiffusionModel, seeds: l
 
 
 def sample(params: Params, framework: str) -> dict:
-    """Draw the profile's number of samples (seeded) and write shards, an .npz and a picture."""
+    """Draw the profile's number of samples on Ray actors (flows.sample_ray: one seed per
+    sample, resumable parts) and write shards, an .npz and a picture."""
+    from .sample_ray import draw_stage
+
     meta = dataset_meta(params)
-    kind, shape = meta["kind"], tuple(meta["shape"])
-    total, batch = params.profile(kind).num_samples, params.sample.batch_size
-    model = DiffusionModel.load(Path(params.train.out_dir) / framework)
-    start, chunks, nfe = time.time(), [], 0
-    for first in range(0, total, batch):
-        seeds = sample_seeds(params, first, min(batch, total - first))
-        x, nfe = draw_samples(params, framework, model, seeds, kind, shape)
-        chunks.append(x)
-    x = np.concatenate(chunks)
     out = Path(params.sample.out_dir) / framework
-    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    x, nfe, drawing = draw_stage(params, framework, meta, out / "parts")
     shards.write_shards(out / "shards", {"samples": (x, None)}, params.sample.samples_per_shard,
                         {"framework": framework, "seed": params.sample.seed})
     np.savez(out / "samples.npz", x=x)
@@ -160,7 +154,9 @@ def sample(params: Params, framework: str) -> dict:
     sampler = params.framework(framework).sampler
     plots.save_picture(x, real, out / "samples.png", f"{framework}: {sampler['name']}, NFE {nfe}")
     info = {"num_samples": len(x), "sampler": sampler["name"], "sampler_settings": sampler,
-            "nfe": nfe, "seed": params.sample.seed, "seconds": time.time() - start}
+            "nfe": nfe, "seed": params.sample.seed, "seconds": time.time() - start,
+            "workers": drawing["workers"], "drawn": drawing["drawn"], "reused": drawing["reused"],
+            "samples_per_s": drawing["samples_per_s"]}
     (out / "sampling.json").write_text(json.dumps(info, indent=2))
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
     tracking.log_metrics(run_id, {"sample_nfe": nfe, "sample_seconds": info["seconds"]})
