@@ -61,7 +61,8 @@ def kernel_inception_distance(real, fake, subsets: int = 100, subset_size: int =
                               seed: int = 0) -> dict:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the kernel
     (xᵀy/d + 1)³, averaged over ``subsets`` random subsets of ``subset_size`` from each set
-    (drawn without replacement, seeded). Returns ``kid`` (mean), ``kid_std`` and the sizes."""
+    (drawn without replacement, seeded; one subset when both sets are that small). Returns
+    ``kid`` (mean), ``kid_std`` and the sizes."""
     real, fake = _as_samples(real, "real"), _as_samples(fake, "fake")
     _same_dim(real, fake, "real", "fake")
     if int(subsets) < 1:
@@ -69,6 +70,8 @@ def kernel_inception_distance(real, fake, subsets: int = 100, subset_size: int =
     m = min(int(subset_size), real.shape[0], fake.shape[0])
     if m < 2:
         raise ValueError(f"subset_size must be >= 2, got {subset_size}")
+    if m == real.shape[0] == fake.shape[0]:
+        subsets = 1  # every subset would be the whole of both sets
     rng = np.random.default_rng(seed)
     values = [
         _poly_mmd2_unbiased(real[rng.choice(real.shape[0], m, replace=False)],

@@ -149,13 +149,25 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
 def compare_and_publish(params: Params) -> dict:
     """``compare`` into compare.out_dir, then ``publish`` (the CLI and the Prefect task)."""
     result = compare(params, params.compare.out_dir)
-    publish(result["markdown"], result["dataset"])
+    result["published"] = publish(result["markdown"], result["dataset"])
     return result
 
 
-def publish(markdown_text: str, dataset: str) -> None:
-    """The report as a Prefect markdown artifact (inside a flow run, or on its own)."""
+def publish(markdown_text: str, dataset: str) -> bool:
+    """The report as a Prefect markdown artifact (inside a flow run, or on its own through
+    PREFECT_API_URL or Prefect's ephemeral server). The report is already on disk and in
+    MLflow, so a Prefect API that cannot be reached is reported and not fatal."""
+    import os
+
+    import httpx
     from prefect.artifacts import create_markdown_artifact
 
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     key = "compare-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
-    create_markdown_artifact(markdown_text, key=key, description=f"Framework comparison on {dataset}")
+    try:
+        create_markdown_artifact(markdown_text, key=key, description=f"Framework comparison on {dataset}")
+    except (RuntimeError, OSError, httpx.HTTPError) as err:  # the API did not answer
+        print(f"compare: not published as a Prefect artifact ({err}); the report is in MLflow")
+        return False
+    print(f"compare: published as the Prefect artifact {key!r}")
+    return True
