@@ -1,5 +1,7 @@
 """Distributed sampling on a local Ray: identical samples for 1 and 2 workers, resumption
 without duplicates or gaps, clear errors for damaged parts."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,41 @@ def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypa
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.pt cannot be read"):
         image_fidelity(tmp_path / "samples", params.data.out_dir, folder, inception_weights=str(tmp_path / "junk.pt"))
+
+
+def test_a_stage_killed_halfway_completes_on_rerun_without_duplicates_or_gaps(job, tmp_path):
+    """Kill a drawing run (its whole process group) once some parts exist, then run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, params, callables = job
+    plan = sample_ray.SamplePlan(total=40, per_part=4, batch_size=4, fingerprint={"kill": 1})
+    script = (
+        "import sys; sys.path.insert(0, {root!r})\n"
+        "from flows import sample_ray\nfrom flows.config import parse_params\nfrom tests.tiny import tiny_params\n"
+        "params = parse_params(tiny_params('digits'))\n"
+        "callables = sample_ray.stage_callables(params, 'ddpm', {model!r}, 'image', [1, 8, 8])\n"
+        "plan = sample_ray.SamplePlan(40, 4, 4, {{'kill': 1}})\n"
+        "sample_ray.draw_parts({parts!r}, plan, num_workers=1, **callables)\n"
+    ).format(root=str(Path(__file__).resolve().parents[1]), model=str(root / "model"),
+             parts=str(tmp_path / "parts"))
+    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "RAY_ADDRESS": ""})
+    deadline = time.time() + 180
+    while len(list(tmp_path.glob("parts/part-*.npz"))) < 2 and time.time() < deadline:
+        assert child.poll() is None, "the drawing run ended before it could be interrupted"
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    done_before = len(list(tmp_path.glob("parts/part-*.npz")))
+    assert 2 <= done_before < 10
+    info = sample_ray.draw_parts(tmp_path / "parts", plan, num_workers=2, **callables)
+    assert info["reused"] == 4 * done_before and info["drawn"] == 40 - 4 * done_before
+    x, _ = sample_ray.collect(tmp_path / "parts", plan, callables["seeds_of"])
+    fresh = sample_ray.draw_parts(tmp_path / "fresh", plan, num_workers=2, **callables)
+    assert fresh["drawn"] == 40
+    np.testing.assert_array_equal(x, sample_ray.collect(tmp_path / "fresh", plan, callables["seeds_of"])[0])
