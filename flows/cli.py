@@ -17,12 +17,39 @@ STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate", "registe
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in STAGES + ("pipeline", "check-params"):
+    for name in STAGES + ("pipeline", "check-params", "deploy", "serve"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         if name in ("train", "sample", "evaluate", "register"):
             cmd.add_argument("--framework", required=True)
+        if name in ("deploy", "serve"):
+            _deployment_args(cmd, name)
     return parser
+
+
+def _deployment_args(cmd: argparse.ArgumentParser, name: str) -> None:
+    """Options of the scheduled Prefect deployments (flows/deploy.py)."""
+    cmd.add_argument("--source", help="data.source of the scheduled runs (default: the params')")
+    cmd.add_argument("--frameworks", help="comma-separated frameworks (default: the params')")
+    if name == "deploy":
+        cmd.add_argument("--pool", help="work pool (default: $PREFECT_DEPLOYMENTS_DEFAULT_WORK_POOL_NAME"
+                         " or 'diffusion', made as a process pool if missing)")
+        cmd.add_argument("--image", help="container image, for a docker or kubernetes pool")
+        cmd.add_argument("--workdir", help="where a process worker runs the flow (default: here)")
+
+
+def _preflight(command: str) -> None:
+    """Bounded checks of the services a command needs, before it writes anything."""
+    from . import ray_cluster, tracking
+
+    if command in ("train", "sample", "evaluate", "register", "compare", "pipeline"):
+        tracking.check_server()
+    if command in ("train", "sample", "evaluate", "pipeline"):  # Ray Train and actor pools
+        ray_cluster.check_address()
+    if command in ("pipeline", "deploy", "serve"):
+        from .deploy import check_prefect_api
+
+        check_prefect_api()
 
 
 def _run(command: str, params, framework: str | None):
@@ -66,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         params = load_params(args.params)
-        result = _run(args.command, params, getattr(args, "framework", None))
+        _preflight(args.command)
+        if args.command in ("deploy", "serve"):
+            from .deploy import run_command
+
+            result = run_command(args)
+        else:
+            result = _run(args.command, params, getattr(args, "framework", None))
     except ConfigError as err:
         print(f"error: bad params: {err}", file=sys.stderr)
         return 2

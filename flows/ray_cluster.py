@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 LOCAL_ENV = {
@@ -15,6 +16,21 @@ LOCAL_ENV = {
 
 class RayUnavailable(RuntimeError):
     """Ray could not be reached or cannot offer what the params ask for."""
+
+
+def check_address(address: str | None = None, timeout_s: float = 5.0) -> None:
+    """Fail within timeout_s, naming RAY_ADDRESS, if nothing listens at its host:port
+    (ray.init would wait much longer); 'auto' and addresses without a port are left to Ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    hostport = (address or "").split("://")[-1].rstrip("/")
+    if ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} (set by RAY_ADDRESS) "
+                             f"within {timeout_s:g} s: {err}") from err
 
 
 def connect() -> None:
@@ -34,6 +50,7 @@ def connect() -> None:
         # A cluster's nodes get this checkout's code with the job, not from their own disks.
         runtime_env = {"py_modules": [os.path.dirname(diffusion_core.__file__),
                                       os.path.dirname(flows.__file__)]}
+        check_address(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except Exception as err:  # ray raises ConnectionError, RuntimeError or its own types

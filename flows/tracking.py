@@ -24,9 +24,37 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+PROBE_TIMEOUT_S = 5.0
+_answered: set[str] = set()
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server named by MLFLOW_TRACKING_URI does not answer."""
+
+
+def check_server(timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail within timeout_s, naming the URI and its variable, if an http(s) server is away
+    (MLflow's own client would retry for minutes); once per process and URI."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")) or uri in _answered:
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # something answered; MLflow's client reports what is wrong
+    except (OSError, ValueError) as err:
+        raise TrackingUnavailable(f"cannot reach the MLflow tracking server at {uri} (set by "
+                                  f"MLFLOW_TRACKING_URI) within {timeout_s:g} s: {err}") from err
+    _answered.add(uri)
+
+
 def client():
     from mlflow.tracking import MlflowClient
 
+    check_server()
     return MlflowClient(tracking_uri=tracking_uri())
 
 

@@ -1,0 +1,157 @@
+"""Real services, part 2: a two-node Ray cluster on this machine. Ray refuses a second node on
+loopback, so each node is a test host of its own: a network namespace with one end of a veth
+pair and an address of its own (and an /etc/hosts there that names it, as a real host's would).
+`ray start --head` runs in one, `ray start --address` in the other, one CPU each; the pipeline's
+`diffusion train` runs unchanged on the head host with RAY_ADDRESS, its two workers land on both
+nodes, and a worker killed on the second node resumes from the checkpoint folder both share."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_services import BIN, service_env, start, stop
+from tests.tiny import tiny_params, write_params
+
+TAG = f"{os.getpid() % 100000}"
+SUBNET = f"10.213.{os.getpid() % 250}"
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+def _make_hosts() -> list[tuple[str, str]]:
+    """Two namespaces joined by a veth pair: [(namespace, address), ...]; skips without rights."""
+    hosts = [(f"dfh{TAG}", f"{SUBNET}.1"), (f"dfw{TAG}", f"{SUBNET}.2")]
+    if shutil.which("ip") is None:
+        pytest.skip("the `ip` command (iproute2) is missing: no test hosts for a two-node Ray cluster")
+    made = _ip("netns", "add", hosts[0][0])
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a network namespace (`ip netns add` said: {made.stderr.strip()}); "
+                    "the two-node Ray cluster needs CAP_SYS_ADMIN and CAP_NET_ADMIN")
+    steps = [("netns", "add", hosts[1][0]),
+             ("link", "add", f"dfa{TAG}", "type", "veth", "peer", "name", f"dfb{TAG}")]
+    for (ns, address), end in zip(hosts, (f"dfa{TAG}", f"dfb{TAG}")):
+        steps += [("link", "set", end, "netns", ns), ("-n", ns, "addr", "add", f"{address}/24", "dev", end),
+                  ("-n", ns, "link", "set", end, "up"), ("-n", ns, "link", "set", "lo", "up")]
+    for step in steps:
+        out = _ip(*step)
+        assert out.returncode == 0, f"ip {' '.join(step)}: {out.stderr}"
+    for ns, address in hosts:  # `ip netns exec` shows this file as the host's /etc/hosts
+        Path(f"/etc/netns/{ns}").mkdir(parents=True, exist_ok=True)
+        Path(f"/etc/netns/{ns}/hosts").write_text(
+            f"{address} {socket.gethostname()}\n127.0.0.1 localhost\n")
+    return hosts
+
+
+def _remove_hosts(hosts) -> None:
+    """End every process left in the namespaces (ours alone), then remove them."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [int(p) for ns, _ in hosts for p in _ip("netns", "pids", ns).stdout.split()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if pids and sig == signal.SIGTERM:
+            time.sleep(3)
+    for ns, _ in hosts:
+        _ip("netns", "del", ns)  # removes the veth pair with it
+        shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+
+
+def _wait_for_line(log: Path, text: str, proc, timeout_s: float = 90) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{log}: no {text!r} within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(head address, [(namespace, node ip)], logs folder) of a running two-node cluster."""
+    logs = tmp_path_factory.mktemp("ray-cluster")
+    hosts = _make_hosts()
+    procs, temp_dirs = [], [f"/tmp/dfray{TAG}{i}" for i in range(2)]  # short: socket paths
+    try:
+        (head_ns, head_ip), (worker_ns, worker_ip) = hosts
+        common = ["--num-cpus=1", "--disable-usage-stats", "--block"]
+        for ns, args, temp, log in (
+                (head_ns, ["--head", f"--node-ip-address={head_ip}", "--port=6379", "--include-dashboard=false"],
+                 temp_dirs[0], "head.log"),
+                (worker_ns, [f"--address={head_ip}:6379", f"--node-ip-address={worker_ip}"], temp_dirs[1],
+                 "worker.log")):
+            proc = start(["ip", "netns", "exec", ns, BIN / "ray", "start", *args, *common,
+                          f"--temp-dir={temp}"], logs / log, service_env())
+            procs.append(proc)
+            _wait_for_line(logs / log, "Ray runtime started", proc)
+        yield f"{head_ip}:6379", hosts, logs
+    finally:
+        for proc in procs:
+            stop(proc, grace_s=5)
+        _remove_hosts(hosts)
+        for temp in temp_dirs:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _train_workers(ns: str) -> list[int]:
+    pids = [int(p) for p in _ip("netns", "pids", ns).stdout.split()]
+    found = []
+    for pid in pids:
+        try:
+            if "RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_training_spreads_over_both_nodes_and_resumes_from_the_shared_folder(cluster, tmp_path):
+    """Kill the train worker on the second node mid-run: Ray restarts the group on both nodes
+    and rank 0 resumes from the checkpoint in the shared storage_path."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import stages, tracking
+    from flows.config import load_params
+
+    address, ((head_ns, head_ip), (worker_ns, worker_ip)), _ = cluster
+    shared = tmp_path / "shared"  # one folder both hosts see, like an NFS mount
+    steps = 400
+    params = write_params(tmp_path, tiny_params(
+        vector={"steps": steps}, train={"checkpoint_every": 50},
+        ray={"num_workers": 2, "cpus_per_worker": 1, "storage_path": str(shared / "ray_results"),
+             "resources_timeout_s": 60}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        stages.prepare(load_params(params))  # needs no service
+    log = tmp_path / "driver.log"
+    driver = start(["ip", "netns", "exec", head_ns, BIN / "diffusion", "train", "--framework", "ddpm",
+                    "--params", params], log, service_env(RAY_ADDRESS=address), cwd=tmp_path)
+    try:
+        deadline = time.time() + 150
+        while len(list(shared.glob("ray_results/*/checkpoint_*"))) < 2 and time.time() < deadline:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(2)  # let the controller register a checkpoint before the kill
+        on_head, on_worker = _train_workers(head_ns), _train_workers(worker_ns)
+        assert on_head and on_worker, f"train workers: head {on_head}, second node {on_worker}"
+        os.kill(on_worker[0], signal.SIGKILL)
+        assert driver.wait(timeout=300) == 0, log.read_text()[-4000:]
+    finally:
+        stop(driver)
+    text = log.read_text(errors="replace")
+    assert f"ip={head_ip}" in text and f"ip={worker_ip}" in text  # the worker group's placement
+    summary = (tmp_path / "models/ddpm/train_summary.json").read_text()
+    assert '"world_size": 2' in summary and f'"steps": {steps}' in summary
+    run_id = tracking.load_run_id(tmp_path / "models/ddpm")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    resumed = client.get_metric_history(run_id, "resumed_from_step")
+    assert resumed and resumed[0].value >= 50, "no resume from a checkpoint was logged"
