@@ -33,13 +33,15 @@ def sweep_points(sweep: list[dict]) -> list[dict]:
 
 
 class _Quality:
-    """The sweep's quality metric against the test split (loaded once)."""
+    """The sweep's quality metric against the test split (loaded once): FD in the in-domain
+    classifier's features for labelled images, else sliced Wasserstein-2 (of flattened pixels
+    for unlabelled images)."""
 
     def __init__(self, params: Params):
         self.test, _ = shards.load_split(params.data.out_dir, "test")
-        self.params = params
-        self.classifier = None
-        if self.test.ndim == 4:
+        self.params, self.classifier, self.extractor_sha256 = params, None, None
+        summary = Path(params.classifier.out_dir) / "classifier_metrics.json"
+        if self.test.ndim == 4 and summary.is_file() and json.loads(summary.read_text()).get("applicable"):
             from diffusion_core import classifier as clf
 
             self.classifier = clf.load_classifier(params.classifier.out_dir)
@@ -49,7 +51,8 @@ class _Quality:
     def __call__(self, x) -> tuple[str, float]:
         if self.classifier is None:
             p = self.params.evaluate
-            return "swd", metrics.sliced_wasserstein(x, self.test, p.swd_projections, p.seed)
+            name = "swd" if x.ndim == 2 else "swd_pixels"
+            return name, metrics.sliced_wasserstein(x, self.test, p.swd_projections, p.seed)
         from diffusion_core import classifier as clf
 
         return "fd", metrics.frechet_distance_from_features(clf.extract_features(self.classifier, x),
@@ -79,7 +82,7 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
         records.append({"sampler": settings["name"], "steps": settings.get("steps"), "settings": settings,
                         "nfe": nfe, "metric": metric, "value": value, "num_samples": len(x),
                         "seed": params.sample.seed, "reference_split": "test",
-                        "feature_extractor_sha256": getattr(quality, "extractor_sha256", None)})
+                        "feature_extractor_sha256": quality.extractor_sha256})
     return records
 
 

@@ -196,3 +196,29 @@ def test_a_stage_killed_halfway_completes_on_rerun_without_duplicates_or_gaps(jo
     x, _ = sample_ray.collect(tmp_path / "parts", plan, callables["seeds_of"])
     assert len({row.tobytes() for row in x}) == 40
     np.testing.assert_allclose(x[:20], drawn[1][1], atol=1e-5)  # same seeds, other parts
+
+
+def test_nfe_sweep_records_quality_against_nfe_per_sampler(job, monkeypatch):
+    import json
+    import shutil
+
+    from diffusion_core import classifier as clf
+    from flows import nfe_sweep
+
+    root, _, _ = job
+    monkeypatch.chdir(root)
+    params = parse_params(tiny_params(
+        "digits", sample={"samples_per_shard": 6},
+        evaluate={"nfe_sweep": [{"name": "ddim", "steps": [2, 4]}, {"name": "heun", "steps": [3]}],
+                  "nfe_sweep_samples": 12}))
+    shutil.copytree(root / "model", root / "models" / "ddpm", dirs_exist_ok=True)
+    folder = clf.save_classifier(clf.DigitClassifier(1, 8, 10), root / "models" / "classifier")
+    (folder / "classifier_metrics.json").write_text(json.dumps({"applicable": True}))
+    records = nfe_sweep.nfe_sweep(params, "ddpm")
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in records] == [
+        ("ddim", 2, 2), ("ddim", 4, 4), ("heun", 3, 3)]
+    assert all(r["metric"] == "fd" and np.isfinite(r["value"]) and r["num_samples"] == 12 for r in records)
+    assert records[0]["feature_extractor_sha256"] == clf.classifier_hash(folder)
+    path = nfe_sweep.save(records, "ddpm", root / "metrics")
+    assert json.loads(path.read_text())["points"][2]["sampler"] == "heun"
+    assert (root / "metrics" / "ddpm_nfe.png").stat().st_size > 1000
