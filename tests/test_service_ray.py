@@ -124,9 +124,9 @@ def test_training_spreads_over_both_nodes_and_resumes_from_the_shared_folder(clu
 
     address, ((head_ns, head_ip), (worker_ns, worker_ip)), _ = cluster
     shared = tmp_path / "shared"  # one folder both hosts see, like an NFS mount
-    steps = 400
+    steps = 300
     params = write_params(tmp_path, tiny_params(
-        vector={"steps": steps}, train={"checkpoint_every": 50},
+        vector={"steps": steps}, train={"checkpoint_every": 25},
         ray={"num_workers": 2, "cpus_per_worker": 1, "storage_path": str(shared / "ray_results"),
              "resources_timeout_s": 60}))
     with pytest.MonkeyPatch.context() as patch:
@@ -154,4 +154,4 @@ def test_training_spreads_over_both_nodes_and_resumes_from_the_shared_folder(clu
     run_id = tracking.load_run_id(tmp_path / "models/ddpm")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     resumed = client.get_metric_history(run_id, "resumed_from_step")
-    assert resumed and resumed[0].value >= 50, "no resume from a checkpoint was logged"
+    assert resumed and resumed[0].value >= 25, "no resume from a checkpoint was logged"

@@ -200,13 +200,17 @@ def test_kuberay_and_compose_files_name_what_the_services_need():
 
 # --- unreachable services: a bounded wait, a message naming the address and its variable ---
 
-@pytest.fixture
-def prepared(tmp_path):
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
     """A working folder with the tiny checkerboard's shards (prepare needs no service)."""
-    write_params(tmp_path, tiny_params())
-    out = diffusion(["prepare"], tmp_path, service_env())
-    assert out.returncode == 0, out.stderr
-    return tmp_path
+    from flows import stages
+    from flows.config import load_params
+
+    folder = tmp_path_factory.mktemp("prepared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        stages.prepare(load_params(write_params(folder, tiny_params())))
+    return folder
 
 
 @pytest.mark.parametrize("variable, value, command", [
