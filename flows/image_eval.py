@@ -24,10 +24,14 @@ def inception_path(configured: str | None) -> str | None:
     return configured or os.environ.get(WEIGHTS_ENV) or None
 
 
-def _check_range(found, name: str, where) -> None:
-    low, high = found.value_range
+def _check_samples(samples_dir) -> None:
+    """Sample shards hold images in [-1, 1]: the manifest's value range, checked before any work
+    (the shards' checksums against that manifest are checked before their features)."""
+    from diffusion_core.data import shards
+
+    low, high = shards.read_manifest(samples_dir)[1]["value_range"]
     if low < -1 - 1e-6 or high > 1 + 1e-6:
-        raise ValueError(f"{where}: {name} must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
+        raise ValueError(f"{samples_dir}: samples must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
 
 
 def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
@@ -67,12 +71,12 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
     weights = inception_path(inception_weights)
     if weights is not None:
         load_inception(weights)  # a missing or wrong file is named here, before any work
+    _check_samples(samples_dir)
     sources = {"samples": (samples_dir, "samples"), "test": (data_dir, "test"), "train": (data_dir, "train")}
     n_classes = json.loads((classifier_dir / "config.json").read_text())["n_classes"]
     found = features_of(sources, Extractor("classifier", str(classifier_dir)), keep, num_workers,
                         cpus_per_worker, n_classes)
     fake, test, train = found["samples"], found["test"], found["train"]
-    _check_range(fake, "samples", Path(samples_dir))
     out = _fidelity_block(fake, test, train, seed, pr_k)
     coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
     out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],

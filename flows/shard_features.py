@@ -56,7 +56,6 @@ class SplitFeatures:
     histogram: np.ndarray | None
     kept_features: np.ndarray  # features of the first `keep` samples, in written order
     kept_x: np.ndarray  # and those samples themselves
-    value_range: tuple[float, float]  # of the samples, over every shard
 
 
 class FeatureWorker:
@@ -76,8 +75,7 @@ class FeatureWorker:
         stats = FeatureStats.from_features(feats)
         n_keep = max(0, min(len(x), keep - first))
         return {"name": name, "first": first, "n": stats.n, "mean": stats.mean, "m2": stats.m2,
-                "labels": labels, "kept_features": feats[:n_keep], "kept_x": x[:n_keep],
-                "range": (float(x.min()), float(x.max()))}
+                "labels": labels, "kept_features": feats[:n_keep], "kept_x": x[:n_keep]}
 
 
 def _shard_calls(name: str, data_dir: Path, split: str, keep: int) -> list[tuple]:
@@ -100,8 +98,7 @@ def _merge(results: list[dict], n_classes: int | None) -> SplitFeatures:
     if n_classes is not None and results[0]["labels"] is not None:
         histogram = sum(np.bincount(r["labels"], minlength=n_classes) for r in results)
     return SplitFeatures(stats, histogram, np.concatenate([r["kept_features"] for r in results]),
-                         np.concatenate([r["kept_x"] for r in results]),
-                         (min(r["range"][0] for r in results), max(r["range"][1] for r in results)))
+                         np.concatenate([r["kept_x"] for r in results]))
 
 
 def features_of(sources: dict, extractor: Extractor, keep: int, num_workers: int = 2,
