@@ -12,6 +12,7 @@ from diffusion_core.data import shards, toys
 
 from . import image_eval, nfe_sweep, tracking
 from .config import Params
+from .likelihood_eval import nll_metrics
 
 
 def _real_subset(x: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -20,21 +21,31 @@ def _real_subset(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x[np.random.default_rng(seed).permutation(len(x))[:n]]
 
 
+def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8) -> list[float]:
+    """SWD between `draws` independent real sets of n (train subsets) and the held-out set: the
+    floor's range, the spread any model's SWD has even when it samples the data exactly."""
+    return [metrics.sliced_wasserstein(_real_subset(train, n, seed + k), test, projections, seed)
+            for k in range(draws)]
+
+
 def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
     """Sliced W2 and MMD against held-out data, with floors from a train subset of equal size."""
     n = min(len(samples), len(test))
     samples, test = samples[:n], test[:n]
     reference = _real_subset(train, n, params.evaluate.seed)
     proj, seed = params.evaluate.swd_projections, params.evaluate.seed
+    floors = _swd_floors(train, test, n, proj, seed)
     out = {
         "swd": metrics.sliced_wasserstein(samples, test, proj, seed),
-        "swd_floor": metrics.sliced_wasserstein(reference, test, proj, seed),
+        "swd_floor": float(np.mean(floors)), "swd_floor_max": float(np.max(floors)),
+        "swd_floor_draws": len(floors),
         "mmd": metrics.mmd_rbf(samples, test),
         "mmd_floor": metrics.mmd_rbf(reference, test),
-        "num_samples": n, "reference_split": "test", "floor_split": "train subset vs test",
+        "num_samples": n, "reference_split": "test", "floor_split": "train subsets vs test",
         "feature_extractor": "none (raw coordinates)",
     }
     out["swd_ratio"] = out["swd"] / out["swd_floor"]
+    out["swd_within_floor_range"] = out["swd"] <= out["swd_floor_max"]
     toy = source.split(":", 1)[1] if source.startswith("toy:") else None
     if toy in ("checkerboard", "gmm8"):
         out["off_support"] = toys.off_support_fraction(toy, samples)
@@ -98,6 +109,7 @@ def evaluate(params: Params, framework: str) -> dict:
         result = image_metrics(params, sample_dir)
     result.update(framework=framework, sampler=sampling["sampler"], nfe=sampling["nfe"],
                   seed=sampling["seed"], dataset=params.data.source)
+    result.update(nll_metrics(params, framework, shards.load_split(params.data.out_dir, "test")[0]))
     sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []
     _save_and_log(params, framework, result, sweep)
     print(f"evaluate {framework}: " + ", ".join(

@@ -138,7 +138,8 @@ def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = os.path.abspath(ray_params.storage_path)
+    path = ray_params.storage_path  # a URI (s3://...) as it is; a local folder made absolute
+    storage = path if "://" in path else os.path.abspath(path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
