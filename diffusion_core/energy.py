@@ -19,6 +19,19 @@ The wrapper works in both regimes:
   x that itself requires grad (exact / sliced score matching) stays differentiable in x;
 - sampling (under torch.no_grad, or torch.inference_mode): grad is enabled locally for x only;
   the parameters receive no gradient and the returned score is detached.
+
+`EnergyDenoiser` makes any of the pipeline's networks an energy model behind the `Denoiser`
+interface, so the pipeline's objectives and samplers take it unchanged. In the rescaled space
+x~ = x / alpha = x0 + s eps (see preconditioning.py) its energy is the Gaussian energy around
+the denoised point,
+
+    E(x~, s) = |x~ - D(x~, s)|^2 / (2 s^2) = |eps_F(x~, s)|^2 / 2,
+
+with D and eps_F the network's output read by the chosen parameterization (cf. Salimans & Ho,
+2021, "Should EBMs model the energy or the score?"); its eps is s grad_x~ E, i.e. its score is
+-grad E. Where D varies slowly (large s, or along the data) -grad E = -(I - J_D)^T (x~ - D) / s^2
+is close to Tweedie's -(x~ - D) / s^2, so the 1/s^2 scale comes from the formula, not from the
+network; with the "x0" parameterization D is the network output itself.
 """
 from __future__ import annotations
 
@@ -27,7 +40,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .utils import batch_of, sum_except_batch
+from .preconditioning import Denoiser, Prediction
+from .utils import append_dims, batch_of, sum_except_batch
 
 
 def reduce_energy(out: torch.Tensor) -> torch.Tensor:
@@ -85,3 +99,23 @@ class EnergyScore(nn.Module):
             energy = self.energy(x_in, c)
             (grad,) = torch.autograd.grad(energy.sum(), x_in, create_graph=create_graph)
         return -grad if create_graph else -grad.detach()
+
+
+class EnergyDenoiser(Denoiser):
+    """A `Denoiser` whose prediction comes from the energy E(x~, s) = |eps_F(x~, s)|^2 / 2:
+    eps = s grad_x~ E (score -grad_x~ E), x0 = x~ - s eps. Built like `Denoiser`; the gradient
+    keeps its graph in training (see `EnergyScore`)."""
+
+    def __init__(self, net: nn.Module, parameterization: str = "x0", sigma_data: float = 0.5):
+        super().__init__(net, parameterization, sigma_data)
+        self.energy_score = EnergyScore(self.energy)  # holds a bound method: no parameters
+
+    def energy(self, x_tilde: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """E(x~, s) per example (B,), from the network read as a score model."""
+        return 0.5 * sum_except_batch(super().forward(x_tilde, torch.ones_like(s), s).eps ** 2)
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> Prediction:
+        s = sigma / alpha
+        x_tilde = x / append_dims(alpha, x.ndim)
+        eps = -append_dims(s, x.ndim) * self.energy_score(x_tilde, s)
+        return Prediction(x_tilde - append_dims(s, x.ndim) * eps, eps)

@@ -7,6 +7,8 @@ from a JSON config plus weights, never from pickled code. Its config names:
   parameterization: how the network output is read ("eps" | "x0" | "edm"), with sigma_data
   loss:             {"kind": one of LOSSES, ...its arguments}
   network:          the network's JSON config (nets.build_network)
+  model_kind:       "score" (default: the network is read as a denoiser) or "energy" (the
+                    network defines an energy whose -grad_x is the score; energy.EnergyDenoiser)
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import sampling
+from . import ncsn, sampling
 from .ddpm import DDPMChain
+from .energy import EnergyDenoiser
 from .losses import ddpm_loss, lognormal_loss
 from .nets import build_network
 from .noise import NoiseSource
@@ -35,6 +38,7 @@ class Preset:
 
 FRAMEWORKS = {
     "ddpm": Preset(process="vp", parameterization="edm", loss="lognormal", sampler="ddim"),
+    "ncsn": Preset(process="ve", parameterization="eps", loss="ncsn", sampler="annealed_langevin"),
 }
 PROCESSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -49,6 +53,8 @@ def _lognormal_loss(model, denoiser, x0, generator, p_mean=-1.2, p_std=1.2, weig
 
 # Each loss: (model, denoiser, x0, generator, **arguments from the config) -> per-example loss.
 LOSSES = {"ddpm": _ddpm_loss, "lognormal": _lognormal_loss}
+LOSSES.update(ncsn=ncsn.dsm_objective, ncsn_ssm=ncsn.ssm_objective, ncsn_exact=ncsn.exact_objective)
+MODEL_KINDS = {"score": Denoiser, "energy": EnergyDenoiser}
 
 
 def build_process(config: dict) -> SDE:
@@ -76,7 +82,10 @@ class DiffusionModel:
 
     def wrap(self, net: torch.nn.Module) -> Denoiser:
         """The model's denoiser around `net` (a DDP-wrapped copy during training, say)."""
-        return Denoiser(net, self.config["parameterization"], self.config["sigma_data"])
+        kind = self.config.get("model_kind", "score")
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"model_kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+        return MODEL_KINDS[kind](net, self.config["parameterization"], self.config["sigma_data"])
 
     @property
     def chain(self) -> DDPMChain:

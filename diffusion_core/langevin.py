@@ -50,19 +50,27 @@ def langevin_step(score_fn, x: torch.Tensor, sigma, step_size: float,
     return x + 0.5 * step_size * score_fn(x, batch_of(sigma, x)) + step_size**0.5 * noise
 
 
+def tweedie_step(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x + sigma^2 s(x, sigma): E[x0 | x] for x = x0 + sigma z (Tweedie's formula; the final
+    denoising step of Jolicoeur-Martineau et al., 2021)."""
+    return x + sigma**2 * score_fn(x, batch_of(sigma, x))
+
+
 @torch.no_grad()
 def langevin_dynamics(score_fn, x: torch.Tensor, step_size: float, n_steps: int, sigma=0.0,
                       generator=None, noise: torch.Tensor | None = None,
-                      progress: Progress = None):
+                      progress: Progress = None, final_denoise: bool = False):
     """Plain Langevin dynamics at one fixed noise level `sigma` (Song & Ermon, 2019, eq. 4;
-    for a well-separated mixture it fails to find the mode weights: section 3.2.2)."""
+    for a well-separated mixture it fails to find the mode weights: section 3.2.2); then, if
+    `final_denoise` (and sigma > 0), one Tweedie step."""
     check_positive("step_size", step_size)
     check_count("n_steps", n_steps)
     for k in range(n_steps):
         x = langevin_step(score_fn, x, sigma, step_size, _noise_at(noise, generator, x, k, n_steps))
         if progress:
             progress(k + 1, n_steps)
-    return x, n_steps
+    denoise = final_denoise and float(sigma) > 0
+    return (tweedie_step(score_fn, x, float(sigma)) if denoise else x), n_steps + int(denoise)
 
 
 def annealed_step_sizes(sigmas, eps: float) -> torch.Tensor:
@@ -90,6 +98,5 @@ def annealed_langevin_dynamics(score_fn, x: torch.Tensor, sigmas, eps: float,
             if progress:
                 progress(k, total)
     if final_denoise:
-        sigma_last = float(sigmas[-1])
-        x = x + sigma_last**2 * score_fn(x, batch_of(sigma_last, x))
+        x = tweedie_step(score_fn, x, float(sigmas[-1]))
     return x, total + int(final_denoise)

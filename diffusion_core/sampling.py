@@ -8,14 +8,26 @@ params.yaml never falls back to a default silently.
 """
 from __future__ import annotations
 
-from . import samplers
+from . import langevin, ncsn, samplers
 
 
 SAMPLER_SETTINGS = {
     "ancestral": {},
     "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
     "heun": {"steps": 35, "rho": 7.0},
+    "annealed_langevin": {"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
+    "langevin": {"steps": 1000, "step_size": 2e-5, "denoise": True},
 }
+
+
+def _check_langevin(settings: dict) -> None:
+    for key in ("eps", "step_size"):
+        if key in settings and not settings[key] > 0:
+            raise ValueError(f"{key}: the Langevin step size must be positive, got {settings[key]}")
+
+
+# Checks of a sampler's setting values beyond their types; each raises "key: message".
+SAMPLER_CHECKS = {"annealed_langevin": _check_langevin, "langevin": _check_langevin}
 
 
 def _same_kind(value, default) -> bool:
@@ -38,7 +50,10 @@ def resolve_settings(settings: dict) -> dict:
             raise ValueError(f"{key}: not a setting of {name}; known: {sorted(defaults)}")
         if key in defaults and not _same_kind(value, defaults[key]):
             raise ValueError(f"{key}: expected {type(defaults[key]).__name__}, got {value!r}")
-    return {**defaults, **settings}
+    resolved = {**defaults, **settings}
+    if name in SAMPLER_CHECKS:
+        SAMPLER_CHECKS[name](resolved)
+    return resolved
 
 
 def _ancestral(model, x, settings, noise, clip, progress):
@@ -59,7 +74,26 @@ def _heun(model, x, settings, noise, clip, progress):
     return samplers.heun_pf_ode(model.denoiser, x, sigmas, progress)
 
 
-SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun}
+def _annealed_langevin(model, x, settings, noise, clip, progress):
+    """Annealed Langevin dynamics over the model's noise ladder (Song & Ermon, 2019, alg. 1):
+    steps_per_sigma steps of size eps sigma_i^2 / sigma_L^2 per level, then, with `denoise`,
+    one Tweedie step x + sigma_L^2 s(x, sigma_L)."""
+    return langevin.annealed_langevin_dynamics(
+        ncsn.score_fn(model.denoiser), x, ncsn.noise_ladder(model.process), settings["eps"],
+        settings["steps_per_sigma"], noise, final_denoise=settings["denoise"], progress=progress)
+
+
+def _langevin(model, x, settings, noise, clip, progress):
+    """Plain Langevin dynamics (Song & Ermon, 2019, eq. 4) at the smallest noise level sigma_L
+    of the ladder, then, with `denoise`, one Tweedie step."""
+    return langevin.langevin_dynamics(
+        ncsn.score_fn(model.denoiser), x, settings["step_size"], settings["steps"],
+        float(ncsn.noise_ladder(model.process)[-1]), noise, progress=progress,
+        final_denoise=settings["denoise"])
+
+
+SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun,
+            "annealed_langevin": _annealed_langevin, "langevin": _langevin}
 
 
 def draw(model, x, settings: dict, noise, clip=None, progress=None):

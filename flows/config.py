@@ -17,6 +17,7 @@ from diffusion_core.frameworks import FRAMEWORKS
 from diffusion_core.losses import WEIGHTINGS
 from diffusion_core.preconditioning import PARAMETERIZATIONS
 
+from .params_ncsn import NCSNParams
 from .validation import ConfigError, check_sampler, require
 
 __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
@@ -211,6 +212,7 @@ class Params:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     train: TrainParams = field(default_factory=TrainParams)
     ddpm: DDPMParams = field(default_factory=DDPMParams)
+    ncsn: NCSNParams = field(default_factory=NCSNParams)
     vector: ProfileParams = field(default_factory=ProfileParams)
     image: ProfileParams = field(default_factory=ProfileParams)
     sample: SampleParams = field(default_factory=SampleParams)

@@ -83,7 +83,10 @@ def model_config(params: Params, framework: str, meta: dict) -> dict:
     else:
         network = dict(kind="unet", channels=shape[0], image_size=shape[1], base=net.base,
                        mults=list(net.mults), blocks=net.blocks, emb_dim=net.emb_dim)
-    return {"framework": framework, **params.framework(framework).model_parts(),
+    section = params.framework(framework)
+    if hasattr(section, "check_data"):  # checks that need the data's shape (ConfigError)
+        section.check_data(framework, shape)
+    return {"framework": framework, **section.model_parts(),
             "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
@@ -95,11 +98,12 @@ def train(params: Params, framework: str) -> dict:
     profile = params.profile(meta["kind"])
     out = Path(params.train.out_dir) / framework
     experiment = tracking.experiment_name(params.data.source)
+    model = model_config(params, framework, meta)  # bad params stop here, before the run exists
     run_id = tracking.start_run(experiment, f"{framework}", as_dict(params),
                                 {"framework": framework, "data_manifest_sha256": manifest_hash(params),
                                  "dataset": params.data.source})
     loop_config = {
-        "framework": framework, "model": model_config(params, framework, meta), "run_id": run_id,
+        "framework": framework, "model": model, "run_id": run_id,
         "tracking_uri": tracking.tracking_uri(),
         "data_dir": str(Path(params.data.out_dir).resolve()), "seed": params.train.seed,
         "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,

@@ -230,13 +230,13 @@ def _noisy_gmm8(mix, n, g):
     return x + S0 * torch.randn(n, 2, generator=g)
 
 
-def _train_energy(step_fn) -> tuple[EnergyScore, float]:
-    torch.manual_seed(0)
+def train_energy(step_fn, steps: int = TRAIN_STEPS, seed: int = 0) -> tuple[EnergyScore, float]:
+    torch.manual_seed(seed)
     model = EnergyScore(EnergyMLP(2, width=64, depth=3))
     opt = torch.optim.Adam(model.parameters(), **step_fn.adam)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN_STEPS)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     start = time.perf_counter()
-    for _ in range(TRAIN_STEPS):
+    for _ in range(steps):
         opt.zero_grad()
         step_fn(model).backward()
         opt.step()
@@ -244,7 +244,7 @@ def _train_energy(step_fn) -> tuple[EnergyScore, float]:
     return model, time.perf_counter() - start
 
 
-def _score_mse(model: EnergyScore, mix) -> tuple[float, float]:
+def score_mse(model: EnergyScore, mix) -> tuple[float, float]:
     """Mean |s_model - s_true|^2 on 4000 held-out noisy points, and mean |s_true|^2."""
     x = _noisy_gmm8(mix, 4000, torch.Generator().manual_seed(99))
     true = mix.score(x, 1.0, S0)
@@ -253,11 +253,11 @@ def _score_mse(model: EnergyScore, mix) -> tuple[float, float]:
     return err, (true**2).sum(1).mean().item()
 
 
-def test_energy_models_by_sliced_score_matching_and_mcmc_ml():
-    """Same data (gmm8 at noise S0), network, optimiser budget (2000 Adam steps, batch 256).
-    Measured (single thread): SSM mse 0.17-0.72 over seeds, MCMC ML 0.94-1.36, against
-    E|s|^2 = 14.5; the bounds are about twice the worst."""
-    mix, g = gmm8_mixture(), torch.Generator().manual_seed(0)
+def energy_training_steps(seed: int = 0):
+    """One training step each of an energy model on gmm8 at noise S0 (batch 256): sliced score
+    matching, and MCMC maximum likelihood by persistent contrastive divergence with 10
+    Langevin steps per update; each carries its Adam settings."""
+    mix, g = gmm8_mixture(), torch.Generator().manual_seed(seed)
 
     def ssm_step(model):
         return sliced_score_matching(model, _noisy_gmm8(mix, 256, g), S0, generator=g).mean()
@@ -270,8 +270,18 @@ def test_energy_models_by_sliced_score_matching_and_mcmc_ml():
         return mcmc_ml_loss(energy, _noisy_gmm8(mix, 256, g), x_model)
 
     ssm_step.adam, mcmc_step.adam = dict(lr=5e-3), dict(lr=1e-2, betas=(0.0, 0.999))
-    (ssm_model, ssm_time), (ml_model, ml_time) = _train_energy(ssm_step), _train_energy(mcmc_step)
-    (ssm_err, ref), (ml_err, _) = _score_mse(ssm_model, mix), _score_mse(ml_model, mix)
+    return ssm_step, mcmc_step
+
+
+def test_energy_models_by_sliced_score_matching_and_mcmc_ml():
+    """Same data (gmm8 at noise S0), network, optimiser budget (2000 Adam steps, batch 256).
+    Measured (single thread): SSM mse 0.17-0.72 over seeds, MCMC ML 0.94-1.36, against
+    E|s|^2 = 14.5; the bounds are about twice the worst. benchmarks/ncsn_training_cost.py
+    prints the same comparison over several seeds."""
+    mix = gmm8_mixture()
+    ssm_step, mcmc_step = energy_training_steps()
+    (ssm_model, ssm_time), (ml_model, ml_time) = train_energy(ssm_step), train_energy(mcmc_step)
+    (ssm_err, ref), (ml_err, _) = score_mse(ssm_model, mix), score_mse(ml_model, mix)
     print(f"\nenergy model on gmm8 + N(0, {S0}^2), E|s_true|^2 = {ref:.2f}, {TRAIN_STEPS} steps:"
           f"\n  sliced score matching: score mse {ssm_err:.3f}, train {ssm_time:.1f} s"
           f"\n  MCMC max. likelihood (PCD, 10 Langevin steps): score mse {ml_err:.3f}, "
