@@ -21,6 +21,7 @@ import torch
 from . import ncsn, sampling
 from .ddpm import DDPMChain
 from .energy import EnergyDenoiser
+from .dsm import continuous_dsm_loss
 from .losses import ddpm_loss, lognormal_loss
 from .nets import build_network
 from .noise import NoiseSource
@@ -39,6 +40,7 @@ class Preset:
 FRAMEWORKS = {
     "ddpm": Preset(process="vp", parameterization="edm", loss="lognormal", sampler="ddim"),
     "ncsn": Preset(process="ve", parameterization="eps", loss="ncsn", sampler="annealed_langevin"),
+    "sde": Preset(process="vp", parameterization="edm", loss="dsm", sampler="pc"),
 }
 PROCESSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -51,8 +53,14 @@ def _lognormal_loss(model, denoiser, x0, generator, p_mean=-1.2, p_std=1.2, weig
     return lognormal_loss(denoiser, x0, p_mean, p_std, generator, weighting)
 
 
+def _dsm_loss(model, denoiser, x0, generator, eps=1e-5, weighting="sigma2", p_mean=-1.2, p_std=1.2,
+              importance=False):
+    return continuous_dsm_loss(denoiser, model.process, x0, eps, weighting, generator, p_mean, p_std,
+                               importance)
+
+
 # Each loss: (model, denoiser, x0, generator, **arguments from the config) -> per-example loss.
-LOSSES = {"ddpm": _ddpm_loss, "lognormal": _lognormal_loss}
+LOSSES = {"ddpm": _ddpm_loss, "lognormal": _lognormal_loss, "dsm": _dsm_loss}
 LOSSES.update(ncsn=ncsn.dsm_objective, ncsn_ssm=ncsn.ssm_objective, ncsn_exact=ncsn.exact_objective)
 MODEL_KINDS = {"score": Denoiser, "energy": EnergyDenoiser}
 

@@ -25,7 +25,6 @@ from .utils import batch_of, sum_except_batch
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("gaussian", "rademacher")
-DEQUANTIZATION_SCALE = 127.5  # x = y / 127.5 - 1 maps 8-bit values y in {0, ..., 255} onto [-1, 1]
 
 
 class Likelihood(NamedTuple):
@@ -120,33 +119,56 @@ def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, divergence: str = "hutch
 # --------------------------------------------------------------------------- bits per dimension
 
 
-def _check_range(x: torch.Tensor, upper: float) -> None:
+def bin_width(levels: int) -> float:
+    """Spacing 2 / (levels - 1) of `levels` values y in {0, ..., levels - 1} mapped onto [-1, 1]
+    by x = 2 y / (levels - 1) - 1 (8-bit images: levels = 256; sklearn's digits: 17)."""
+    if int(levels) < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    return 2.0 / (int(levels) - 1)
+
+
+def check_quantized(x: torch.Tensor, levels: int = 256) -> None:
+    """ValueError unless every value of x lies in [-1, 1] on the grid of `levels` values."""
     lo, hi = float(x.min()), float(x.max())
-    if lo < -1 or hi > upper:
-        raise ValueError(f"x must lie in [-1, 1] for bits/dim of 8-bit data (dequantized: up to "
-                         f"1 + 1/{DEQUANTIZATION_SCALE}), got values in [{lo}, {hi}]")
+    if lo < -1 - 1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"x must lie in [-1, 1] for bits/dim of {levels}-level data, "
+                         f"got values in [{lo}, {hi}]")
+    steps = (x.double() + 1) / bin_width(levels)
+    off = float((steps - steps.round()).abs().max())
+    if off > 1e-3:
+        raise ValueError(f"x must lie on the grid of {levels} levels in [-1, 1] for bits/dim "
+                         f"(spacing {bin_width(levels):.6g}); a value is {off:.3g} spacings off it")
 
 
-def dequantize(x: torch.Tensor, generator=None) -> torch.Tensor:
-    """Uniform dequantization of 8-bit data in [-1, 1]: x + u / 127.5, u ~ U[0, 1) per value, so
-    each 8-bit value y owns the bin [y, y + 1) in units of y (Theis et al., 2016)."""
-    _check_range(x, 1.0)
+def dequantize(x: torch.Tensor, levels: int = 256, generator=None) -> torch.Tensor:
+    """Uniform dequantization (Theis et al., 2016) of `levels`-level data in [-1, 1]: each value
+    spreads uniformly over its own bin, x + (u - 1/2) delta with u ~ U[0, 1) and delta the
+    spacing, so the bins tile [-1 - delta/2, 1 + delta/2) without overlap."""
+    check_quantized(x, levels)
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return x + u / DEQUANTIZATION_SCALE
+    return x + (u - 0.5) * bin_width(levels)
 
 
-def bits_per_dim(logp_nats, dims: int, dequantized_8bit: bool = True,
+def _check_range(x: torch.Tensor, levels: int) -> None:
+    half = bin_width(levels) / 2
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - half or hi > 1 + half:
+        raise ValueError(f"x must lie in [-1 - {half:.4g}, 1 + {half:.4g}] (the dequantized bins "
+                         f"of {levels}-level data in [-1, 1]), got values in [{lo}, {hi}]")
+
+
+def bits_per_dim(logp_nats, dims: int, levels: int | None = 256,
                  x: torch.Tensor | None = None) -> torch.Tensor:
     """Bits per dimension of per-example log-densities logp_nats over `dims` dimensions.
 
-    dequantized_8bit: logp is the model's density of uniformly dequantized data x = y / 127.5 - 1
-    (see `dequantize`), y the 8-bit values. The change of variables to y divides the density by
-    127.5 per dimension, so the discrete model's bits/dim are
-        bpd = (-logp + D ln 127.5) / (D ln 2) = -logp / (D ln 2) + log2(127.5)   (~ +6.994),
-    an upper bound on -log2 P(y) / D by Jensen's inequality. (The familiar "+ 8" is the same rule
-    for data scaled to [0, 1) by y / 256; "+ 7" for y / 128 - 1.) Otherwise: -logp / (D ln 2),
-    in the data's own units. `x`, when given, is checked to lie in [-1, 1] (dequantized values
-    up to 1 + 1/127.5), so data on another scale is an error rather than a wrong number.
+    levels: logp is the model's density of uniformly dequantized `levels`-level data (see
+    `dequantize`). The probability of a discrete value is the density integrated over its bin
+    of width delta, so by Jensen's inequality
+        -log2 P(y) / D <= -logp / (D ln 2) - log2(delta),    delta = 2 / (levels - 1),
+    which is what is returned (8-bit: - log2(delta) = log2(127.5) ~ 6.994; the familiar "+ 8"
+    is the same rule for data scaled to [0, 1) by y / 256). levels=None: -logp / (D ln 2), in
+    the data's own units. `x`, when given, must lie in the dequantized range, so data on
+    another scale is an error rather than a wrong number.
     """
     if int(dims) < 1:
         raise ValueError(f"dims must be >= 1, got {dims}")
@@ -154,7 +176,7 @@ def bits_per_dim(logp_nats, dims: int, dequantized_8bit: bool = True,
     if x is not None:
         if x[0].numel() != int(dims):
             raise ValueError(f"dims={dims} but x has {x[0].numel()} values per example")
-        if dequantized_8bit:
-            _check_range(x, 1.0 + 1.0 / DEQUANTIZATION_SCALE)
+        if levels is not None:
+            _check_range(x, levels)
     bpd = -logp / (int(dims) * math.log(2))
-    return bpd + math.log2(DEQUANTIZATION_SCALE) if dequantized_8bit else bpd
+    return bpd - math.log2(bin_width(levels)) if levels is not None else bpd

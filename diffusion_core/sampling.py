@@ -8,16 +8,47 @@ params.yaml never falls back to a default silently.
 """
 from __future__ import annotations
 
-from . import langevin, ncsn, samplers
+from . import langevin, ncsn, samplers, sde_samplers
 
 
 SAMPLER_SETTINGS = {
     "ancestral": {},
     "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
     "heun": {"steps": 35, "rho": 7.0},
+    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
+           "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
+    "ode": {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
+            "denoise": True},
     "annealed_langevin": {"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
     "langevin": {"steps": 1000, "step_size": 2e-5, "denoise": True},
 }
+
+
+def _check_pc(settings: dict) -> None:
+    sde_samplers.check_choice(settings["predictor"], sde_samplers.PREDICTORS, "predictor")
+    sde_samplers.check_choice(settings["corrector"], sde_samplers.CORRECTORS, "corrector")
+    if not settings["snr"] > 0:
+        raise ValueError(f"snr: must be positive, got {settings['snr']}")
+    _check_eps(settings["eps"])
+    if settings["corrector_steps"] < 0:
+        raise ValueError(f"corrector_steps: must be >= 0, got {settings['corrector_steps']}")
+    if settings["steps"] < 2:
+        raise ValueError(f"steps: must be >= 2, got {settings['steps']}")
+
+
+def _check_ode(settings: dict) -> None:
+    sde_samplers.check_choice(settings["solver"], sde_samplers.ODE_METHODS, "solver")
+    for key in ("rtol", "atol"):
+        if not settings[key] > 0:
+            raise ValueError(f"{key}: must be positive, got {settings[key]}")
+    _check_eps(settings["eps"])
+
+
+def _check_eps(eps: float) -> None:
+    """The time grids run from T = 1 down to eps."""
+    if not 0 < eps < 1:
+        raise ValueError(f"eps: the time grid runs from T = 1 down to eps, so eps must lie in "
+                         f"(0, 1), got {eps}")
 
 
 def _check_langevin(settings: dict) -> None:
@@ -27,7 +58,8 @@ def _check_langevin(settings: dict) -> None:
 
 
 # Checks of a sampler's setting values beyond their types; each raises "key: message".
-SAMPLER_CHECKS = {"annealed_langevin": _check_langevin, "langevin": _check_langevin}
+SAMPLER_CHECKS = {"pc": _check_pc, "ode": _check_ode, "annealed_langevin": _check_langevin,
+                  "langevin": _check_langevin}
 
 
 def _same_kind(value, default) -> bool:
@@ -74,6 +106,31 @@ def _heun(model, x, settings, noise, clip, progress):
     return samplers.heun_pf_ode(model.denoiser, x, sigmas, progress)
 
 
+def _pc(model, x, settings, noise, clip, progress):
+    """Predictor-corrector sampling of the model's reverse SDE (Song et al., 2021, algorithm 1).
+    The ladder predictors (reverse diffusion, ancestral) walk the process discretized with
+    `steps` rungs; the others a uniform grid of `steps` times from T down to `eps`."""
+    process = model.process
+    if settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
+        process = process.with_steps(settings["steps"])
+        grid = process.ladder_times()
+    else:
+        grid = sde_samplers.time_grid(process.T, settings["eps"], settings["steps"])
+    return sde_samplers.pc_sampler(
+        sde_samplers.make_score_fn(model.denoiser, process), process, x, grid,
+        settings["predictor"], settings["corrector"], settings["snr"],
+        settings["corrector_steps"], noise, progress, settings["denoise"])
+
+
+def _ode(model, x, settings, noise, clip, progress):
+    """The model's probability-flow ODE (Song et al., 2021, eq. 13) from T to `eps`: fixed-step
+    Euler or Heun over `steps` uniform steps in t, or adaptive RK45 within rtol / atol."""
+    score = sde_samplers.make_score_fn(model.denoiser, model.process)
+    return sde_samplers.probability_flow_ode(
+        score, model.process, x, settings["solver"], settings["steps"], settings["rtol"],
+        settings["atol"], settings["eps"], "decode", settings["denoise"], progress)
+
+
 def _annealed_langevin(model, x, settings, noise, clip, progress):
     """Annealed Langevin dynamics over the model's noise ladder (Song & Ermon, 2019, alg. 1):
     steps_per_sigma steps of size eps sigma_i^2 / sigma_L^2 per level, then, with `denoise`,
@@ -92,7 +149,7 @@ def _langevin(model, x, settings, noise, clip, progress):
         final_denoise=settings["denoise"])
 
 
-SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun,
+SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun, "pc": _pc, "ode": _ode,
             "annealed_langevin": _annealed_langevin, "langevin": _langevin}
 
 

@@ -57,6 +57,34 @@ class SDE(ABC):
         """The reverse-time SDE (eq. 6) or the probability-flow ODE (eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow)
 
+    @abstractmethod
+    def arguments(self) -> dict:
+        """The constructor arguments that rebuild this process."""
+
+    def with_steps(self, N: int) -> "SDE":
+        """The same continuous process with an N-step discretization (a coarser ladder)."""
+        return type(self)(**{**self.arguments(), "N": int(N)})
+
+    def ladder_times(self) -> torch.Tensor:
+        """The times t_i = (i + 1) T / N of the N rungs of the discretization, from T down."""
+        return torch.linspace(self.T, self.T / self.N, self.N, dtype=torch.float64)
+
+    def noise_level(self, t) -> torch.Tensor:
+        """s(t) = sigma(t) / alpha(t), the noise level of the rescaled state x / alpha; it
+        increases with t for every process here."""
+        alpha, sigma = self.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+        return sigma / alpha
+
+    def time_of_noise_level(self, s: torch.Tensor, lo: float = 0.0, iterations: int = 60):
+        """The t in [lo, T] with s(t) = s (clamped to the ends), by bisection, float64."""
+        s = torch.as_tensor(s, dtype=torch.float64)
+        low, high = torch.full_like(s, lo), torch.full_like(s, self.T)
+        for _ in range(iterations):
+            mid = 0.5 * (low + high)
+            above = self.noise_level(mid) > s
+            low, high = torch.where(above, low, mid), torch.where(above, mid, high)
+        return 0.5 * (low + high)
+
 
 class ReverseSDE:
     """dx = [f - c g^2 score] dt + (1 - c) g dw_bar with c = 1 (SDE) or 1/2 (ODE)."""
@@ -95,6 +123,9 @@ class VPSDE(SDE):
             raise ValueError(f"beta_max / N must lie in (0, 1), got {beta_max / N}")
         self.beta_min, self.beta_max, self.schedule = float(beta_min), float(beta_max), schedule
         self.discrete_betas = self._discrete_betas()
+
+    def arguments(self) -> dict:
+        return dict(beta_min=self.beta_min, beta_max=self.beta_max, N=self.N, schedule=self.schedule)
 
     def _discrete_betas(self) -> torch.Tensor:
         if self.schedule == "linear":
@@ -164,6 +195,9 @@ class SubVPSDE(SDE):
                              f"beta_max={beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
+    def arguments(self) -> dict:
+        return dict(beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
+
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
@@ -209,6 +243,16 @@ class VESDE(SDE):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.discrete_sigmas = torch.exp(torch.linspace(
             math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64))
+
+    def arguments(self) -> dict:
+        return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
+
+    def ladder_times(self) -> torch.Tensor:
+        """t_i = i T / (N - 1), from T down; the last rung (t = 0, sigma_min) is nudged to a tiny
+        positive time that rounds to it, as time grids must stay above 0."""
+        times = torch.linspace(self.T, 0.0, self.N, dtype=torch.float64)
+        times[-1] = 1e-3 * self.T / (self.N - 1)
+        return times
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t

@@ -45,9 +45,14 @@ def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
     return normal(x.shape, generator, like=x)
 
 
+def check_choice(name: str, choices, parameter: str) -> None:
+    """ValueError naming `parameter` unless `name` is one of `choices`."""
+    if name not in choices:
+        raise ValueError(f"{parameter} must be one of {sorted(choices)}, got {name!r}")
+
+
 def _lookup(registry: dict, name: str, parameter: str):
-    if name not in registry:
-        raise ValueError(f"{parameter} must be one of {sorted(registry)}, got {name!r}")
+    check_choice(name, registry, parameter)
     return registry[name]
 
 
@@ -145,7 +150,7 @@ def ancestral(score_fn, sde, x, t, t_next, noise):
 
 PREDICTORS = {"euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_diffusion,
               "ancestral": ancestral}
-_LADDER_PREDICTORS = ("reverse_diffusion", "ancestral")
+LADDER_PREDICTORS = ("reverse_diffusion", "ancestral")
 
 
 # --------------------------------------------------------------------------- correctors
@@ -197,7 +202,7 @@ def pc_sampler(score_fn: ScoreFn, sde: SDE, x_T: torch.Tensor, time_grid,
         raise ValueError(f"snr must be positive, got {snr}")
     if int(n_corrector_steps) < 0:
         raise ValueError(f"n_corrector_steps must be >= 0, got {n_corrector_steps}")
-    if predictor in _LADDER_PREDICTORS:
+    if predictor in LADDER_PREDICTORS:
         _check_ladder(sde, grid, predictor)
     counted, x = _Counted(score_fn), x_T
     x_mean = x
@@ -276,8 +281,8 @@ def probability_flow_ode(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, method: s
     Fixed-step methods use `steps` uniform steps in t; "rk45" uses the tolerances. `denoise`
     (decode only) ends with Tweedie's E[x_0 | x_eps] = (x + sigma^2 s) / alpha, one more NFE.
     """
-    _lookup({m: m for m in ODE_METHODS}, method, "method")
-    _lookup({d: d for d in DIRECTIONS}, direction, "direction")
+    check_choice(method, ODE_METHODS, "method")
+    check_choice(direction, DIRECTIONS, "direction")
     check_tolerances(rtol, atol)
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

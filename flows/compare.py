@@ -18,7 +18,7 @@ from . import plots, tracking  # noqa: E402
 from .config import Params  # noqa: E402
 
 COLUMNS = ("fd", "fd_floor", "fid", "kid", "precision", "recall", "class_coverage", "swd",
-           "swd_floor", "mmd", "off_support", "nn_ratio")
+           "swd_floor", "mmd", "off_support", "nn_ratio", "nll", "vlb_total")
 
 
 def _read_json(path: Path, what: str) -> dict:

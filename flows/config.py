@@ -18,6 +18,7 @@ from diffusion_core.losses import WEIGHTINGS
 from diffusion_core.preconditioning import PARAMETERIZATIONS
 
 from .params_ncsn import NCSNParams
+from .params_sde import SDEParams
 from .validation import ConfigError, check_sampler, require
 
 __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
@@ -213,6 +214,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     ddpm: DDPMParams = field(default_factory=DDPMParams)
     ncsn: NCSNParams = field(default_factory=NCSNParams)
+    sde: SDEParams = field(default_factory=SDEParams)
     vector: ProfileParams = field(default_factory=ProfileParams)
     image: ProfileParams = field(default_factory=ProfileParams)
     sample: SampleParams = field(default_factory=SampleParams)

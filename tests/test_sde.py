@@ -226,16 +226,25 @@ def test_pf_ode_round_trip_on_gaussian_data(name):
     torch.testing.assert_close(z, a1 * mu + ratio * (x - a0 * mu), rtol=1e-5, atol=1e-5)
 
 
-def test_bits_per_dim_constant():
-    """The uniform density on the dequantized cube [-1, 1 + 1/127.5)^D is 8 bits/dim exactly,
-    and dequantize fills each 8-bit value's bin."""
-    dims = 12
-    logp = torch.full((3,), dims * math.log(127.5 / 256))
-    x = torch.randint(0, 256, (3, dims)).double() / 127.5 - 1
-    xd = dequantize(x, torch.Generator().manual_seed(0))
-    assert bool(((xd - x) >= 0).all()) and bool(((xd - x) < 1 / 127.5).all())
-    torch.testing.assert_close(bits_per_dim(logp, dims, x=xd), torch.full((3,), 8.0, dtype=F64))
-    assert float(bits_per_dim([-math.log(2.0)], 1, dequantized_8bit=False)) == pytest.approx(1.0)
+@pytest.mark.parametrize("levels", [256, 17])
+def test_bits_per_dim_of_the_uniform_density(levels):
+    """The uniform density on the dequantized cube [-1 - d/2, 1 + d/2)^D (d = 2 / (levels - 1))
+    is log2(levels) bits/dim exactly, and dequantize fills each value's bin."""
+    dims, width = 12, 2 / (levels - 1)
+    logp = torch.full((3,), -dims * math.log(levels * width))
+    x = torch.randint(0, levels, (3, dims)).double() * width - 1
+    xd = dequantize(x, levels, torch.Generator().manual_seed(0))
+    assert bool(((xd - x).abs() <= width / 2).all()) and float((xd - x).std()) > width / 6
+    torch.testing.assert_close(bits_per_dim(logp, dims, levels, x=xd),
+                               torch.full((3,), math.log2(levels), dtype=F64))
+    assert float(bits_per_dim([-math.log(2.0)], 1, levels=None)) == pytest.approx(1.0)
+
+
+def test_off_grid_data_is_refused_for_bits_per_dim():
+    with pytest.raises(ValueError, match="grid of 17 levels"):
+        dequantize(torch.tensor([[0.0, 0.03]]), 17)
+    with pytest.raises(ValueError, match="x must lie in"):
+        dequantize(torch.tensor([[0.0, 2.0]]), 17)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -261,6 +270,7 @@ def _bad_calls():
         "beta_max": lambda: VPSDE(beta_min=20, beta_max=0.1),
         "x must lie": lambda: bits_per_dim(torch.zeros(2), 2,
                                            x=torch.tensor([[0.0, 1.5], [-2.0, 0.0]])),
+        "levels": lambda: bits_per_dim(torch.zeros(2), 2, levels=1),
     }
 
 
