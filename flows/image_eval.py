@@ -64,7 +64,8 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
                    inception_weights: str | None = None) -> dict:
     """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
     the held-out ``test`` split, with floors from the ``train`` split."""
-    classifier_dir = Path(classifier_dir)
+    # absolute paths: Ray actors may run in another working directory than the driver
+    samples_dir, data_dir, classifier_dir = (Path(p).resolve() for p in (samples_dir, data_dir, classifier_dir))
     summary = json.loads((classifier_dir / "classifier_metrics.json").read_text())
     if not summary.get("applicable"):
         return {"note": "no labelled data, no classifier: FD not computed"}

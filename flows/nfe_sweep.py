@@ -7,6 +7,7 @@ sample stage's seeds, so a point is the same samples however many workers drew i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -70,8 +71,7 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
         run_params = params_with_sampler(params, framework, settings)
         callables = sample_ray.stage_callables(run_params, framework, model_dir, meta["kind"], meta["shape"])
         plan = sample_ray.stage_plan(run_params, framework, meta, params.evaluate.nfe_sweep_samples)
-        folders.append(Path(params.sample.out_dir) / framework / "sweep" /
-                       "-".join(str(v) for v in settings.values()))
+        folders.append(_scratch(params, framework) / "-".join(str(v) for v in settings.values()))
         jobs.append((folders[-1], plan, callables["draw"]))
     sample_ray.draw_many(jobs, callables["load_model"], callables["seeds_of"], params.sample.num_workers,
                          params.sample.cpus_per_worker, label=f"nfe sweep {framework}")
@@ -83,7 +83,14 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
                         "nfe": nfe, "metric": metric, "value": value, "num_samples": len(x),
                         "seed": params.sample.seed, "reference_split": "test",
                         "feature_extractor_sha256": quality.extractor_sha256})
+    shutil.rmtree(_scratch(params, framework))
     return records
+
+
+def _scratch(params: Params, framework: str) -> Path:
+    """Where the sweep's draws are parked: beside the metrics (a folder every Ray node reaches),
+    never inside the sample stage's output, which DVC would then see as changed."""
+    return Path(params.evaluate.out_dir).absolute() / f".{framework}-nfe-sweep"
 
 
 def save(records: list[dict], framework: str, out_dir) -> Path:

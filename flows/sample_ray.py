@@ -141,7 +141,7 @@ def draw_many(jobs: list[tuple], load_model: Callable, seeds_of: Callable, num_w
             if path.is_file():
                 read_part(path, seeds_of(first, stop - first))
             else:
-                todo.append((str(parts_dir), first, stop, plan.batch_size, draw))
+                todo.append((str(Path(parts_dir).absolute()), first, stop, plan.batch_size, draw))
     drawn = sum(call[2] - call[1] for call in todo)
     advance = progress_printer(label, drawn) if drawn else None
     threads = max(1, int(cpus_per_worker))
