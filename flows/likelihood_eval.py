@@ -68,9 +68,29 @@ def _vlb_metrics(model: DiffusionModel, x: torch.Tensor, levels, settings, unit)
     return out
 
 
+def _pf_metrics(model: DiffusionModel, x: torch.Tensor, vector: bool, levels, settings,
+                generator) -> dict:
+    """log p through the model's PF-ODE: nats per point (vectors) or bits/dim (images)."""
+    method = settings.method if settings.method != "auto" else ("exact" if vector else "hutchinson")
+    result = log_likelihood(make_score_fn(model.denoiser, model.process), model.process, x, method,
+                            settings.probe, settings.probes, generator, settings.rtol,
+                            settings.atol, settings.eps)
+    scale = 1.0 if vector else x[0].numel() * np.log(2)  # nats per point -> bits per dim
+    nll = -result.logp if vector else bits_per_dim(result.logp, x[0].numel(), levels)
+    out = {"nll": float(nll.mean()), "nll_unit": "nats" if vector else "bits/dim",
+           "nll_nfe": result.nfe, "nll_method": method, "nll_points": len(x),
+           "nll_t_eps": settings.eps}
+    if method == "hutchinson" and settings.probes > 1:  # of the mean over points
+        out["nll_stderr"] = float(result.stderr.pow(2).sum().sqrt() / len(x) / scale)
+    if not vector:
+        out["nll_dequantization"] = f"uniform within each of {levels} levels' bins"
+    return out
+
+
 def nll_metrics(params: Params, framework: str, test: np.ndarray) -> dict:
     """NLL of `likelihood.num_points` held-out examples under the framework's trained model,
-    with how it was computed; {} when num_points is 0."""
+    with how it was computed, and DDPM's bound beside it for vp models; {} when num_points
+    is 0."""
     settings = params.sde.likelihood
     n = min(settings.num_points, len(test))
     if n == 0:
@@ -81,25 +101,12 @@ def nll_metrics(params: Params, framework: str, test: np.ndarray) -> dict:
     levels = None if vector else quantization_levels(params.data.source)
     generator = torch.Generator().manual_seed(settings.seed)
     x0 = _points(test, n, settings.seed)
-    x = _prepare(x0, levels, generator)
-    method = settings.method if settings.method != "auto" else ("exact" if vector else "hutchinson")
-    result = log_likelihood(make_score_fn(model.denoiser, model.process), model.process, x, method,
-                            settings.probe, settings.probes, generator, settings.rtol,
-                            settings.atol, settings.eps)
-    dims = x[0].numel()
-    unit = (lambda nats: nats) if vector else (lambda nats: bits_per_dim(-nats, dims, levels))
-    out = {"nll": float(unit(-result.logp).mean()), "nll_unit": "nats" if vector else "bits/dim",
-           "nll_nfe": result.nfe, "nll_method": method, "nll_points": n, "nll_t_eps": settings.eps}
-    if method == "hutchinson" and settings.probes > 1:
-        out["nll_stderr"] = float(result.stderr.pow(2).sum().sqrt() / n / (1 if vector else dims * np.log(2)))
-    if not vector:
-        out["nll_dequantization"] = f"uniform within each of {levels} levels' bins"
+    out = _pf_metrics(model, _prepare(x0, levels, generator), vector, levels, settings, generator)
     toy = params.data.source.split(":", 1)[1] if params.data.source.startswith("toy:") else None
     entropy = toy_entropy(toy) if toy else None
     if entropy is not None:
         out.update(data_entropy=entropy, nll_minus_entropy=out["nll"] - entropy)
     if settings.vlb and isinstance(model.process, VPSDE):
-        out.update(_vlb_metrics(model, x0, levels, settings,
-                                (lambda nats: nats) if vector else
-                                (lambda nats: nats / (dims * np.log(2)))))
+        scale = 1.0 if vector else x0[0].numel() * np.log(2)
+        out.update(_vlb_metrics(model, x0, levels, settings, lambda nats: nats / scale))
     return out

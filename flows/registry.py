@@ -178,7 +178,8 @@ def champion_uri(dataset: str) -> str:
 
 def load_sampler(name: str, alias: str = ALIAS):
     """The pyfunc of ``models:/<name>@<alias>``; ValueError naming the name or alias when the
-    registry does not hold it."""
+    registry does not hold it. The alias is resolved by this module's client and the version's
+    artifacts fetched from its source, so nothing depends on mlflow's process-wide URIs."""
     client = tracking.client()
     try:
         client.get_registered_model(name)
@@ -186,9 +187,9 @@ def load_sampler(name: str, alias: str = ALIAS):
         known = sorted(m.name for m in client.search_registered_models())
         raise ValueError(f"registered model {name!r} does not exist; registered: {known}") from err
     try:
-        client.get_model_version_by_alias(name, alias)
+        version = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
         raise ValueError(f"registered model {name!r} has no version with alias {alias!r}") from err
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    mlflow.set_registry_uri(tracking.tracking_uri())
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source,
+                                                tracking_uri=tracking.tracking_uri())
+    return mlflow.pyfunc.load_model(local)

@@ -96,7 +96,7 @@ def test_energy_model_trains_every_parameter_and_samples_without_any():
 def test_dsm_objective_is_sigma2_weighted_dsm_per_dimension():
     """Replays the objective's draws (level labels, then z) and writes the loss out by hand:
     sigma^2 / 2 |s(x + sigma z, sigma) + z / sigma|^2 / d."""
-    model = _model(num_scales=10)
+    model = _model(num_scales=10, sigma_max=10.0, sigma_min=0.01)
     x = torch.randn(256, 2)
     loss = model.loss(x, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
@@ -206,9 +206,9 @@ def test_cli_train_with_exact_on_65_dims_exits_2_before_any_run(tmp_path, monkey
 
 # --- tiny real runs ---------------------------------------------------------------------------
 def _tiny_ncsn(tag: str, **ncsn_params) -> dict:
-    data = tiny_params(ncsn={"num_scales": 10, "sigma_max": 5.0, **ncsn_params,
+    data = tiny_params(ncsn={"num_scales": 10, "sigma_max": 5.0, "sigma_min": 0.05, **ncsn_params,
                              "sampler": {"name": "annealed_langevin", "steps_per_sigma": 2,
-                                         "eps": 2e-4}},
+                                         "eps": 5e-4}},
                        train={"frameworks": ["ncsn"], "out_dir": f"models-{tag}"},
                        sample={"out_dir": f"samples-{tag}"}, evaluate={"out_dir": f"metrics-{tag}"})
     if "nfe_sweep" in data["evaluate"]:
