@@ -24,6 +24,22 @@ SAMPLER_SETTINGS = {
 }
 
 
+# The processes each sampler draws from: DDPM's chain is the vp discretization, the NCSN ladder
+# the ve one; the reverse SDE and the probability-flow ODE exist for every process.
+SAMPLER_PROCESSES = {"ancestral": ("vp",), "ddim": ("vp",), "heun": ("vp",),
+                     "annealed_langevin": ("ve",), "langevin": ("ve",),
+                     "pc": ("vp", "subvp", "ve"), "ode": ("vp", "subvp", "ve")}
+
+
+def fits_process(sampler: str, process_kind: str) -> bool:
+    """Whether the sampler named `sampler` can draw from a model of process `process_kind`."""
+    return process_kind in SAMPLER_PROCESSES.get(sampler, ())
+
+
+def samplers_for(process_kind: str) -> list[str]:
+    return [name for name in SAMPLER_PROCESSES if fits_process(name, process_kind)]
+
+
 def _check_pc(settings: dict) -> None:
     sde_samplers.check_choice(settings["predictor"], sde_samplers.PREDICTORS, "predictor")
     sde_samplers.check_choice(settings["corrector"], sde_samplers.CORRECTORS, "corrector")

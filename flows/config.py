@@ -190,12 +190,22 @@ class EvaluateParams:
                     "nfe_sweep_samples"):
             require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
         for i, entry in enumerate(self.nfe_sweep):
-            require(isinstance(entry, dict) and isinstance(entry.get("steps", []), list),
-                    f"{name}.nfe_sweep[{i}]", "must be a sampler mapping whose steps is a list")
-            for steps in entry.get("steps", [None]):
-                settings = {k: v for k, v in entry.items() if k != "steps"}
-                check_sampler(settings if steps is None else {**settings, "steps": steps},
-                              f"{name}.nfe_sweep[{i}]")
+            self._check_sweep_entry(entry, f"{name}.nfe_sweep[{i}]")
+
+    @staticmethod
+    def _check_sweep_entry(entry, name: str) -> None:
+        """A sampler mapping with at most one list-valued setting (the swept one) and an
+        optional `frameworks` list; every point it makes is a valid sampler."""
+        from .nfe_sweep import sweep_points
+
+        require(isinstance(entry, dict), name, "must be a sampler mapping")
+        only = entry.get("frameworks", [])
+        require(isinstance(only, list) and set(only) <= set(FRAMEWORKS), f"{name}.frameworks",
+                f"must be a list of {sorted(FRAMEWORKS)}, got {only!r}")
+        swept = [k for k, v in entry.items() if isinstance(v, list) and k != "frameworks"]
+        require(len(swept) <= 1, name, f"sweeps one setting at a time, got lists for {swept}")
+        for point in sweep_points([entry]):
+            check_sampler(point, name)
 
 
 @dataclass(frozen=True)

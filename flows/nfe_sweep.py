@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from diffusion_core import metrics  # noqa: E402
+from diffusion_core.sampling import fits_process  # noqa: E402
 from diffusion_core.data import shards  # noqa: E402
 
 from . import sample_ray  # noqa: E402
@@ -23,13 +24,20 @@ from .config import Params  # noqa: E402
 from .sample_ray import params_with_sampler  # noqa: E402
 
 
-def sweep_points(sweep: list[dict]) -> list[dict]:
-    """[{name, steps: [a, b]}, ...] -> one settings dict per (sampler, steps)."""
+def sweep_points(sweep: list[dict], framework: str | None = None,
+                 process_kind: str | None = None) -> list[dict]:
+    """[{name, <setting>: [a, b], frameworks: [...]}, ...] -> one settings dict per value of
+    each entry's list-valued setting (steps, steps_per_sigma, ...). Given a framework, only the
+    entries that fit its process and name it (or name no framework)."""
     points = []
     for entry in sweep:
-        steps = entry.get("steps")
-        rest = {k: v for k, v in entry.items() if k != "steps"}
-        points += [dict(rest)] if steps is None else [{**rest, "steps": int(s)} for s in steps]
+        entry = dict(entry)
+        only = entry.pop("frameworks", None)
+        if framework is not None and ((only and framework not in only)
+                                      or not fits_process(entry["name"], process_kind)):
+            continue
+        swept = [key for key, value in entry.items() if isinstance(value, list)]
+        points += [{**entry, swept[0]: v} for v in entry[swept[0]]] if swept else [entry]
     return points
 
 
@@ -65,7 +73,10 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
     evaluate.nfe_sweep_samples samples and how it was made. All points are drawn on one pool."""
     meta = shards.read_manifest(params.data.out_dir)[1]
     model_dir = Path(params.train.out_dir) / framework
-    points = sweep_points(params.evaluate.nfe_sweep)
+    process_kind = params.framework(framework).model_parts()["process"]["kind"]
+    points = sweep_points(params.evaluate.nfe_sweep, framework, process_kind)
+    if not points:
+        return []
     jobs, folders = [], []
     for settings in points:
         run_params = params_with_sampler(params, framework, settings)
@@ -79,7 +90,7 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
     for settings, folder, (_, plan, _) in zip(points, folders, jobs):
         x, nfe = sample_ray.collect(folder, plan, callables["seeds_of"])
         metric, value = quality(x)
-        records.append({"sampler": settings["name"], "steps": settings.get("steps"), "settings": settings,
+        records.append({"sampler": settings["name"], "steps": settings.get("steps", settings.get("steps_per_sigma")), "settings": settings,
                         "nfe": nfe, "metric": metric, "value": value, "num_samples": len(x),
                         "seed": params.sample.seed, "reference_split": "test",
                         "feature_extractor_sha256": quality.extractor_sha256})

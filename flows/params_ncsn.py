@@ -11,13 +11,13 @@ import math
 from dataclasses import dataclass, field
 
 from diffusion_core.preconditioning import PARAMETERIZATIONS
+from diffusion_core.sampling import fits_process, samplers_for
 from diffusion_core.score_matching import EXACT_MAX_DIM, PROJECTIONS
 
 from .validation import ConfigError, check_sampler, require
 
 MODELS = ("score", "energy")
 OBJECTIVES = {"dsm": "ncsn", "ssm": "ncsn_ssm", "exact": "ncsn_exact"}  # -> frameworks.LOSSES
-CHAIN_SAMPLERS = ("ancestral", "ddim", "heun")  # these walk DDPM's VP chain
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,9 @@ class NCSNParams:
         require(self.projection in PROJECTIONS, f"{name}.projection", f"must be one of {PROJECTIONS}")
         require(self.n_projections >= 1, f"{name}.n_projections", "must be >= 1")
         check_sampler(self.sampler, f"{name}.sampler")
-        require(self.sampler["name"] not in CHAIN_SAMPLERS, f"{name}.sampler.name",
-                f"{self.sampler['name']!r} walks DDPM's VP chain; an ncsn model has a VE ladder "
-                f"(annealed_langevin, langevin)")
+        require(fits_process(self.sampler["name"], "ve"), f"{name}.sampler.name",
+                f"{self.sampler['name']!r} does not draw from an ncsn model's ve process; "
+                f"use one of {samplers_for('ve')}")
 
     def check_data(self, name: str, shape) -> None:
         """Checks that need the data's shape (called where the model config is built)."""

@@ -9,13 +9,12 @@ from diffusion_core.frameworks import PROCESSES
 from diffusion_core.likelihood import DIVERGENCES, PROBES
 from diffusion_core.dsm import DSM_WEIGHTINGS
 from diffusion_core.preconditioning import PARAMETERIZATIONS
-from diffusion_core.sampling import resolve_settings
+from diffusion_core.sampling import fits_process, resolve_settings, samplers_for
 from diffusion_core.sde_samplers import LADDER_PREDICTORS
 from diffusion_core.vlb import MODEL_VARIANCES
 
 from .validation import check_sampler, require
 
-CHAIN_SAMPLERS = ("ancestral", "ddim", "heun")  # they walk DDPM's chain: a vp process only
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,9 @@ class SDEParams:
     def _check_sampler_fits_process(self, name: str) -> None:
         settings = resolve_settings(self.sampler)
         sampler, predictor, steps = settings["name"], settings.get("predictor"), settings.get("steps")
-        require(self.process == "vp" or sampler not in CHAIN_SAMPLERS, f"{name}.name",
-                f"{sampler!r} walks DDPM's chain and needs process vp; use pc or ode")
+        require(fits_process(sampler, self.process), f"{name}.name",
+                f"{sampler!r} does not draw from a {self.process} process; use one of "
+                f"{samplers_for(self.process)}")
         require(not (self.process == "subvp" and predictor == "ancestral"), f"{name}.predictor",
                 "ancestral is defined for the vp and ve processes only")
         require(not (sampler == "pc" and predictor in LADDER_PREDICTORS and self.process == "vp"

@@ -55,3 +55,31 @@ def test_console_script_reports_missing_params_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--params",
                              str(tmp_path / "absent.yaml")], capture_output=True, text=True)
     assert result.returncode == 2 and "absent.yaml" in result.stderr
+
+
+SWEEP = [{"name": "ddim", "steps": [10, 50]}, {"name": "annealed_langevin", "steps_per_sigma": [1, 2]},
+         {"name": "pc", "steps": [50], "frameworks": ["sde"]}]
+
+
+@pytest.mark.parametrize("framework, kind, expected", [
+    ("ddpm", "vp", [("ddim", 10), ("ddim", 50)]),
+    ("ncsn", "ve", [("annealed_langevin", 1), ("annealed_langevin", 2)]),  # no chain samplers on VE
+    ("sde", "vp", [("ddim", 10), ("ddim", 50), ("pc", 50)]),
+    ("sde", "ve", [("annealed_langevin", 1), ("annealed_langevin", 2), ("pc", 50)]),
+])
+def test_nfe_sweep_gives_each_framework_the_samplers_that_fit_it(framework, kind, expected):
+    from flows.nfe_sweep import sweep_points
+
+    points = sweep_points(SWEEP, framework, kind)
+    assert [(p["name"], p.get("steps", p.get("steps_per_sigma"))) for p in points] == expected
+    assert all("frameworks" not in p for p in points)
+
+
+@pytest.mark.parametrize("entry, field", [
+    ({"name": "ddim", "steps": [10], "eta": [0.0, 1.0]}, "evaluate.nfe_sweep[0]"),
+    ({"name": "ddim", "steps": [10], "frameworks": ["gan"]}, "evaluate.nfe_sweep[0].frameworks"),
+    ({"name": "annealed_langevin", "steps_per_sigma": [1], "eps": -1.0}, "evaluate.nfe_sweep[0]"),
+])
+def test_bad_nfe_sweep_entry_names_the_field(entry, field):
+    with pytest.raises(ConfigError, match=rf"^{field.replace('[', '.').replace(']', '.')}"):
+        parse_params(tiny_params(evaluate={"nfe_sweep": [entry]}))
