@@ -15,7 +15,7 @@ def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
     data["data"].update(source=source, toy_train_size=2000, toy_test_size=500, samples_per_shard=250)
     data["ray"].update(num_workers=2, cpus_per_worker=1, resources_timeout_s=20)
     data["classifier"].update(epochs=3)
-    data["train"].update(log_every=20, checkpoint_every=40, time_limit_s=120)
+    data["train"].update(frameworks=["ddpm"], log_every=20, checkpoint_every=40, time_limit_s=120)
     data["ddpm"]["sampler"] = {"name": "ddim", "steps": 9, "spacing": "karras"}
     data["vector"].update(steps=60, batch_size=128, num_samples=500,
                           network={"kind": "mlp", "width": 64, "depth": 2, "emb_dim": 32})
