@@ -83,11 +83,13 @@ class ProfileParams:
     lr: float = 1e-3
     num_samples: int = 500
     clip: float | None = 1.0  # images: bound on x0 predictions and samples
+    nll_points: int = 500  # held-out examples whose NLL evaluate computes; 0: none
 
     def check(self, name: str) -> None:
         for key in ("sigma_data", "steps", "batch_size", "lr", "num_samples"):
             require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
         require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
+        require(self.nll_points >= 0, f"{name}.nll_points", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def _prepare(x: torch.Tensor, levels: int | None, generator) -> torch.Tensor:
     try:
         return dequantize(x, levels, generator)
     except ValueError as err:
-        raise ValueError(f"bits/dim: {err}; set sde.likelihood.num_points: 0 to skip the NLL "
+        raise ValueError(f"bits/dim: {err}; set image.nll_points: 0 to skip the NLL "
                          f"of data that is not {levels}-level") from err
 
 
@@ -78,6 +78,7 @@ def _pf_metrics(model: DiffusionModel, x: torch.Tensor, vector: bool, levels, se
     scale = 1.0 if vector else x[0].numel() * np.log(2)  # nats per point -> bits per dim
     nll = -result.logp if vector else bits_per_dim(result.logp, x[0].numel(), levels)
     out = {"nll": float(nll.mean()), "nll_unit": "nats" if vector else "bits/dim",
+           "nll_sem": float(nll.std() / np.sqrt(len(x))),  # the sampling error over points
            "nll_nfe": result.nfe, "nll_method": method, "nll_points": len(x),
            "nll_t_eps": settings.eps}
     if method == "hutchinson" and settings.probes > 1:  # of the mean over points
@@ -88,16 +89,15 @@ def _pf_metrics(model: DiffusionModel, x: torch.Tensor, vector: bool, levels, se
 
 
 def nll_metrics(params: Params, framework: str, test: np.ndarray) -> dict:
-    """NLL of `likelihood.num_points` held-out examples under the framework's trained model,
-    with how it was computed, and DDPM's bound beside it for vp models; {} when num_points
-    is 0."""
-    settings = params.sde.likelihood
-    n = min(settings.num_points, len(test))
+    """NLL of `<vector|image>.nll_points` held-out examples under the framework's trained
+    model, with how it was computed, and DDPM's bound beside it for vp models; {} when
+    nll_points is 0."""
+    settings, vector = params.sde.likelihood, test.ndim == 2
+    n = min(params.profile("vector" if vector else "image").nll_points, len(test))
     if n == 0:
         return {}
     model = DiffusionModel.load(Path(params.train.out_dir) / framework)
     model.denoiser.eval()
-    vector = test.ndim == 2
     levels = None if vector else quantization_levels(params.data.source)
     generator = torch.Generator().manual_seed(settings.seed)
     x0 = _points(test, n, settings.seed)

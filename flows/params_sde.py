@@ -21,7 +21,6 @@ from .validation import check_sampler, require
 class LikelihoodParams:
     """log p(x) of held-out data through the PF-ODE (and DDPM's bound for VP models)."""
 
-    num_points: int = 500  # held-out examples scored; 0 turns the NLL off
     method: str = "auto"  # exact | hutchinson | auto (exact for vectors, hutchinson for images)
     probe: str = "rademacher"  # gaussian | rademacher (Hutchinson-Skilling probes)
     probes: int = 1
@@ -33,7 +32,6 @@ class LikelihoodParams:
     vlb_variance: str = "beta"  # p_theta(x_{t-1} | x_t) variance: beta | posterior
 
     def check(self, name: str) -> None:
-        require(self.num_points >= 0, f"{name}.num_points", "must be >= 0")
         require(self.method in DIVERGENCES + ("auto",), f"{name}.method",
                 f"must be one of {DIVERGENCES + ('auto',)}, got {self.method!r}")
         require(self.probe in PROBES, f"{name}.probe", f"must be one of {PROBES}, got {self.probe!r}")

@@ -24,8 +24,7 @@ from tests.analytic import GaussianMixtureDenoiser
 from tests.tiny import tiny_params, write_params
 
 F64 = torch.float64
-TINY_SDE = {"sampler": {"name": "pc", "steps": 30}, "likelihood": {"num_points": 200, "rtol": 1e-4,
-                                                                    "atol": 1e-4}}
+TINY_SDE = {"sampler": {"name": "pc", "steps": 30}, "likelihood": {"rtol": 1e-4, "atol": 1e-4}}
 
 
 # --- the continuous DSM loss ------------------------------------------------------------------
@@ -180,6 +179,7 @@ def test_sde_runs_through_the_stages_and_records_the_nll(pipeline):
     assert saved["nll_unit"] == "nats" and saved["nll_method"] == "exact" and saved["nll_nfe"] > 0
     assert saved["data_entropy"] == pytest.approx(np.log(8), abs=1e-9)  # uniform on 8 unit cells
     assert np.isfinite(saved["nll"]) and saved["vlb_nfe"] == 1000
+    assert 0 < saved["nll_sem"] < 1  # the sampling error of the mean over the held-out points
     run = tracking.client().get_run(tracking.load_run_id(root / "models/sde"))
     assert run.data.tags["framework"] == "sde"
     assert run.data.params["sde.weighting"] == params.sde.weighting and "sde.likelihood" in " ".join(run.data.params)
@@ -216,7 +216,7 @@ def test_sde_model_is_sampled_through_ddpm_chain_and_per_sample_noise_fixes_it(p
 def test_image_nll_is_in_bits_per_dim_with_its_dequantization(tmp_path):
     """An untrained tiny U-Net's NLL of digit-like 17-level data, and the VLB beside it."""
     data = tiny_params(source="digits", train={"out_dir": str(tmp_path)},
-                       sde={"likelihood": {"num_points": 8, "rtol": 1e-3, "atol": 1e-3}})
+                       sde={"likelihood": {"rtol": 1e-3, "atol": 1e-3}}, image={"nll_points": 8})
     params = parse_params(data)
     config = stages.model_config(params, "ddpm", {"kind": "image", "shape": [1, 8, 8]})
     DiffusionModel(config).save(tmp_path / "ddpm")
@@ -225,7 +225,7 @@ def test_image_nll_is_in_bits_per_dim_with_its_dequantization(tmp_path):
     assert out["nll_unit"] == "bits/dim" and out["nll_method"] == "hutchinson"
     assert "17 levels" in out["nll_dequantization"] and out["nll_points"] == 8
     assert np.isfinite(out["nll"]) and out["nll"] > 0 and out["vlb_total"] > 0
-    with pytest.raises(ValueError, match="grid of 17 levels.*sde.likelihood.num_points"):
+    with pytest.raises(ValueError, match="grid of 17 levels.*image.nll_points"):
         likelihood_eval.nll_metrics(params, "ddpm", test.clip(max=0.5) + 0.01)
     with pytest.raises(ValueError, match="must lie in"):
         likelihood_eval.nll_metrics(params, "ddpm", test * 3)

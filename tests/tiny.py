@@ -23,7 +23,8 @@ def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
                          network={"kind": "unet", "base": 16, "mults": [1, 2], "blocks": 1,
                                   "emb_dim": 32})
     data["sample"].update(batch_size=256, samples_per_shard=250)
-    data["sde"]["likelihood"].update(num_points=64, rtol=1e-4, atol=1e-4)  # evaluate's NLL
+    data["sde"]["likelihood"].update(rtol=1e-4, atol=1e-4)  # evaluate's NLL, of 64 points
+    data["vector"]["nll_points"] = data["image"]["nll_points"] = 64
     data["evaluate"].update(nfe_sweep=[{"name": "ddim", "spacing": "karras", "steps": [3, 9]}],
                             nfe_sweep_samples=200, max_pairwise=500)
     for key, value in sections.items():
