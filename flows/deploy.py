@@ -35,7 +35,7 @@ SCHEDULES = (
     Schedule("weekly-retrain", "flows.pipeline.pipeline_flow", "0 3 * * 0",
              "Sunday 03:00 UTC: prepare, train, sample and evaluate every framework"),
     Schedule("nightly-evaluation", "flows.deploy.evaluation_flow", "0 2 * * *",
-             "Daily 02:00 UTC: sample and evaluate the trained models (the registry's champions)"),
+             "Daily 02:00 UTC: sample and evaluate each framework's current trained model"),
 )
 
 
