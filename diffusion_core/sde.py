@@ -175,9 +175,22 @@ class VPSDE(SDE):
         f = append_dims(torch.sqrt(1 - beta), x.ndim) * x - x
         return f, torch.sqrt(beta)
 
+    def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
+        """Closed form for the linear schedule: s^2 = exp(B(t)) - 1 (bisection for cosine)."""
+        if self.schedule != "linear":
+            return super().time_of_noise_level(s, lo, iterations)
+        big_b = torch.log1p(torch.as_tensor(s, dtype=torch.float64) ** 2)
+        return _time_of_integrated_beta(big_b, self.beta_min, self.beta_max).clamp(lo, self.T)
+
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i of the discrete step that continuous time t falls on, t_i = (i + 1) / N."""
         return (t * self.N / self.T - 1).round().long().clamp(0, self.N - 1)
+
+
+def _time_of_integrated_beta(big_b: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
+    """The t >= 0 with B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 = big_b (linear beta)."""
+    slope = beta_max - beta_min
+    return 2 * big_b / (beta_min + torch.sqrt(beta_min**2 + 2 * slope * big_b))  # no cancellation
 
 
 class SubVPSDE(SDE):
@@ -204,6 +217,12 @@ class SubVPSDE(SDE):
     def integrated_beta(self, t: torch.Tensor) -> torch.Tensor:
         """B(t) = int_0^t beta(s) ds."""
         return 0.5 * t**2 * (self.beta_max - self.beta_min) + t * self.beta_min
+
+    def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
+        """Closed form: s = (1 - a^2) / a with a = alpha = exp(-B/2), so a = (sqrt(s^2 + 4) - s) / 2."""
+        s = torch.as_tensor(s, dtype=torch.float64)
+        big_b = -2 * torch.log((torch.sqrt(s**2 + 4) - s) / 2)
+        return _time_of_integrated_beta(big_b, self.beta_min, self.beta_max).clamp(lo, self.T)
 
     def sde(self, x, t):
         t = batch_of(t, x)
@@ -256,6 +275,12 @@ class VESDE(SDE):
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
+        """Closed form: t = log(s / sigma_min) / log(sigma_max / sigma_min)."""
+        s = torch.as_tensor(s, dtype=torch.float64)
+        t = torch.log(s / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        return t.clamp(lo, self.T)
 
     def sde(self, x, t):
         t = batch_of(t, x)

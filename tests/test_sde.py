@@ -290,3 +290,17 @@ def test_ladder_predictors_need_the_process_ladder():
     with pytest.raises(ValueError, match="predictor"):
         sub = SubVPSDE()
         S.pc_sampler(exact_score(m, sub), sub, x, S.time_grid(1.0, 1e-3, 1000), "ancestral")
+
+
+@pytest.mark.parametrize("process", [VPSDE(0.1, 20.0), SubVPSDE(0.1, 20.0), VESDE(0.01, 50.0),
+                                     VPSDE(schedule="cosine")], ids=["vp", "subvp", "ve", "vp-cosine"])
+def test_time_of_noise_level_inverts_the_noise_level(process):
+    """The closed forms against the generic bisection (SDE.time_of_noise_level), and round trip."""
+    from diffusion_core.sde import SDE
+
+    t = torch.linspace(1e-5, 1.0, 257, dtype=torch.float64)
+    s = process.noise_level(t)
+    closed = process.time_of_noise_level(s, 1e-5)
+    bisection = SDE.time_of_noise_level(process, s, 1e-5)
+    assert torch.allclose(closed, bisection, atol=1e-9, rtol=0)
+    assert torch.allclose(process.noise_level(closed), s, rtol=1e-9, atol=0)
