@@ -68,6 +68,11 @@ def _vlb_metrics(model: DiffusionModel, x: torch.Tensor, levels, settings, unit)
     return out
 
 
+def _nats_per_unit(x: torch.Tensor, vector: bool) -> float:
+    """1 for vectors (nats per point); d ln 2 for images (nats per point -> bits per dim)."""
+    return 1.0 if vector else x[0].numel() * np.log(2)
+
+
 def _pf_metrics(model: DiffusionModel, x: torch.Tensor, vector: bool, levels, settings,
                 generator) -> dict:
     """log p through the model's PF-ODE: nats per point (vectors) or bits/dim (images)."""
@@ -75,7 +80,7 @@ def _pf_metrics(model: DiffusionModel, x: torch.Tensor, vector: bool, levels, se
     result = log_likelihood(make_score_fn(model.denoiser, model.process), model.process, x, method,
                             settings.probe, settings.probes, generator, settings.rtol,
                             settings.atol, settings.eps)
-    scale = 1.0 if vector else x[0].numel() * np.log(2)  # nats per point -> bits per dim
+    scale = _nats_per_unit(x, vector)
     nll = -result.logp if vector else bits_per_dim(result.logp, x[0].numel(), levels)
     out = {"nll": float(nll.mean()), "nll_unit": "nats" if vector else "bits/dim",
            "nll_sem": float(nll.std() / np.sqrt(len(x))),  # the sampling error over points
@@ -107,6 +112,6 @@ def nll_metrics(params: Params, framework: str, test: np.ndarray) -> dict:
     if entropy is not None:
         out.update(data_entropy=entropy, nll_minus_entropy=out["nll"] - entropy)
     if settings.vlb and isinstance(model.process, VPSDE):
-        scale = 1.0 if vector else x0[0].numel() * np.log(2)
+        scale = _nats_per_unit(x0, vector)
         out.update(_vlb_metrics(model, x0, levels, settings, lambda nats: nats / scale))
     return out
