@@ -15,6 +15,7 @@ import yaml
 
 from diffusion_core.frameworks import FRAMEWORKS
 from diffusion_core.losses import WEIGHTINGS
+from diffusion_core.lr_schedule import LR_SCHEDULES
 from diffusion_core.preconditioning import PARAMETERIZATIONS
 
 from .params_ncsn import NCSNParams
@@ -84,12 +85,15 @@ class ProfileParams:
     num_samples: int = 500
     clip: float | None = 1.0  # images: bound on x0 predictions and samples
     nll_points: int = 500  # held-out examples whose NLL evaluate computes; 0: none
+    p_mean: float = -1.2  # the lognormal losses' training noise levels, ln s ~ N(p_mean, p_std^2):
+    p_std: float = 1.2  # where the data's detail lives, so set per kind of data (EDM, table 1)
 
     def check(self, name: str) -> None:
         for key in ("sigma_data", "steps", "batch_size", "lr", "num_samples"):
             require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
         require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
         require(self.nll_points >= 0, f"{name}.nll_points", "must be >= 0")
+        require(self.p_std > 0, f"{name}.p_std", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -101,13 +105,12 @@ class DDPMParams:
     parameterization: str = "x0"
     noise: str = "uniform"  # uniform (DDPM's t ~ U{1..N}) | lognormal (EDM)
     weighting: str = "network"  # network (unit weight on the raw output) | x0
-    p_mean: float = -1.2
-    p_std: float = 1.2
     sampler: dict = field(default_factory=lambda: {"name": "ddim", "steps": 50, "spacing": "karras"})
 
-    def model_parts(self) -> dict:
-        """The process, parameterization and loss entries of the model's JSON config."""
-        loss = (dict(kind="lognormal", p_mean=self.p_mean, p_std=self.p_std, weighting=self.weighting)
+    def model_parts(self, profile: ProfileParams) -> dict:
+        """The process, parameterization and loss entries of the model's JSON config; a
+        lognormal loss takes its noise levels from the data's profile."""
+        loss = (dict(kind="lognormal", p_mean=profile.p_mean, p_std=profile.p_std, weighting=self.weighting)
                 if self.noise == "lognormal" else dict(kind="ddpm", weighting=self.weighting))
         return {"process": dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
                                 schedule=self.schedule),
@@ -124,7 +127,6 @@ class DDPMParams:
         require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
                  f"must be one of {PARAMETERIZATIONS}")
         require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
-        require(self.p_std > 0, f"{name}.p_std", "must be positive")
         require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
 
 
@@ -135,6 +137,7 @@ class TrainParams:
     time_limit_s: float = 300.0  # a cap on top of the profile's steps
     grad_clip: float = 1.0
     ema_gamma: float = 7.0
+    lr_schedule: str = "cosine"  # constant | cosine: to zero at the last step the budget allows
     checkpoint_every: int = 500
     log_every: int = 100
     loader_workers: int = 0
@@ -148,6 +151,7 @@ class TrainParams:
         for key in ("time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every", "log_every"):
             require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
         require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
+        require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule", f"must be one of {LR_SCHEDULES}")
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,7 @@ class Params:
         return self.vector if kind == "vector" else self.image
 
     def framework(self, name: str):
-        """The params section of one framework: model_parts() and its sampler settings."""
+        """The params section of one framework: model_parts(profile) and its sampler settings."""
         return getattr(self, name)
 
 

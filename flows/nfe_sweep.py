@@ -73,7 +73,7 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
     evaluate.nfe_sweep_samples samples and how it was made. All points are drawn on one pool."""
     meta = shards.read_manifest(params.data.out_dir)[1]
     model_dir = Path(params.train.out_dir) / framework
-    process_kind = params.framework(framework).model_parts()["process"]["kind"]
+    process_kind = params.framework(framework).model_parts(params.profile(meta["kind"]))["process"]["kind"]
     points = sweep_points(params.evaluate.nfe_sweep, framework, process_kind)
     if not points:
         return []

@@ -33,8 +33,9 @@ class NCSNParams:
     sampler: dict = field(default_factory=lambda: {"name": "annealed_langevin", "steps_per_sigma": 5,
                                                    "eps": 2e-5, "denoise": True})
 
-    def model_parts(self) -> dict:
-        """The process, parameterization, loss and model kind entries of the model's config."""
+    def model_parts(self, profile=None) -> dict:
+        """The process, parameterization, loss and model kind entries of the model's config
+        (NCSN's loss draws from its ladder; it takes nothing from the data's profile)."""
         loss = {"kind": OBJECTIVES[self.objective]}
         if self.objective == "ssm":
             loss.update(n_projections=self.n_projections, projection=self.projection)

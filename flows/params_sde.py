@@ -52,24 +52,23 @@ class SDEParams:
     sigma_max: float = 50.0
     N: int = 1000  # discretization steps (DDPM's chain for vp, NCSN's ladder for ve)
     eps: float = 1e-5  # training times t ~ U(eps, 1)
-    weighting: str = "sigma2"  # sigma2 (lambda = sigma_t^2) | likelihood (g^2) | lognormal
-    p_mean: float = -1.2  # lognormal: EDM's ln s ~ N(p_mean, p_std^2) as a lambda(t)
-    p_std: float = 1.2
+    weighting: str = "sigma2"  # sigma2 (lambda = sigma_t^2) | likelihood (g^2) | lognormal (the profile's p_mean, p_std)
     importance: bool = False  # draw t from the weighting's noise-level distribution (same objective)
     parameterization: str = "edm"
     sampler: dict = field(default_factory=lambda: {"name": "pc", "predictor": "reverse_diffusion",
                                                    "corrector": "langevin", "snr": 0.16})
     likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)
 
-    def model_parts(self) -> dict:
-        """The process, parameterization and loss entries of the model's JSON config."""
+    def model_parts(self, profile) -> dict:
+        """The process, parameterization and loss entries of the model's JSON config; the
+        lognormal weighting takes its noise levels from the data's profile."""
         if self.process == "ve":
             process = dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
         else:
             process = dict(kind=self.process, beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
         return {"process": process, "parameterization": self.parameterization,
                 "loss": dict(kind="dsm", eps=self.eps, weighting=self.weighting,
-                             p_mean=self.p_mean, p_std=self.p_std, importance=self.importance)}
+                             p_mean=profile.p_mean, p_std=profile.p_std, importance=self.importance)}
 
     def check(self, name: str) -> None:
         require(self.process in PROCESSES, f"{name}.process",
@@ -84,7 +83,6 @@ class SDEParams:
         require(0 < self.eps < 1, f"{name}.eps", f"must lie in (0, 1), got {self.eps}")
         require(self.weighting in DSM_WEIGHTINGS, f"{name}.weighting",
                 f"must be one of {DSM_WEIGHTINGS}, got {self.weighting!r}")
-        require(self.p_std > 0, f"{name}.p_std", "must be positive")
         require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
                 f"must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
         check_sampler(self.sampler, f"{name}.sampler")

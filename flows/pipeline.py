@@ -58,7 +58,7 @@ def compare_task(params: Params) -> dict:
 
 def summary_markdown(params: Params, results: dict) -> str:
     """One table row per framework with its headline figures."""
-    keys = ("fd", "fd_floor", "fd_ratio", "swd", "swd_floor", "off_support", "mmd", "nfe",
+    keys = ("fd_at_n", "fd_floor", "fd_ratio", "swd", "swd_floor", "off_support", "mmd", "nfe",
             "nll", "nll_nfe", "vlb_total")
     lines = [f"# Diffusion pipeline on `{params.data.source}`", "",
              "| framework | train s | " + " | ".join(keys) + " |",

@@ -86,7 +86,7 @@ def model_config(params: Params, framework: str, meta: dict) -> dict:
     section = params.framework(framework)
     if hasattr(section, "check_data"):  # checks that need the data's shape (ConfigError)
         section.check_data(framework, shape)
-    return {"framework": framework, **section.model_parts(),
+    return {"framework": framework, **section.model_parts(profile),
             "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
@@ -108,7 +108,8 @@ def train(params: Params, framework: str) -> dict:
         "data_dir": str(Path(params.data.out_dir).resolve()), "seed": params.train.seed,
         "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,
         "warmup_steps": max(1, profile.steps // 50), "grad_clip": params.train.grad_clip,
-        "ema_gamma": params.train.ema_gamma, "log_every": params.train.log_every,
+        "ema_gamma": params.train.ema_gamma,
+        "lr_schedule": params.train.lr_schedule, "log_every": params.train.log_every,
         "checkpoint_every": params.train.checkpoint_every, "time_limit_s": params.train.time_limit_s,
         "loader_workers": params.train.loader_workers, "cache_in_memory": params.train.cache_in_memory,
         "threads": max(1, int(params.ray.cpus_per_worker)),

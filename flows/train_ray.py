@@ -14,6 +14,7 @@ import torch.distributed as dist
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
+from diffusion_core.lr_schedule import lr_factor, planned_steps
 
 from . import tracking
 from .ray_cluster import connect, require_resources
@@ -74,12 +75,13 @@ def _batches(config: dict, rank: int, world: int):
         yield from (data[order[i:i + per_rank]] for i in range(0, len(data) - per_rank + 1, per_rank))
 
 
-def _should_stop(start: float, limit_s: float) -> bool:
-    """Rank 0 decides on the time limit and tells the others, so every rank stops together."""
-    flag = torch.tensor([float(time.time() - start > limit_s)])
+def _time_fraction(start: float, limit_s: float) -> float:
+    """The part of the time budget spent, as rank 0 measures it and tells the others, so every
+    rank stops together and follows the same learning-rate schedule."""
+    fraction = torch.tensor([(time.time() - start) / limit_s], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
-        dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        dist.broadcast(fraction, src=0)
+    return float(fraction.item())
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -100,11 +102,12 @@ def train_loop_per_worker(config: dict) -> None:
     step = _restore(model, optimizer, ema, config, rank)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
     start, seen, window_loss, window_start = time.time(), 0, 0.0, time.time()
+    first_step, planned = step, config["steps"]
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
         if step >= config["steps"]:
             break
-        lr_scale = min(1.0, (step + 1) / config["warmup_steps"])
+        lr_scale = lr_factor(step, planned, config["warmup_steps"], config["lr_schedule"])
         for group in optimizer.param_groups:
             group["lr"] = config["lr"] * lr_scale
         loss = model.loss(x.to(device), generator, denoiser=train_denoiser).mean()
@@ -117,14 +120,16 @@ def train_loop_per_worker(config: dict) -> None:
         if step % config["log_every"] == 0 or step == config["steps"]:
             elapsed = time.time() - window_start
             metrics = {"loss": window_loss / config["log_every"], "grad_norm": float(grad_norm),
-                       "samples_per_s": seen / max(elapsed, 1e-9)}
+                       "samples_per_s": seen / max(elapsed, 1e-9), "lr": config["lr"] * lr_scale}
             if rank == 0:
                 tracking.log_metrics(config["run_id"], metrics, step)
                 print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
                       f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
             seen, window_loss, window_start = 0, 0.0, time.time()
-            if _should_stop(start, config["time_limit_s"]):
+            fraction = _time_fraction(start, config["time_limit_s"])
+            if fraction >= 1:
                 break
+            planned = planned_steps(step, first_step, fraction, config["steps"])
         if step % config["checkpoint_every"] == 0 and step < config["steps"]:
             _report(model, optimizer, ema, step, {"loss": loss.item()}, rank)
     _report(model, optimizer, ema, step, {"loss": loss.item(), "train_seconds": time.time() - start,

@@ -26,6 +26,7 @@ def test_defaults_and_repo_params_are_valid():
     ("ddpm", {"sampler": {"name": "ddim", "steps": 0}}, "ddpm.sampler.steps"),
     ("ray", {"num_workers": 0}, "ray.num_workers"),
     ("train", {"frameworks": ["gan"]}, "train.frameworks"),
+    ("train", {"lr_schedule": "linear"}, "train.lr_schedule"),
     ("vector", {"network": {"kind": "mlp", "depth": True}}, "vector.network.depth"),
 ])
 def test_bad_value_names_the_field(section, change, field):

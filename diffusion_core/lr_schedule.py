@@ -1,0 +1,28 @@
+"""Learning-rate schedules for runs whose length is set by a step cap or a time budget,
+whichever ends first, so the decay can end where the run does."""
+from __future__ import annotations
+
+import math
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, planned_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at `step` (0-based): a linear warm-up over
+    `warmup_steps`, then constant, or a half cosine from 1 down to 0 at `planned_steps`
+    (Loshchilov & Hutter, 2017, SGDR without restarts)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    if schedule == "constant":
+        return warm
+    progress = min(1.0, step / max(1, planned_steps))
+    return warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def planned_steps(step: int, start_step: int, time_fraction: float, max_steps: int) -> int:
+    """The step a run will end at: `max_steps`, or sooner where the time budget runs out at the
+    pace of the steps taken since `start_step` (this process's first) in `time_fraction` of it."""
+    if time_fraction <= 0 or step <= start_step:
+        return max_steps
+    return min(max_steps, start_step + math.ceil((step - start_step) / time_fraction))

@@ -1,0 +1,34 @@
+"""The learning-rate schedule: warm-up, cosine decay to zero where the run ends, and where a
+time budget makes it end."""
+import math
+
+import pytest
+
+from diffusion_core.lr_schedule import lr_factor, planned_steps
+
+
+def test_warmup_then_constant():
+    assert lr_factor(0, 1000, 10, "constant") == pytest.approx(0.1)
+    assert lr_factor(9, 1000, 10, "constant") == 1.0
+    assert lr_factor(5000, 1000, 10, "constant") == 1.0
+
+
+def test_cosine_is_a_half_period_from_one_to_zero():
+    factors = [lr_factor(step, 1000, 10, "cosine") for step in range(10, 1001)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))  # never rises after warm-up
+    assert lr_factor(250, 1000, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(500, 1000, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(1000, 1000, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(1200, 1000, 10, "cosine") == pytest.approx(0.0)  # a run past its plan
+
+
+def test_planned_steps_follow_the_time_budget():
+    assert planned_steps(0, 0, 0.0, 5000) == 5000  # nothing measured yet: the step cap
+    assert planned_steps(100, 0, 0.25, 5000) == 400  # 100 steps took a quarter of the budget
+    assert planned_steps(100, 0, 0.01, 5000) == 5000  # the cap comes first
+    assert planned_steps(1100, 1000, 0.25, 5000) == 1400  # resumed at step 1000
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(0, 10, 1, "linear")
