@@ -150,7 +150,7 @@ def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypa
     for key in ("fd", "fd_floor", "kid", "precision", "recall", "class_coverage", "nn_ratio"):
         assert np.isfinite(result[key]), key
     assert result["num_samples"] == 300 and result["pairwise_num_samples"] == 200
-    assert result["fd_floor_draws"] == 16  # the floor is a mean over train subsets, with its range
+    assert result["fd_floor_draws"] == 64  # the floor is a mean over train subsets, with its range
     assert result["fd_at_n_draws"] == 200 // result["fd_n"]  # test-sized draws of the samples
     assert result["fd_floor_min"] <= result["fd_floor"] <= result["fd_floor_max"]
     assert result["feature_extractor_sha256"] == clf.classifier_hash(folder)
