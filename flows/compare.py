@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 from . import plots, tracking  # noqa: E402
 from .config import Params  # noqa: E402
 
-COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fid", "kid", "precision", "recall", "class_coverage", "swd",
-           "swd_floor", "mmd", "off_support", "nn_ratio", "nll", "vlb_total")
+COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fid", "kid", "precision", "recall", "class_coverage",
+           "swd", "swd_floor", "mmd", "off_support", "nn_ratio", "nll", "vlb_total")
 
 
 def _read_json(path: Path, what: str) -> dict:

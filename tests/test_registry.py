@@ -114,7 +114,7 @@ def test_compare_writes_the_report_and_logs_it(registered, tmp_path):
 
     root, params, _, _ = registered
     (root / "metrics" / "ddpm.json").write_text(json.dumps(
-        {"fd": 3.0, "fd_floor": 2.0, "kid": 0.01, "precision": 0.8, "recall": 0.7,
+        {"fd": 3.0, "fd_at_n": 3.0, "fd_floor": 2.0, "fd_ratio": 1.5, "kid": 0.01, "precision": 0.8, "recall": 0.7,
          "sampler": "ddim", "nfe": 9, "num_samples": 64}))
     (root / "metrics" / "ddpm_nfe.json").write_text(json.dumps({"points": [
         {"sampler": "ddim", "steps": s, "nfe": s, "metric": "fd", "value": 10.0 / s} for s in (3, 9)]}))
@@ -124,7 +124,7 @@ def test_compare_writes_the_report_and_logs_it(registered, tmp_path):
     np.savez(root / "samples" / "ddpm" / "samples.npz", x=np.zeros((16, 1, 8, 8), np.float32))
     result = compare.compare(params, tmp_path / "reports")
     report = (tmp_path / "reports" / "compare.md").read_text()
-    assert "| ddpm | ddim | 9 | 3 | 2 | 0.01 | 0.8 | 0.7 |" in report
+    assert "| ddpm | ddim | 9 | 3 | 2 | 1.5 | 0.01 | 0.8 | 0.7 |" in report
     assert "`models:/digits-ddpm@champion`" in report and "## Quality against NFE" in report
     for name in ("quality_vs_nfe.png", "samples_side_by_side.png", "compare.json"):
         assert (tmp_path / "reports" / name).stat().st_size > 100
