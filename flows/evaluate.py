@@ -15,24 +15,17 @@ from .config import Params
 from .likelihood_eval import nll_metrics
 
 
-def _real_subset(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if len(x) < n:
-        raise ValueError(f"need {n} real training examples for the noise floor, have {len(x)}")
-    return x[np.random.default_rng(seed).permutation(len(x))[:n]]
-
-
 def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8) -> list[float]:
-    """SWD between `draws` independent real sets of n (train subsets) and the held-out set: the
-    floor's range, the spread any model's SWD has even when it samples the data exactly."""
-    return [metrics.sliced_wasserstein(_real_subset(train, n, seed + k), test, projections, seed)
-            for k in range(draws)]
+    """SWD of real train draws of n against the held-out set: the floor's range, the spread any
+    model's SWD has even when it samples the data exactly."""
+    return metrics.noise_floors(lambda a, b: metrics.sliced_wasserstein(a, b, projections, seed),
+                                train, test, n, draws, seed)
 
 
 def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
     """Sliced W2 and MMD against held-out data, with floors from a train subset of equal size."""
     n = min(len(samples), len(test))
     samples, test = samples[:n], test[:n]
-    reference = _real_subset(train, n, params.evaluate.seed)
     proj, seed = params.evaluate.swd_projections, params.evaluate.seed
     floors = _swd_floors(train, test, n, proj, seed)
     out = {
@@ -40,7 +33,7 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
         "swd_floor": float(np.mean(floors)), "swd_floor_max": float(np.max(floors)),
         "swd_floor_draws": len(floors),
         "mmd": metrics.mmd_rbf(samples, test),
-        "mmd_floor": metrics.mmd_rbf(reference, test),
+        "mmd_floor": metrics.noise_floors(metrics.mmd_rbf, train, test, n, 1, seed)[0],
         "num_samples": n, "reference_split": "test", "floor_split": "train subsets vs test",
         "feature_extractor": "none (raw coordinates)",
     }

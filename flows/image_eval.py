@@ -36,17 +36,11 @@ def _check_samples(samples_dir) -> None:
 
 def _fd_floors(train_features: np.ndarray, test_features: np.ndarray, n: int, seed: int,
                draws: int = 64, replace: bool = False) -> list[float]:
-    """FD between `draws` random train draws of n and the held-out set. Without replacement
-    each draw is an i.i.d. sample of the data distribution, so their mean is the floor a
-    perfect model scores. With replacement each draw samples the training set itself, as a
-    model that reproduced its training data exactly would: that costs the training set's own
-    sampling error on top (1.23-1.30x the floor on digits, 256 draws). One draw is not
-    enough: on digits (500 against 500) single draws span 5 to 20."""
-    rng = np.random.default_rng(seed)
-    pick = (lambda: rng.integers(0, len(train_features), n)) if replace else \
-        (lambda: rng.permutation(len(train_features))[:n])
-    return [metrics.frechet_distance_from_features(train_features[pick()], test_features)
-            for _ in range(draws)]
+    """FD of train draws of n against the held-out set. With `replace`, the draws sample the
+    training set itself: a model that reproduced its training data exactly inherits that
+    set's own sampling error, 1.23-1.30x the floor on digits (256 draws)."""
+    return metrics.noise_floors(metrics.frechet_distance_from_features, train_features, test_features,
+                                n, draws, seed, replace)
 
 
 def _fd_at(fake_features: np.ndarray, test_features: np.ndarray, n: int) -> list[float]:

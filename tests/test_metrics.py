@@ -72,10 +72,16 @@ def test_mmd_near_zero_for_same_distribution_and_positive_for_shift():
     assert shifted > 0.02 and shifted > 10 * abs(same)
 
 
-def test_noise_floor_is_the_statistic_on_two_real_sets():
+def test_noise_floors_are_the_statistic_on_real_subsets():
     rng = _rng(4)
-    a, b = rng.standard_normal((200, 2)), rng.standard_normal((200, 2))
-    assert M.noise_floor(M.sliced_wasserstein, a, b, seed=5) == M.sliced_wasserstein(a, b, seed=5)
+    a, b = rng.standard_normal((200, 2)), rng.standard_normal((100, 2))
+    swd = lambda x, y: M.sliced_wasserstein(x, y, seed=5)  # noqa: E731
+    floors = M.noise_floors(swd, a, b, 100, draws=3, seed=1)
+    pick = np.random.default_rng(1)
+    assert floors == [swd(a[pick.permutation(200)[:100]], b) for _ in range(3)]
+    assert len(M.noise_floors(swd, a[:50], b, 100, draws=2, replace=True)) == 2
+    with pytest.raises(ValueError, match="need 100 real examples"):
+        M.noise_floors(swd, a[:50], b, 100, draws=2)
 
 
 # --------------------------------------------------------------------------- Fréchet distance
