@@ -176,11 +176,14 @@ class VPSDE(SDE):
         return f, torch.sqrt(beta)
 
     def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
-        """Closed form for the linear schedule: s^2 = exp(B(t)) - 1 (bisection for cosine)."""
-        if self.schedule != "linear":
-            return super().time_of_noise_level(s, lo, iterations)
-        big_b = torch.log1p(torch.as_tensor(s, dtype=torch.float64) ** 2)
-        return _time_of_integrated_beta(big_b, self.beta_min, self.beta_max).clamp(lo, self.T)
+        """Closed forms: alpha_bar = 1 / (1 + s^2) gives s^2 = exp(B(t)) - 1 for the linear
+        schedule, and inverts the cosine of alpha_bar(t) for the cosine one."""
+        s = torch.as_tensor(s, dtype=torch.float64)
+        if self.schedule == "linear":
+            return _time_of_integrated_beta(torch.log1p(s**2), self.beta_min, self.beta_max).clamp(lo, self.T)
+        offset = self.COSINE_OFFSET
+        f = math.cos(offset / (1 + offset) * math.pi / 2) ** 2 / (1 + s**2)
+        return ((1 + offset) * 2 / math.pi * torch.arccos(f.sqrt()) - offset).clamp(lo, self.T)
 
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i of the discrete step that continuous time t falls on, t_i = (i + 1) / N."""
