@@ -26,6 +26,7 @@ from diffusion_core.ema import EMA  # noqa: E402
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.lr_schedule import lr_factor  # noqa: E402
 from diffusion_core.noise import PerSampleNoise  # noqa: E402
+from diffusion_core.training import training_step  # noqa: E402
 from flows.image_eval import _fd_floors  # noqa: E402
 
 NETWORK = dict(kind="unet", channels=1, image_size=8, base=32, mults=[1, 2], blocks=1, emb_dim=64)
@@ -46,15 +47,9 @@ def train(x_train: torch.Tensor, schedule: str, p_mean: float, steps: int) -> Di
     net, generator = model.denoiser.net, torch.Generator().manual_seed(0)
     optimizer, ema = torch.optim.Adam(net.parameters(), lr=1e-3), EMA(net, 7.0)
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * lr_factor(step, steps, steps // 50, schedule)
         batch = x_train[torch.randint(0, len(x_train), (128,), generator=generator)]
-        loss = model.loss(batch, generator).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        ema.update(net)
+        training_step(model, model.denoiser, optimizer, ema, batch, generator,
+                      1e-3 * lr_factor(step, steps, steps // 50, schedule), grad_clip=1.0)
     net.load_state_dict(ema.model.state_dict())
     return model
 

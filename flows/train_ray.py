@@ -15,6 +15,7 @@ from diffusion_core.data.shards import ShardStream
 from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.lr_schedule import lr_factor, planned_steps
+from diffusion_core.training import training_step
 
 from . import tracking
 from .ray_cluster import connect, require_resources
@@ -84,7 +85,42 @@ def _time_fraction(start: float, limit_s: float) -> float:
     return float(fraction.item())
 
 
+class _Progress:
+    """Loss and throughput over the steps since the last progress line."""
+
+    def __init__(self):
+        self.seen, self.loss_sum, self.steps, self.start = 0, 0.0, 0, time.time()
+
+    def add(self, examples: int, loss: float) -> None:
+        self.seen, self.loss_sum, self.steps = self.seen + examples, self.loss_sum + loss, self.steps + 1
+
+    def flush(self, config: dict, rank: int, step: int, extra: dict) -> None:
+        """Rank 0 logs the window's figures to MLflow and prints the progress line."""
+        metrics = {"loss": self.loss_sum / max(1, self.steps),
+                   "samples_per_s": self.seen / max(time.time() - self.start, 1e-9), **extra}
+        if rank == 0:
+            tracking.log_metrics(config["run_id"], metrics, step)
+            print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
+                  f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
+        self.__init__()
+
+
+def _build(config: dict, rank: int):
+    """The model, its DDP-wrapped training denoiser (Ray touch point), Adam, EMA and the step
+    to start from (0, or a restored checkpoint's)."""
+    import ray.train.torch
+
+    torch.manual_seed(config["seed"] + rank)
+    model = DiffusionModel(config["model"])
+    net = ray.train.torch.prepare_model(model.denoiser.net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
+    ema = EMA(model.denoiser.net, config["ema_gamma"])
+    return model, model.wrap(net), optimizer, ema, _restore(model, optimizer, ema, config, rank)
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """Steps of the shared recipe (diffusion_core.training) until the step cap or the time
+    limit, the learning rate decaying to where the run will end; checkpoints along the way."""
     import ray.train
     import ray.train.torch
 
@@ -92,40 +128,21 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config["threads"])
     os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]  # the driver's store, made absolute
-    torch.manual_seed(config["seed"] + rank)
-    model = DiffusionModel(config["model"])
-    net = ray.train.torch.prepare_model(model.denoiser.net)  # Ray touch point: DDP
+    model, denoiser, optimizer, ema, step = _build(config, rank)
     device = ray.train.torch.get_device()
-    train_denoiser = model.wrap(net)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
-    ema = EMA(model.denoiser.net, config["ema_gamma"])
-    step = _restore(model, optimizer, ema, config, rank)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
-    start, seen, window_loss, window_start = time.time(), 0, 0.0, time.time()
-    first_step, planned = step, config["steps"]
+    start, first_step, planned, progress = time.time(), step, config["steps"], _Progress()
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
         if step >= config["steps"]:
             break
-        lr_scale = lr_factor(step, planned, config["warmup_steps"], config["lr_schedule"])
-        for group in optimizer.param_groups:
-            group["lr"] = config["lr"] * lr_scale
-        loss = model.loss(x.to(device), generator, denoiser=train_denoiser).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), config["grad_clip"])
-        optimizer.step()
-        ema.update(model.denoiser.net)
-        step, seen, window_loss = step + 1, seen + x.shape[0] * world, window_loss + loss.item()
+        lr = config["lr"] * lr_factor(step, planned, config["warmup_steps"], config["lr_schedule"])
+        loss, grad_norm = training_step(model, denoiser, optimizer, ema, x.to(device), generator, lr,
+                                        config["grad_clip"])
+        step += 1
+        progress.add(x.shape[0] * world, loss.item())
         if step % config["log_every"] == 0 or step == config["steps"]:
-            elapsed = time.time() - window_start
-            metrics = {"loss": window_loss / config["log_every"], "grad_norm": float(grad_norm),
-                       "samples_per_s": seen / max(elapsed, 1e-9), "lr": config["lr"] * lr_scale}
-            if rank == 0:
-                tracking.log_metrics(config["run_id"], metrics, step)
-                print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
-                      f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
-            seen, window_loss, window_start = 0, 0.0, time.time()
+            progress.flush(config, rank, step, {"grad_norm": float(grad_norm), "lr": lr})
             fraction = _time_fraction(start, config["time_limit_s"])
             if fraction >= 1:
                 break
