@@ -27,7 +27,7 @@ from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.lr_schedule import lr_factor  # noqa: E402
 from diffusion_core.noise import PerSampleNoise  # noqa: E402
 from diffusion_core.training import training_step  # noqa: E402
-from flows.image_eval import _fd_floors  # noqa: E402
+from flows.image_eval import _fd_draws  # noqa: E402
 
 NETWORK = dict(kind="unet", channels=1, image_size=8, base=32, mults=[1, 2], blocks=1, emb_dim=64)
 RECIPES = {"constant lr, p_mean -1.2": ("constant", -1.2), "cosine lr, p_mean -1.2": ("cosine", -1.2),
@@ -74,7 +74,7 @@ def main() -> None:
     x_tr, y_tr, x_te, _ = sources.train_test_split(x, y, 500, 0)
     classifier = clf.train_classifier(x_tr, y_tr, epochs=30, seed=0)
     f_tr, f_te = clf.extract_features(classifier, x_tr), clf.extract_features(classifier, x_te)
-    floor = float(np.mean(_fd_floors(f_tr, f_te, 500, seed=0)))  # evaluate's own floor
+    floor = float(np.mean(_fd_draws(f_tr, f_te, 500, seed=0)))  # evaluate's own floor
     results = {}
     for name, (schedule, p_mean) in RECIPES.items():
         results[name] = fd_ratios(train(torch.from_numpy(x_tr), schedule, p_mean, args.steps),

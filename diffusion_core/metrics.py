@@ -17,7 +17,7 @@ __all__ = [
     "sliced_wasserstein",
     "mmd_rbf",
     "median_bandwidth",
-    "noise_floors",
+    "subset_statistics",
     "FeatureStats",
     "frechet_distance",
     "frechet_distance_from_features",
@@ -173,16 +173,20 @@ def mmd_rbf(a, b, bandwidths: Sequence[float] | None = None, chunk: int = 1024) 
     return float(kaa + kbb - 2.0 * kab)
 
 
-def noise_floors(statistic: Callable[[np.ndarray, np.ndarray], float], pool, reference, n: int,
-                 draws: int, seed: int = 0, replace: bool = False) -> list[float]:
-    """The statistic between `draws` random n-subsets of a real pool and a real reference set.
+def subset_statistics(statistic: Callable[[np.ndarray, np.ndarray], float], pool, reference, n: int,
+                      draws: int, seed: int = 0, replace: bool = False) -> list[float]:
+    """The statistic between `draws` random n-subsets of a pool and a real reference set.
 
-    A generated-vs-real value is only meaningful relative to these numbers, computed at the
-    same sample size (finite-sample bias makes e.g. SW₂ and FD positive even for equal
-    distributions): their mean is what a perfect model scores, their range its spread. One
-    draw is not enough (on digits, FD of 500 against 500 spans 5 to 20 between draws).
-    Without replacement each subset is an i.i.d. sample of the data distribution; with
-    `replace` it samples the pool itself, as a model that reproduced the pool exactly would.
+    With a real pool (train data) these are the noise floor: a generated-vs-real value is
+    only meaningful beside them, at the same sample size (finite-sample bias makes e.g. SW₂
+    and FD positive even for equal distributions); their mean is what a perfect model
+    scores, their range its spread. One draw is not enough (on digits, FD of 500 against 500
+    spans 5 to 20 between draws). With a pool of samples their mean is the model's figure at
+    size n: averaging over random subsets rather than disjoint chunks is a Rao-Blackwellised
+    (U-statistic) estimate of the same expectation, with less variance (digits, four
+    repeats of 2,000 samples: sd 0.13 against 0.23 in floor units). Without replacement each
+    subset is an i.i.d. sample of what the pool samples; with `replace` it samples the pool
+    itself, as a model that reproduced the pool exactly would.
     """
     if not callable(statistic):
         raise ValueError("statistic must be callable, e.g. sliced_wasserstein")

@@ -18,7 +18,7 @@ from .likelihood_eval import nll_metrics
 def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8) -> list[float]:
     """SWD of real train draws of n against the held-out set: the floor's range, the spread any
     model's SWD has even when it samples the data exactly."""
-    return metrics.noise_floors(lambda a, b: metrics.sliced_wasserstein(a, b, projections, seed),
+    return metrics.subset_statistics(lambda a, b: metrics.sliced_wasserstein(a, b, projections, seed),
                                 train, test, n, draws, seed)
 
 
@@ -33,7 +33,7 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
         "swd_floor": float(np.mean(floors)), "swd_floor_max": float(np.max(floors)),
         "swd_floor_draws": len(floors),
         "mmd": metrics.mmd_rbf(samples, test),
-        "mmd_floor": metrics.noise_floors(metrics.mmd_rbf, train, test, n, 1, seed)[0],
+        "mmd_floor": metrics.subset_statistics(metrics.mmd_rbf, train, test, n, 1, seed)[0],
         "num_samples": n, "reference_split": "test", "floor_split": "train subsets vs test",
         "feature_extractor": "none (raw coordinates)",
     }

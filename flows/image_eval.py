@@ -34,35 +34,37 @@ def _check_samples(samples_dir) -> None:
         raise ValueError(f"{samples_dir}: samples must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
 
 
-def _fd_floors(train_features: np.ndarray, test_features: np.ndarray, n: int, seed: int,
-               draws: int = 64, replace: bool = False) -> list[float]:
-    """FD of train draws of n against the held-out set. With `replace`, the draws sample the
-    training set itself: a model that reproduced its training data exactly inherits that
-    set's own sampling error, 1.23-1.30x the floor on digits (256 draws)."""
-    return metrics.noise_floors(metrics.frechet_distance_from_features, train_features, test_features,
-                                n, draws, seed, replace)
+def _fd_draws(pool: np.ndarray, test_features: np.ndarray, n: int, seed: int, draws: int = 64,
+              replace: bool = False) -> list[float]:
+    """FD of random n-subsets of the pool's features against the held-out set: of train
+    features, the floor; of sample features, the model's FD at the floor's size. With
+    `replace` on train, a model that reproduced its training data exactly, which inherits
+    that set's own sampling error: 1.23-1.30x the floor on digits (256 draws)."""
+    return metrics.subset_statistics(metrics.frechet_distance_from_features, pool, test_features,
+                                     n, draws, seed, replace)
 
 
-def _fd_at(fake_features: np.ndarray, test_features: np.ndarray, n: int) -> list[float]:
-    """FD of each disjoint n-sample chunk of the samples against the held-out set: the
-    statistic the floor describes, averaged over as many draws as the samples allow."""
-    return [metrics.frechet_distance_from_features(fake_features[i:i + n], test_features)
-            for i in range(0, len(fake_features) - n + 1, n)]
+def _fd_chunks_sem(fake_features: np.ndarray, test_features: np.ndarray, n: int) -> float | None:
+    """Standard error of the mean FD over disjoint n-sample chunks of the samples: a bound on
+    that of the random-subset mean, which averages the same estimator over orderings."""
+    chunks = [metrics.frechet_distance_from_features(fake_features[i:i + n], test_features)
+              for i in range(0, len(fake_features) - n + 1, n)]
+    return float(np.std(chunks, ddof=1) / len(chunks) ** 0.5) if len(chunks) > 1 else None
 
 
 def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
     """FD of all samples, and of test-sized draws of them beside the floor (mean and range
     over train draws of that size), KID and precision/recall in one feature space."""
     n = min(len(test.kept_features), len(fake.kept_features), len(train.kept_features))
-    floors = _fd_floors(train.kept_features, test.kept_features, n, seed)
-    at_n = _fd_at(fake.kept_features, test.kept_features, n)
+    floors = _fd_draws(train.kept_features, test.kept_features, n, seed)
+    at_n = _fd_draws(fake.kept_features, test.kept_features, n, seed)
     out = {"fd": fidelity.frechet_distance_from_stats(fake.stats, test.stats),
            "fd_at_n": float(np.mean(at_n)), "fd_at_n_draws": len(at_n),
-           "fd_at_n_sem": float(np.std(at_n, ddof=1) / len(at_n) ** 0.5) if len(at_n) > 1 else None,
+           "fd_at_n_sem": _fd_chunks_sem(fake.kept_features, test.kept_features, n),
            "fd_n": n, "fd_floor": float(np.mean(floors)), "fd_floor_min": float(np.min(floors)),
            "fd_floor_max": float(np.max(floors)), "fd_floor_draws": len(floors),
-           "fd_train_resampled": float(np.mean(_fd_floors(train.kept_features, test.kept_features,
-                                                          n, seed, replace=True)))}
+           "fd_train_resampled": float(np.mean(_fd_draws(train.kept_features, test.kept_features,
+                                                         n, seed, replace=True)))}
     out["fd_ratio"] = out["fd_at_n"] / out["fd_floor"]
     out["fd_train_resampled_ratio"] = out["fd_train_resampled"] / out["fd_floor"]
     out.update(fidelity.kernel_inception_distance(test.kept_features, fake.kept_features, seed=seed))

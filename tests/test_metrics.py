@@ -72,16 +72,31 @@ def test_mmd_near_zero_for_same_distribution_and_positive_for_shift():
     assert shifted > 0.02 and shifted > 10 * abs(same)
 
 
-def test_noise_floors_are_the_statistic_on_real_subsets():
+def test_subset_statistics_are_the_statistic_on_real_subsets():
     rng = _rng(4)
     a, b = rng.standard_normal((200, 2)), rng.standard_normal((100, 2))
     swd = lambda x, y: M.sliced_wasserstein(x, y, seed=5)  # noqa: E731
-    floors = M.noise_floors(swd, a, b, 100, draws=3, seed=1)
+    floors = M.subset_statistics(swd, a, b, 100, draws=3, seed=1)
     pick = np.random.default_rng(1)
     assert floors == [swd(a[pick.permutation(200)[:100]], b) for _ in range(3)]
-    assert len(M.noise_floors(swd, a[:50], b, 100, draws=2, replace=True)) == 2
+    assert len(M.subset_statistics(swd, a[:50], b, 100, draws=2, replace=True)) == 2
     with pytest.raises(ValueError, match="need 100 real examples"):
-        M.noise_floors(swd, a[:50], b, 100, draws=2)
+        M.subset_statistics(swd, a[:50], b, 100, draws=2)
+
+
+def test_random_subsets_estimate_the_chunk_mean_with_less_variance():
+    """Random n-subsets of a sample (a U-statistic) and disjoint n-chunks estimate the same
+    expected FD at size n; averaging over orderings (Rao-Blackwell) lowers the variance."""
+    rng = _rng(6)
+    test = rng.standard_normal((100, 16))
+    fd = M.frechet_distance_from_features
+    chunks, subsets = [], []
+    for repeat in range(40):
+        sample = rng.standard_normal((400, 16))
+        chunks.append(np.mean([fd(sample[i:i + 100], test) for i in range(0, 400, 100)]))
+        subsets.append(np.mean(M.subset_statistics(fd, sample, test, 100, draws=48, seed=repeat)))
+    assert abs(np.mean(chunks) - np.mean(subsets)) < 2 * np.std(chunks) / 40**0.5
+    assert np.var(subsets) < 0.8 * np.var(chunks)
 
 
 # --------------------------------------------------------------------------- Fréchet distance

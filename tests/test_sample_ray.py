@@ -151,7 +151,8 @@ def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypa
         assert np.isfinite(result[key]), key
     assert result["num_samples"] == 300 and result["pairwise_num_samples"] == 200
     assert result["fd_floor_draws"] == 64  # the floor is a mean over train subsets, with its range
-    assert result["fd_at_n_draws"] == 200 // result["fd_n"]  # test-sized draws of the samples
+    assert result["fd_at_n_draws"] == 64  # random test-sized subsets of the samples, like the floor
+    assert result["fd_ratio"] == pytest.approx(result["fd_at_n"] / result["fd_floor"])
     assert result["fd_floor_min"] <= result["fd_floor"] <= result["fd_floor_max"]
     assert result["feature_extractor_sha256"] == clf.classifier_hash(folder)
     assert result["fid"] is None and "nothing is downloaded" in result["fid_note"]
@@ -231,11 +232,12 @@ def test_fd_floor_of_a_resampled_training_set_is_higher():
     """A sampler of the training set itself carries the training set's own sampling error:
     for Gaussian features, train 600, draws of 300 against 300 held out, the mean term of the
     expected FD grows by (1/300 + 1/300 + 1/600) / (2/300) = 1.25 (the covariance term alike)."""
-    from flows.image_eval import _fd_at, _fd_floors
+    from flows.image_eval import _fd_chunks_sem, _fd_draws
 
     rng = np.random.default_rng(0)
     train, test = rng.normal(size=(600, 8)), rng.normal(size=(300, 8))
-    exact = np.mean(_fd_floors(train, test, 300, seed=1, draws=200))
-    resampled = np.mean(_fd_floors(train, test, 300, seed=1, draws=200, replace=True))
+    exact = np.mean(_fd_draws(train, test, 300, seed=1, draws=200))
+    resampled = np.mean(_fd_draws(train, test, 300, seed=1, draws=200, replace=True))
     assert 1.1 < resampled / exact < 1.45
-    assert len(_fd_at(train, test, 250)) == 2  # disjoint test-sized draws, the rest unused
+    assert _fd_chunks_sem(train, test, 250) > 0 and _fd_chunks_sem(train, test, 300) > 0
+    assert _fd_chunks_sem(train[:400], test, 300) is None  # one chunk has no spread
