@@ -30,8 +30,8 @@ from diffusion_core.training import training_step  # noqa: E402
 from flows.image_eval import _fd_draws  # noqa: E402
 
 NETWORK = dict(kind="unet", channels=1, image_size=8, base=32, mults=[1, 2], blocks=1, emb_dim=64)
-RECIPES = {"constant lr, p_mean -1.2": ("constant", -1.2), "cosine lr, p_mean -1.2": ("cosine", -1.2),
-           "cosine lr, p_mean -0.8 (default)": ("cosine", -0.8)}
+RECIPES = {"constant lr, p_mean -1.2": ("constant", -1.2), "cosine lr, p_mean -1.2 (default)": ("cosine", -1.2),
+           "cosine lr, p_mean -0.8": ("cosine", -0.8)}
 
 
 def model_config(p_mean: float) -> dict:
