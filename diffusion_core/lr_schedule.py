@@ -26,3 +26,11 @@ def planned_steps(step: int, start_step: int, time_fraction: float, max_steps: i
     if time_fraction <= 0 or step <= start_step:
         return max_steps
     return min(max_steps, start_step + math.ceil((step - start_step) / time_fraction))
+
+
+def out_of_time(fraction: float, previous_fraction: float) -> bool:
+    """Whether a run that has spent `fraction` of its time budget, and `previous_fraction` at
+    the check before, should stop now: when the next interval between checks, as long as the
+    last, would end past the budget. So a run ends inside its budget rather than up to one
+    interval after it."""
+    return fraction + max(0.0, fraction - previous_fraction) >= 1

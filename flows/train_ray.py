@@ -14,7 +14,7 @@ import torch.distributed as dist
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.lr_schedule import lr_factor, planned_steps
+from diffusion_core.lr_schedule import lr_factor, out_of_time, planned_steps
 from diffusion_core.training import training_step
 
 from . import tracking
@@ -132,6 +132,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
     start, first_step, planned, progress = time.time(), step, config["steps"], _Progress()
+    fraction = 0.0
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
         if step >= config["steps"]:
@@ -143,13 +144,13 @@ def train_loop_per_worker(config: dict) -> None:
         progress.add(x.shape[0] * world, loss.item())
         if step % config["log_every"] == 0 or step == config["steps"]:
             progress.flush(config, rank, step, {"grad_norm": float(grad_norm), "lr": lr})
-            fraction = _time_fraction(start, config["time_limit_s"])
-            if fraction >= 1:
+            fraction, previous = _time_fraction(start, config["time_limit_s"]), fraction
+            if out_of_time(fraction, previous):
                 break
             planned = planned_steps(step, first_step, fraction, config["steps"])
         if step % config["checkpoint_every"] == 0 and step < config["steps"]:
             _report(model, optimizer, ema, step, {"loss": loss.item()}, rank)
-    _report(model, optimizer, ema, step, {"loss": loss.item(), "train_seconds": time.time() - start,
+    _report(model, optimizer, ema, step, {"loss": loss.item(), "loop_seconds": time.time() - start,
                                             "world_size": world}, rank)
 
 

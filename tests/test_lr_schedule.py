@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from diffusion_core.lr_schedule import lr_factor, planned_steps
+from diffusion_core.lr_schedule import lr_factor, out_of_time, planned_steps
 
 
 def test_warmup_then_constant():
@@ -32,3 +32,10 @@ def test_planned_steps_follow_the_time_budget():
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(0, 10, 1, "linear")
+
+
+def test_a_run_stops_when_the_next_interval_would_cross_its_budget():
+    assert not out_of_time(0.30, 0.0) and not out_of_time(0.60, 0.30)
+    assert out_of_time(0.91, 0.61)  # the next check would come at 1.21
+    assert out_of_time(1.02, 0.99)  # past the budget: stop whatever the interval
+    assert not out_of_time(0.5, 0.5) and not out_of_time(0.9, 0.95)  # a restart resets the clock
