@@ -19,7 +19,7 @@ def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8
     """SWD of real train draws of n against the held-out set: the floor's range, the spread any
     model's SWD has even when it samples the data exactly."""
     return metrics.subset_statistics(lambda a, b: metrics.sliced_wasserstein(a, b, projections, seed),
-                                train, test, n, draws, seed)
+                                     train, test, n, draws, seed)
 
 
 def vector_metrics(samples, test, train, params: Params, source: str) -> dict:

@@ -89,6 +89,9 @@ class _Progress:
     """Loss and throughput over the steps since the last progress line."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
         self.seen, self.loss_sum, self.steps, self.start = 0, 0.0, 0, time.time()
 
     def add(self, examples: int, loss: float) -> None:
@@ -102,7 +105,7 @@ class _Progress:
             tracking.log_metrics(config["run_id"], metrics, step)
             print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
                   f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
-        self.__init__()
+        self.reset()
 
 
 def _build(config: dict, rank: int):
