@@ -32,8 +32,8 @@ from diffusion_core.training import training_step  # noqa: E402
 from flows.image_eval import _fd_draws  # noqa: E402
 
 RECIPES = {  # name: (U-Net base width, lr schedule, p_mean)
-    "base 32, cosine lr, p_mean -1.2": (32, "cosine", -1.2),
-    "base 48, cosine lr, p_mean -1.2 (default)": (48, "cosine", -1.2),
+    "base 32, cosine lr, p_mean -1.2 (default)": (32, "cosine", -1.2),
+    "base 48, cosine lr, p_mean -1.2": (48, "cosine", -1.2),
     "base 64, cosine lr, p_mean -1.2": (64, "cosine", -1.2),
 }
 
