@@ -67,8 +67,7 @@ def train(x_train: torch.Tensor, recipe: tuple, seconds: float, seed: int) -> tu
 
 def fd_ratio(model, classifier, test_features, floor: float, samples: int) -> float:
     seeds = PerSampleNoise([7_000_003 + i for i in range(samples)])
-    with torch.no_grad():
-        x, _ = model.sample(samples, (1, 8, 8), {"name": "ddim", "steps": 50}, seeds, 1.0)
+    x, _ = model.sample(samples, (1, 8, 8), {"name": "ddim", "steps": 50}, seeds, 1.0)  # no_grad inside
     features = clf.extract_features(classifier, x.numpy())
     return float(np.mean(_fd_draws(features, test_features, 500, seed=1))) / floor
 
