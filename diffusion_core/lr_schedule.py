@@ -34,3 +34,25 @@ def out_of_time(fraction: float, previous_fraction: float) -> bool:
     last, would end past the budget. So a run ends inside its budget rather than up to one
     interval after it."""
     return fraction + max(0.0, fraction - previous_fraction) >= 1
+
+
+def warmup_steps(max_steps: int) -> int:
+    """The linear warm-up's length: 2% of the step cap, so it is short whatever ends the run."""
+    return max(1, max_steps // 50)
+
+
+class StepBudget:
+    """Where a run of at most `max_steps`, also bounded by a time budget, will end. At each
+    check the caller passes the fraction of the budget spent; `check` says whether to stop now
+    (`out_of_time`) and otherwise re-plans `planned`, the step the learning rate decays to."""
+
+    def __init__(self, max_steps: int, start_step: int = 0):
+        self.max_steps, self.start_step = max_steps, start_step
+        self.planned, self.fraction = max_steps, 0.0
+
+    def check(self, step: int, fraction: float) -> bool:
+        previous, self.fraction = self.fraction, fraction
+        if out_of_time(fraction, previous):
+            return True
+        self.planned = planned_steps(step, self.start_step, fraction, self.max_steps)
+        return False

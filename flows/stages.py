@@ -16,6 +16,7 @@ import numpy as np
 from diffusion_core import classifier as clf
 from diffusion_core.data import shards, sources
 from diffusion_core.frameworks import DiffusionModel
+from diffusion_core.lr_schedule import warmup_steps
 from diffusion_core.noise import PerSampleNoise
 
 from . import plots, tracking
@@ -107,7 +108,7 @@ def train(params: Params, framework: str) -> dict:
         "tracking_uri": tracking.tracking_uri(),
         "data_dir": str(Path(params.data.out_dir).resolve()), "seed": params.train.seed,
         "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,
-        "warmup_steps": max(1, profile.steps // 50), "grad_clip": params.train.grad_clip,
+        "warmup_steps": warmup_steps(profile.steps), "grad_clip": params.train.grad_clip,
         "ema_gamma": params.train.ema_gamma,
         "lr_schedule": params.train.lr_schedule, "log_every": params.train.log_every,
         "checkpoint_every": params.train.checkpoint_every, "time_limit_s": params.train.time_limit_s,

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.lr_schedule import lr_factor, out_of_time, planned_steps
+from diffusion_core.lr_schedule import StepBudget, lr_factor
 from diffusion_core.training import training_step
 
 from . import tracking
@@ -134,23 +134,20 @@ def train_loop_per_worker(config: dict) -> None:
     model, denoiser, optimizer, ema, step = _build(config, rank)
     device = ray.train.torch.get_device()
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
-    start, first_step, planned, progress = time.time(), step, config["steps"], _Progress()
-    fraction = 0.0
+    start, budget, progress = time.time(), StepBudget(config["steps"], step), _Progress()
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
         if step >= config["steps"]:
             break
-        lr = config["lr"] * lr_factor(step, planned, config["warmup_steps"], config["lr_schedule"])
+        lr = config["lr"] * lr_factor(step, budget.planned, config["warmup_steps"], config["lr_schedule"])
         loss, grad_norm = training_step(model, denoiser, optimizer, ema, x.to(device), generator, lr,
                                         config["grad_clip"])
         step += 1
         progress.add(x.shape[0] * world, loss.item())
         if step % config["log_every"] == 0 or step == config["steps"]:
             progress.flush(config, rank, step, {"grad_norm": float(grad_norm), "lr": lr})
-            fraction, previous = _time_fraction(start, config["time_limit_s"]), fraction
-            if out_of_time(fraction, previous):
+            if budget.check(step, _time_fraction(start, config["time_limit_s"])):
                 break
-            planned = planned_steps(step, first_step, fraction, config["steps"])
         if step % config["checkpoint_every"] == 0 and step < config["steps"]:
             _report(model, optimizer, ema, step, {"loss": loss.item()}, rank)
     _report(model, optimizer, ema, step, {"loss": loss.item(), "loop_seconds": time.time() - start,

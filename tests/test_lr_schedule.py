@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from diffusion_core.lr_schedule import lr_factor, out_of_time, planned_steps
+from diffusion_core.lr_schedule import StepBudget, lr_factor, out_of_time, planned_steps, warmup_steps
 
 
 def test_warmup_then_constant():
@@ -39,3 +39,14 @@ def test_a_run_stops_when_the_next_interval_would_cross_its_budget():
     assert out_of_time(0.91, 0.61)  # the next check would come at 1.21
     assert out_of_time(1.02, 0.99)  # past the budget: stop whatever the interval
     assert not out_of_time(0.5, 0.5) and not out_of_time(0.9, 0.95)  # a restart resets the clock
+
+
+def test_a_step_budget_replans_at_each_check_and_stops_inside_the_time():
+    budget = StepBudget(5000)
+    assert budget.planned == 5000 and warmup_steps(5000) == 100 and warmup_steps(10) == 1
+    assert not budget.check(100, 0.25) and budget.planned == 400  # 100 steps took a quarter
+    assert not budget.check(200, 0.45) and budget.planned == 445  # a slower pace: a later end
+    assert not budget.check(300, 0.70) and budget.planned == 429  # the next check comes at 0.95
+    assert budget.check(400, 0.93)  # the next would come at 1.16: stop now, inside the budget
+    resumed = StepBudget(5000, start_step=1000)  # a restored run paces only its own steps
+    assert not resumed.check(1100, 0.25) and resumed.planned == 1400
