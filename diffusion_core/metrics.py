@@ -192,7 +192,8 @@ def subset_statistics(statistic: Callable[[np.ndarray, np.ndarray], float], pool
         raise ValueError("statistic must be callable, e.g. sliced_wasserstein")
     pool = np.asarray(pool)
     if len(pool) < n and not replace:
-        raise ValueError(f"need {n} real examples for the noise floor, have {len(pool)}")
+        raise ValueError(f"need {n} examples in the pool for draws of {n} without replacement, "
+                         f"have {len(pool)}")
     rng = np.random.default_rng(seed)
     pick = (lambda: rng.integers(0, len(pool), n)) if replace else (lambda: rng.permutation(len(pool))[:n])
     return [float(statistic(pool[pick()], reference)) for _ in range(draws)]

@@ -34,12 +34,15 @@ def _check_samples(samples_dir) -> None:
         raise ValueError(f"{samples_dir}: samples must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
 
 
-def _fd_draws(pool: np.ndarray, test_features: np.ndarray, n: int, seed: int, draws: int = 64,
+def _fd_draws(pool: np.ndarray, test_features: np.ndarray, n: int, seed: int, draws: int | None = None,
               replace: bool = False) -> list[float]:
     """FD of random n-subsets of the pool's features against the held-out set: of train
     features, the floor; of sample features, the model's FD at the floor's size. With
     `replace` on train, a model that reproduced its training data exactly, which inherits
-    that set's own sampling error: 1.23-1.30x the floor on digits (256 draws)."""
+    that set's own sampling error: 1.23-1.30x the floor on digits (256 draws). By default
+    enough draws (at least 64) that each pool member is in about 20 of them, so a larger
+    pool is not read through a fixed number of subsets."""
+    draws = draws or max(64, 20 * len(pool) // n)
     return metrics.subset_statistics(metrics.frechet_distance_from_features, pool, test_features,
                                      n, draws, seed, replace)
 

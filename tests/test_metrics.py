@@ -80,7 +80,7 @@ def test_subset_statistics_are_the_statistic_on_real_subsets():
     pick = np.random.default_rng(1)
     assert floors == [swd(a[pick.permutation(200)[:100]], b) for _ in range(3)]
     assert len(M.subset_statistics(swd, a[:50], b, 100, draws=2, replace=True)) == 2
-    with pytest.raises(ValueError, match="need 100 real examples"):
+    with pytest.raises(ValueError, match="need 100 examples in the pool"):
         M.subset_statistics(swd, a[:50], b, 100, draws=2)
 
 

@@ -241,3 +241,14 @@ def test_fd_floor_of_a_resampled_training_set_is_higher():
     assert 1.1 < resampled / exact < 1.45
     assert _fd_chunks_sem(train, test, 250) > 0 and _fd_chunks_sem(train, test, 300) > 0
     assert _fd_chunks_sem(train[:400], test, 300) is None  # one chunk has no spread
+
+
+def test_fd_draws_grow_with_the_pool():
+    """A pool of samples larger than the floor's is read through enough subsets that each
+    member is in about 20 of them; small pools keep 64 draws, like the floor."""
+    from flows.image_eval import _fd_draws
+
+    rng = np.random.default_rng(0)
+    pool, test = rng.normal(size=(2000, 4)), rng.normal(size=(50, 4))
+    assert len(_fd_draws(pool, test, 50, seed=0)) == 800
+    assert len(_fd_draws(pool[:100], test, 50, seed=0)) == 64
