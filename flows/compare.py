@@ -154,14 +154,22 @@ def compare_and_publish(params: Params) -> dict:
 
 
 def publish(markdown_text: str, dataset: str) -> bool:
-    """The report as a Prefect markdown artifact (inside a flow run, or on its own through
-    PREFECT_API_URL or Prefect's ephemeral server). The report is already on disk and in
-    MLflow, so a Prefect API that cannot be reached is reported and not fatal."""
+    """The report as a Prefect markdown artifact, inside a flow or task run or through a
+    Prefect API set by PREFECT_API_URL. Run on its own (`dvc repro`) with neither, it is not
+    published: Prefect would start an ephemeral server just for it (10 s or more per stage).
+    The report is already on disk and in MLflow, so a Prefect API that cannot be reached is
+    reported and not fatal."""
     import os
 
     import httpx
     from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext, TaskRunContext
+    from prefect.settings import PREFECT_API_URL
 
+    if not (FlowRunContext.get() or TaskRunContext.get() or PREFECT_API_URL.value()):
+        print("compare: not published as a Prefect artifact (no flow run, no PREFECT_API_URL); "
+              "the report is in compare.out_dir and MLflow")
+        return False
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     key = "compare-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
     try:

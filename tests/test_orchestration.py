@@ -35,6 +35,8 @@ def test_prefect_flow_runs_the_dag_and_publishes_a_summary(prefect_harness, tmp_
     assert (tmp_path / "metrics/ddpm.json").is_file()
     artifact = Artifact.get("diffusion-pipeline-summary")
     assert artifact is not None and "| ddpm |" in artifact.data
+    report = Artifact.get("compare-digits")  # the compare task publishes inside the flow run
+    assert report is not None and "ddpm" in report.data
 
 
 def _copy_repo(target: Path) -> None:
@@ -50,6 +52,7 @@ def _dvc(args, cwd):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -63,6 +66,8 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path):
     for stage in ("prepare", "train-classifier", "train@ddpm", "sample@ddpm", "evaluate@ddpm"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (tmp_path / "metrics/ddpm.json").is_file() and (tmp_path / "dvc.lock").is_file()
+    # Outside a flow run and without PREFECT_API_URL, compare starts no ephemeral Prefect server
+    assert "not published as a Prefect artifact (no flow run" in first.stdout
     second = _dvc(["repro"], tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Running stage" not in second.stdout
