@@ -59,10 +59,10 @@ def train(x_train: torch.Tensor, recipe: tuple, seconds: float, seed: int,
     model = DiffusionModel(model_config(base, p_mean))
     net, generator = model.denoiser.net, torch.Generator().manual_seed(seed)
     optimizer, ema = torch.optim.Adam(net.parameters(), lr=1e-3), EMA(net, 7.0)
-    start, step, budget = time.perf_counter(), 0, StepBudget(step_cap)
+    start, step, budget, warmup = time.perf_counter(), 0, StepBudget(step_cap), warmup_steps(step_cap)
     while step < step_cap:
         batch = x_train[torch.randint(0, len(x_train), (128,), generator=generator)]
-        lr = 1e-3 * lr_factor(step, budget.planned, warmup_steps(step_cap), schedule)
+        lr = 1e-3 * lr_factor(step, budget.planned, warmup, schedule)
         training_step(model, model.denoiser, optimizer, ema, batch, generator, lr, grad_clip=1.0)
         step += 1
         if step % 100 == 0 and budget.check(step, (time.perf_counter() - start) / seconds):
@@ -72,13 +72,15 @@ def train(x_train: torch.Tensor, recipe: tuple, seconds: float, seed: int,
 
 
 def fd_ratio(model, classifier, test_features, floor: float, samples: int) -> tuple[float, float]:
-    """FD / floor and its standard error over the disjoint 500-draws of the samples: with
-    2,000 samples the figure moves by about 0.15 between seed sets, hence more by default."""
+    """FD / floor and its standard error over the disjoint 500-draws of the samples (NaN below
+    two draws): with 2,000 samples the figure moves by about 0.15 between seed sets, hence
+    more by default."""
     seeds = PerSampleNoise([7_000_003 + i for i in range(samples)])
     x, _ = model.sample(samples, (1, 8, 8), {"name": "ddim", "steps": 50}, seeds, 1.0)  # no_grad inside
     features = clf.extract_features(classifier, x.numpy())
     fd_at_n = float(np.mean(_fd_draws(features, test_features, 500, seed=1)))
-    return fd_at_n / floor, _fd_chunks_sem(features, test_features, 500) / floor
+    sem = _fd_chunks_sem(features, test_features, 500)
+    return fd_at_n / floor, (float("nan") if sem is None else sem / floor)
 
 
 def main() -> None:

@@ -159,8 +159,6 @@ def publish(markdown_text: str, dataset: str) -> bool:
     published: Prefect would start an ephemeral server just for it (10 s or more per stage).
     The report is already on disk and in MLflow, so a Prefect API that cannot be reached is
     reported and not fatal."""
-    import os
-
     import httpx
     from prefect.artifacts import create_markdown_artifact
     from prefect.context import FlowRunContext, TaskRunContext
@@ -170,7 +168,6 @@ def publish(markdown_text: str, dataset: str) -> bool:
         print("compare: not published as a Prefect artifact (no flow run, no PREFECT_API_URL); "
               "the report is in compare.out_dir and MLflow")
         return False
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     key = "compare-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
     try:
         create_markdown_artifact(markdown_text, key=key, description=f"Framework comparison on {dataset}")

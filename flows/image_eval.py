@@ -42,7 +42,8 @@ def _fd_draws(pool: np.ndarray, test_features: np.ndarray, n: int, seed: int, dr
     that set's own sampling error: 1.23-1.30x the floor on digits (256 draws). By default
     enough draws (at least 64) that each pool member is in about 20 of them, so a larger
     pool is not read through a fixed number of subsets."""
-    draws = draws or max(64, 20 * len(pool) // n)
+    if draws is None:
+        draws = max(64, 20 * len(pool) // n)
     return metrics.subset_statistics(metrics.frechet_distance_from_features, pool, test_features,
                                      n, draws, seed, replace)
 
