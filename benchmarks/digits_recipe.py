@@ -26,14 +26,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core import classifier as clf  # noqa: E402
 from diffusion_core.data import sources  # noqa: E402
-from diffusion_core.ema import EMA  # noqa: E402
+from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws  # noqa: E402
+from diffusion_core.features import classifier as clf  # noqa: E402
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
-from diffusion_core.lr_schedule import StepBudget, lr_factor, warmup_steps  # noqa: E402
 from diffusion_core.noise import PerSampleNoise  # noqa: E402
-from diffusion_core.training import training_step  # noqa: E402
-from flows.image_eval import _fd_chunks_sem, _fd_draws  # noqa: E402
+from diffusion_core.training.ema import EMA  # noqa: E402
+from diffusion_core.training.lr_schedule import StepBudget, lr_factor, warmup_steps  # noqa: E402
+from diffusion_core.training.step import training_step  # noqa: E402
 
 PIPELINE_STEP_CAP = yaml.safe_load((ROOT / "params.yaml").read_text())["image"]["steps"]
 RECIPES = {  # name: (U-Net base width, lr schedule, p_mean)
@@ -78,8 +78,8 @@ def fd_ratio(model, classifier, test_features, floor: float, samples: int) -> tu
     seeds = PerSampleNoise([7_000_003 + i for i in range(samples)])
     x, _ = model.sample(samples, (1, 8, 8), {"name": "ddim", "steps": 50}, seeds, 1.0)  # no_grad inside
     features = clf.extract_features(classifier, x.numpy())
-    fd_at_n = float(np.mean(_fd_draws(features, test_features, 500, seed=1)))
-    sem = _fd_chunks_sem(features, test_features, 500)
+    fd_at_n = float(np.mean(fd_draws(features, test_features, 500, seed=1)))
+    sem = fd_chunks_sem(features, test_features, 500)
     return fd_at_n / floor, (float("nan") if sem is None else sem / floor)
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     x_tr, y_tr, x_te, _ = sources.train_test_split(x, y, 500, 0)
     classifier = clf.train_classifier(x_tr, y_tr, epochs=30, seed=0)
     f_tr, f_te = clf.extract_features(classifier, x_tr), clf.extract_features(classifier, x_te)
-    floor = float(np.mean(_fd_draws(f_tr, f_te, 500, seed=0)))  # evaluate's own floor
+    floor = float(np.mean(fd_draws(f_tr, f_te, 500, seed=0)))  # evaluate's own floor
     reference = None
     for name, recipe in RECIPES.items():
         if args.only not in name:

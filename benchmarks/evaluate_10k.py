@@ -21,10 +21,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core import classifier as clf  # noqa: E402
-from diffusion_core import fidelity, metrics  # noqa: E402
 from diffusion_core.data import shards, sources  # noqa: E402
-from flows.image_eval import image_fidelity  # noqa: E402
+from diffusion_core.evaluation import (
+    fidelity,  # noqa: E402
+    metrics,  # noqa: E402
+)
+from diffusion_core.features import classifier as clf  # noqa: E402
+from flows.stages.image_eval import image_fidelity  # noqa: E402
 
 
 def setup(work: Path, n: int) -> None:

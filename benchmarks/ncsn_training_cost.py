@@ -21,8 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.analytic import gmm8_mixture  # noqa: E402
-from tests.test_ncsn import S0, energy_training_steps, score_mse, train_energy  # noqa: E402
+from benchmarks.energy_toy import S0, energy_training_steps, score_mse, train_energy  # noqa: E402
+from diffusion_core.models.analytic import gmm8_mixture  # noqa: E402
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import time
 import torch
 
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.sde import SDE, SubVPSDE, VESDE, VPSDE
+from diffusion_core.processes.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 NET = {"kind": "mlp", "dim": 2, "width": 256, "depth": 4, "emb_dim": 64}
 BASE = {"process": {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0, "N": 1000},

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
-from flows import sample_ray, stages  # noqa: E402
-from flows.config import load_params  # noqa: E402
+from flows.config.params import load_params  # noqa: E402
+from flows.distributed import sample_ray  # noqa: E402
+from flows.stages import train as train_stage  # noqa: E402
 
 DIGITS = {"kind": "image", "shape": [1, 8, 8]}
 
@@ -50,7 +51,7 @@ def main() -> None:
     ratios, loads = [], [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        DiffusionModel(stages.model_config(params, "ddpm", DIGITS)).save(work / "model")
+        DiffusionModel(train_stage.model_config(params, "ddpm", DIGITS)).save(work / "model")
         for repeat in range(args.repeats):
             one = run(work / f"r{repeat}", work, params, 1, args.samples, args.per_part)
             two = run(work / f"r{repeat}", work, params, 2, args.samples, args.per_part)

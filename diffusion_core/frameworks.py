@@ -18,15 +18,17 @@ from pathlib import Path
 
 import torch
 
-from . import ncsn, sampling
-from .ddpm import DDPMChain
-from .energy import EnergyDenoiser
-from .dsm import continuous_dsm_loss
-from .losses import ddpm_loss, lognormal_loss
-from .nets import build_network
-from .noise import NoiseSource
-from .preconditioning import Denoiser
-from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from diffusion_core.data.atomic import atomic_path, write_json
+from diffusion_core.models.denoiser import Denoiser
+from diffusion_core.models.energy import EnergyDenoiser
+from diffusion_core.models.networks import build_network
+from diffusion_core.noise import NoiseSource
+from diffusion_core.objectives import ncsn
+from diffusion_core.objectives.continuous_dsm import continuous_dsm_loss
+from diffusion_core.objectives.denoising import ddpm_loss, lognormal_loss
+from diffusion_core.processes.ddpm_chain import DDPMChain
+from diffusion_core.processes.sde import SDE, VESDE, VPSDE, SubVPSDE
+from diffusion_core.samplers import registry as sampling
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,9 @@ class DiffusionModel:
 
     def save(self, directory: Path, state_dict: dict | None = None) -> None:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "model.json").write_text(json.dumps(self.config, indent=2))
-        torch.save(state_dict or self.denoiser.net.state_dict(), directory / "weights.pt")
+        write_json(directory / "model.json", self.config)
+        with atomic_path(directory / "weights.pt") as tmp:
+            torch.save(state_dict or self.denoiser.net.state_dict(), tmp)
 
     @classmethod
     def load(cls, directory: Path) -> "DiffusionModel":
@@ -132,5 +134,5 @@ class DiffusionModel:
         if not (directory / "model.json").is_file():
             raise FileNotFoundError(f"no model.json in {directory}")
         model = cls(json.loads((directory / "model.json").read_text()))
-        model.denoiser.net.load_state_dict(torch.load(directory / "weights.pt", weights_only=True))
+        model.denoiser.net.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
         return model

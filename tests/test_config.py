@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from flows.cli import main
-from flows.config import ConfigError, parse_params
+from flows.config.params import ConfigError, parse_params
+from flows.entry.cli import main
 from tests.tiny import tiny_params, write_params
 
 
@@ -53,7 +53,7 @@ def test_cli_exits_2_and_touches_nothing(tmp_path, capsys):
 
 
 def test_console_script_reports_missing_params_file(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--params",
+    result = subprocess.run([sys.executable, "-m", "flows.entry.cli", "prepare", "--params",
                              str(tmp_path / "absent.yaml")], capture_output=True, text=True)
     assert result.returncode == 2 and "absent.yaml" in result.stderr
 
@@ -69,7 +69,7 @@ SWEEP = [{"name": "ddim", "steps": [10, 50]}, {"name": "annealed_langevin", "ste
     ("sde", "ve", [("annealed_langevin", 1), ("annealed_langevin", 2), ("pc", 50)]),
 ])
 def test_nfe_sweep_gives_each_framework_the_samplers_that_fit_it(framework, kind, expected):
-    from flows.nfe_sweep import sweep_points
+    from flows.stages.nfe_sweep import sweep_points
 
     points = sweep_points(SWEEP, framework, kind)
     assert [(p["name"], p.get("steps", p.get("steps_per_sigma"))) for p in points] == expected

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from diffusion_core.data import shards
 from diffusion_core.data import (
     SCHEMA_VERSION,
     TOY_NAMES,
@@ -23,13 +22,13 @@ from diffusion_core.data import (
     read_manifest,
     sample_toy,
     shard_paths,
+    shards,
     toy_log_density,
     train_test_split,
     value_range,
     verify_shards,
     write_shards,
 )
-
 
 # ---------------------------------------------------------------- toys
 

@@ -10,18 +10,23 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from diffusion_core import samplers
 from diffusion_core.data.toys import toy_log_density
-from diffusion_core.ddpm import DDPMChain
-from diffusion_core.ema import EMA
+from diffusion_core.evaluation.metrics import sliced_wasserstein
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.losses import denoising_loss
-from diffusion_core.metrics import sliced_wasserstein
+from diffusion_core.models.analytic import (
+    GaussianMixtureDenoiser,
+    gmm8_mixture,
+    two_mode_mixture,
+)
+from diffusion_core.models.denoiser import Denoiser
+from diffusion_core.models.networks import MLP
 from diffusion_core.noise import PerSampleNoise
-from diffusion_core.nets import MLP
-from diffusion_core.preconditioning import Denoiser
-from diffusion_core.sde import VPSDE
-from tests.analytic import GaussianMixtureDenoiser, gmm8_mixture, two_mode_mixture
+from diffusion_core.objectives.denoising import denoising_loss
+from diffusion_core.processes.ddpm_chain import DDPMChain
+from diffusion_core.processes.sde import VPSDE
+from diffusion_core.samplers import ddpm as samplers
+from diffusion_core.samplers import edm
+from diffusion_core.training.ema import EMA
 
 F64 = torch.float64
 
@@ -267,8 +272,8 @@ def _sample(name: str, m, chain: DDPMChain, n: int, g: torch.Generator) -> torch
         assert nfe == 50
     else:
         s_min, s_max = (float(chain.noise_level(i)) for i in (0, chain.N - 1))
-        sigmas = samplers.karras_sigmas(s_min, s_max, 18)
-        x, nfe = samplers.heun_pf_ode(m, x_T * math.sqrt(1 + s_max**2), sigmas)
+        sigmas = edm.karras_sigmas(s_min, s_max, 18)
+        x, nfe = edm.heun_pf_ode(m, x_T * math.sqrt(1 + s_max**2), sigmas)
         assert nfe == 2 * 18 - 1
     return x
 
@@ -453,8 +458,8 @@ def test_ema_constant_weights_and_power_profile():
     (lambda: VPSDE(schedule="quadratic"), "schedule"),
     (lambda: samplers.ddim_timesteps(1000, 0), "steps"),
     (lambda: samplers.ddim_timesteps(1000, 1001), "steps"),
-    (lambda: samplers.karras_sigmas(1.0, 0.5, 10), "sigma_min"),
-    (lambda: samplers.karras_sigmas(1.0, 1.0, 10), "sigma_max"),
+    (lambda: edm.karras_sigmas(1.0, 0.5, 10), "sigma_min"),
+    (lambda: edm.karras_sigmas(1.0, 1.0, 10), "sigma_max"),
     (lambda: Denoiser(torch.nn.Identity(), "v"), "parameterization"),
     (lambda: DDPMChain(torch.tensor([0.1, 1.5])), "betas"),
     (lambda: EMA(torch.nn.Linear(1, 1), gamma=0), "gamma"),

@@ -4,8 +4,9 @@ import pytest
 import torch
 from scipy import linalg
 
-from diffusion_core import fidelity, inception
-from diffusion_core.metrics import FeatureStats
+from diffusion_core.evaluation import fidelity
+from diffusion_core.evaluation.metrics import FeatureStats
+from diffusion_core.features import inception
 
 
 def _gaussian(n, d, seed, shift=0.0):

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from diffusion_core.lr_schedule import StepBudget, lr_factor, out_of_time, planned_steps, warmup_steps
+from diffusion_core.training.lr_schedule import (
+    StepBudget,
+    lr_factor,
+    out_of_time,
+    planned_steps,
+    warmup_steps,
+)
 
 
 def test_warmup_then_constant():

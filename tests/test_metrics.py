@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_core import classifier as clf
-from diffusion_core import metrics as M
+from diffusion_core.evaluation import metrics as M
+from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws
+from diffusion_core.features import classifier as clf
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -236,3 +237,27 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, digits, trained):
         assert torch.equal(trained.eval()(x), loaded(x))
     digest = clf.classifier_hash(tmp_path / "clf")
     assert len(digest) == 64 and digest == clf.classifier_hash(tmp_path / "clf")
+
+
+def test_fd_floor_of_a_resampled_training_set_is_higher():
+    """A sampler of the training set itself carries the training set's own sampling error:
+    for Gaussian features, train 600, draws of 300 against 300 held out, the mean term of the
+    expected FD grows by (1/300 + 1/300 + 1/600) / (2/300) = 1.25 (the covariance term alike)."""
+
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(600, 8)), rng.normal(size=(300, 8))
+    exact = np.mean(fd_draws(train, test, 300, seed=1, draws=200))
+    resampled = np.mean(fd_draws(train, test, 300, seed=1, draws=200, replace=True))
+    assert 1.1 < resampled / exact < 1.45
+    assert fd_chunks_sem(train, test, 250) > 0 and fd_chunks_sem(train, test, 300) > 0
+    assert fd_chunks_sem(train[:400], test, 300) is None  # one chunk has no spread
+
+
+def test_fd_draws_grow_with_the_pool():
+    """A pool of samples larger than the floor's is read through enough subsets that each
+    member is in about 20 of them; small pools keep 64 draws, like the floor."""
+
+    rng = np.random.default_rng(0)
+    pool, test = rng.normal(size=(2000, 4)), rng.normal(size=(50, 4))
+    assert len(fd_draws(pool, test, 50, seed=0)) == 800
+    assert len(fd_draws(pool[:100], test, 50, seed=0)) == 64

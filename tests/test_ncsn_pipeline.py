@@ -8,16 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_core import ncsn
-from diffusion_core.energy import EnergyDenoiser
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.langevin import annealed_langevin_dynamics
+from diffusion_core.models.analytic import two_mode_mixture
+from diffusion_core.models.denoiser import score_of_noise_level
+from diffusion_core.models.energy import EnergyDenoiser
 from diffusion_core.noise import PerSampleNoise
-from diffusion_core.score_matching import geometric_sigmas
-from flows import evaluate, stages, tracking
-from flows.cli import main
-from flows.config import ConfigError, parse_params
-from tests.analytic import two_mode_mixture
+from diffusion_core.objectives import ncsn
+from diffusion_core.objectives.score_matching import geometric_sigmas
+from diffusion_core.processes.sde import noise_ladder
+from diffusion_core.samplers.langevin import annealed_langevin_dynamics
+from flows.config.params import ConfigError, parse_params
+from flows.entry.cli import main
+from flows.stages import evaluate
+from flows.stages import sample as sample_stage
+from flows.stages import train as train_stage
+from flows.tracking import runs as tracking
 from tests.tiny import tiny_params, write_params
 
 F64 = torch.float64
@@ -26,14 +31,14 @@ F64 = torch.float64
 def _model(dim=2, **ncsn_params) -> DiffusionModel:
     params = parse_params(tiny_params(ncsn=ncsn_params))
     torch.manual_seed(0)
-    return DiffusionModel(stages.model_config(params, "ncsn", {"kind": "vector", "shape": [dim]}))
+    return DiffusionModel(train_stage.model_config(params, "ncsn", {"kind": "vector", "shape": [dim]}))
 
 
 # --- the model: ladder, score, energy ---------------------------------------------------------
 def test_ladder_is_the_ve_discretization_read_from_the_top():
     model = _model(sigma_min=0.02, sigma_max=5.0, num_scales=7)
     assert model.config["process"] == {"kind": "ve", "sigma_min": 0.02, "sigma_max": 5.0, "N": 7}
-    assert torch.allclose(ncsn.noise_ladder(model.process), geometric_sigmas(5.0, 0.02, 7))
+    assert torch.allclose(noise_ladder(model.process), geometric_sigmas(5.0, 0.02, 7))
 
 
 def test_eps_parameterization_is_ncsnv2_output_scaling():
@@ -42,7 +47,7 @@ def test_eps_parameterization_is_ncsnv2_output_scaling():
     x, sigma = torch.randn(16, 2), torch.rand(16) * 3 + 0.01
     c_in = (sigma**2 + model.config["sigma_data"] ** 2).rsqrt()
     raw = model.denoiser.net(c_in[:, None] * x, torch.log(sigma) / 4)
-    assert torch.allclose(ncsn.score_fn(model.denoiser)(x, sigma), -raw / sigma[:, None], atol=1e-6)
+    assert torch.allclose(score_of_noise_level(model.denoiser)(x, sigma), -raw / sigma[:, None], atol=1e-6)
 
 
 @pytest.mark.parametrize("parameterization", ["x0", "eps", "edm"])
@@ -102,7 +107,7 @@ def test_dsm_objective_is_sigma2_weighted_dsm_per_dimension():
     g = torch.Generator().manual_seed(3)
     sigma = geometric_sigmas(10.0, 0.01, 10)[torch.randint(0, 10, (256,), generator=g)].float()
     z = torch.randn(x.shape, generator=g)
-    score = ncsn.score_fn(model.denoiser)(x + sigma[:, None] * z, sigma)
+    score = score_of_noise_level(model.denoiser)(x + sigma[:, None] * z, sigma)
     by_hand = sigma**2 * 0.5 * ((score + z / sigma[:, None]) ** 2).sum(1) / 2
     assert torch.allclose(loss, by_hand, rtol=1e-5, atol=1e-6)
 
@@ -153,7 +158,7 @@ def test_sampler_takes_per_sample_noise_explicitly():
     source = PerSampleNoise(range(5))
     prior = source.normal((5, 2)) * 20.0
     noise = torch.stack([source.normal((5, 2)) for _ in range(12)])
-    ref, ref_nfe = annealed_langevin_dynamics(ncsn.score_fn(model.denoiser), prior,
+    ref, ref_nfe = annealed_langevin_dynamics(score_of_noise_level(model.denoiser), prior,
                                               geometric_sigmas(20.0, 1.0, 4), 0.05, 3, noise=noise)
     assert nfe == ref_nfe == 13 and torch.allclose(x, ref, atol=1e-5)
 
@@ -186,14 +191,14 @@ def test_bad_ncsn_params_name_the_field(change, field):
 def test_exact_score_matching_refuses_more_than_64_dims(meta):
     params = parse_params(tiny_params(ncsn={"objective": "exact"}))
     with pytest.raises(ConfigError, match=r"^ncsn\.objective: .*at most 64 dims"):
-        stages.model_config(params, "ncsn", meta)
-    stages.model_config(params, "ncsn", {"kind": "image", "shape": [1, 8, 8]})  # digits: allowed
+        train_stage.model_config(params, "ncsn", meta)
+    train_stage.model_config(params, "ncsn", {"kind": "image", "shape": [1, 8, 8]})  # digits: allowed
 
 
 def test_cli_train_with_exact_on_65_dims_exits_2_before_any_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr("flows.train_ray.fit", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("flows.stages.train.fit", lambda *a, **k: pytest.fail("training started"))
     np.savez(tmp_path / "wide.npz", x=np.random.default_rng(0).uniform(-1, 1, (600, 65)))
     data = tiny_params(source=f"npz:{tmp_path / 'wide.npz'}", ncsn={"objective": "exact"},
                        train={"frameworks": ["ncsn"]}, data={"test_size": 100})
@@ -222,7 +227,7 @@ def runs(tmp_path_factory):
     through the stages themselves; each on the tiny checkerboard with 2 Ray workers."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.pipeline import pipeline_flow
+    from flows.entry.pipeline import pipeline_flow
 
     root = tmp_path_factory.mktemp("ncsn")
     with pytest.MonkeyPatch.context() as patch:
@@ -232,8 +237,8 @@ def runs(tmp_path_factory):
         with prefect_test_harness(server_startup_timeout=120):
             score = pipeline_flow(params=parse_params(_tiny_ncsn("score")))["ncsn"]
         params = parse_params(_tiny_ncsn("energy", model="energy", objective="ssm"))
-        summary = stages.train(params, "ncsn")
-        stages.sample(params, "ncsn")
+        summary = train_stage.train(params, "ncsn")
+        sample_stage.sample(params, "ncsn")
         energy = evaluate.evaluate(params, "ncsn")
         yield root, {"score": score, "energy": energy}, summary
 

@@ -22,7 +22,7 @@ def prefect_harness():
 def test_prefect_flow_runs_the_dag_and_publishes_a_summary(prefect_harness, tmp_path, monkeypatch):
     from prefect.artifacts import Artifact
 
-    from flows.pipeline import pipeline_flow
+    from flows.entry.pipeline import pipeline_flow
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

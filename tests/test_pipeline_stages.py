@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from flows import evaluate, stages, tracking
-from flows.config import parse_params
-from flows.ray_cluster import RayUnavailable, connect, require_resources
+from flows.config.params import parse_params
+from flows.distributed.ray_cluster import RayUnavailable, connect, require_resources
+from flows.stages import data as stages
+from flows.stages import evaluate
+from flows.stages import sample as sample_stage
+from flows.stages import train as train_stage
+from flows.tracking import runs as tracking
 from tests.tiny import tiny_params
 
 
@@ -21,8 +25,8 @@ def trained(tmp_path_factory):
         patch.delenv("RAY_ADDRESS", raising=False)
         params = parse_params(tiny_params())
         stages.prepare(params)
-        summary = stages.train(params, "ddpm")
-        sampled = stages.sample(params, "ddpm")
+        summary = train_stage.train(params, "ddpm")
+        sampled = sample_stage.sample(params, "ddpm")
         result = evaluate.evaluate(params, "ddpm")
         yield root, params, summary, sampled, result
 
@@ -99,7 +103,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(trained, tmp_path, mon
     params = parse_params(tiny_params(vector={"steps": steps}, train={"checkpoint_every": 50}))
     stages.prepare(params)
     result, started = {}, time.time()
-    thread = threading.Thread(target=lambda: result.update(stages.train(params, "ddpm")))
+    thread = threading.Thread(target=lambda: result.update(train_stage.train(params, "ddpm")))
     thread.start()
     deadline = time.time() + 120
     # Checkpoints land on disk before the controller registers them: wait for several, then

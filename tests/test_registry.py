@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 
 from diffusion_core.frameworks import DiffusionModel
-from flows import registry, stages, tracking
-from flows.config import ConfigError, parse_params
+from flows.config import sampling
+from flows.config.params import ConfigError, parse_params
+from flows.stages import data as stages
+from flows.stages import train as train_stage
+from flows.tracking import registry
+from flows.tracking import runs as tracking
 from tests.tiny import tiny_params
 
 
@@ -15,7 +19,7 @@ def _trained_run(root, params, fd: float) -> str:
     (An untrained tiny U-Net: the registry needs the files, not a good model.)"""
     meta = stages.dataset_meta(params)
     model_dir = root / "models" / "ddpm"
-    DiffusionModel(stages.model_config(params, "ddpm", meta)).save(model_dir)
+    DiffusionModel(train_stage.model_config(params, "ddpm", meta)).save(model_dir)
     run_id = tracking.start_run("digits", "ddpm", {}, {"framework": "ddpm"})
     tracking.save_run_id(model_dir, run_id, "digits")
     (root / "metrics").mkdir(exist_ok=True)
@@ -54,7 +58,7 @@ def test_the_champion_draws_samples_of_the_right_shape_and_range(registered):
     # the pipeline's seed scheme: the same samples as the sample stage with sample.seed = 3
     again = parse_params({**tiny_params("digits"), "sample": {**tiny_params("digits")["sample"], "seed": 3}})
     model = DiffusionModel.load(registered[0] / "models" / "ddpm")
-    expected, _ = stages.draw_samples(again, "ddpm", model, stages.sample_seeds(again, 0, 5),
+    expected, _ = sampling.draw_samples(again, "ddpm", model, sampling.sample_seeds(again, 0, 5),
                                       "image", (1, 8, 8))
     np.testing.assert_allclose(x, expected, atol=1e-5)
     other = sampler.predict(None, params={"num_samples": 2, "seed": 3, "sampler": "heun", "steps": 3})
@@ -110,7 +114,7 @@ def test_bad_input_is_named_and_changes_nothing(registered):
 
 
 def test_compare_writes_the_report_and_logs_it(registered, tmp_path):
-    from flows import compare
+    from flows.stages import compare
 
     root, params, _, _ = registered
     (root / "metrics" / "ddpm.json").write_text(json.dumps(

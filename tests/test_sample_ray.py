@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from diffusion_core.frameworks import DiffusionModel
-from flows import sample_ray, stages
-from flows.config import parse_params
+from flows.config import sampling
+from flows.config.params import parse_params
+from flows.distributed import sample_ray
+from flows.stages import data as stages
+from flows.stages import train as train_stage
 from tests.tiny import tiny_params
 
 
@@ -21,7 +24,7 @@ def job(tmp_path_factory):
         params = parse_params(tiny_params("digits"))
         stages.prepare(params)
         meta = stages.dataset_meta(params)
-        DiffusionModel(stages.model_config(params, "ddpm", meta)).save(root / "model")
+        DiffusionModel(train_stage.model_config(params, "ddpm", meta)).save(root / "model")
         callables = sample_ray.stage_callables(params, "ddpm", root / "model", meta["kind"],
                                                meta["shape"])
         yield root, params, callables
@@ -59,7 +62,7 @@ def test_one_and_two_workers_draw_identical_samples(job, drawn):
     # the samples of seeds 6..11 do not depend on which part or batch drew them
     _, params, callables = job
     model = callables["load_model"]()
-    direct, _ = callables["draw"](model, stages.sample_seeds(params, 6, 6))
+    direct, _ = callables["draw"](model, sampling.sample_seeds(params, 6, 6))
     np.testing.assert_allclose(direct, one[6:12], atol=1e-5)
 
 
@@ -98,9 +101,9 @@ def test_an_empty_or_corrupt_part_is_named(job, drawn):
 
 
 def test_per_shard_feature_stats_on_ray_equal_a_single_pass(job, tmp_path):
-    from diffusion_core import classifier as clf
     from diffusion_core.data import shards
-    from flows.shard_features import Extractor, split_features
+    from diffusion_core.features import classifier as clf
+    from flows.distributed.shard_features import Extractor, split_features
 
     root, params, _ = job
     folder = clf.save_classifier(clf.DigitClassifier(1, 8, 10), tmp_path / "classifier")
@@ -118,7 +121,7 @@ def test_per_shard_feature_stats_on_ray_equal_a_single_pass(job, tmp_path):
 
 def test_a_damaged_shard_is_named_by_the_evaluation(job, tmp_path):
     from diffusion_core.data import shards
-    from flows.shard_features import Extractor, split_features
+    from flows.distributed.shard_features import Extractor, split_features
 
     root, params, _ = job
     data = tmp_path / "data"
@@ -135,9 +138,9 @@ def test_a_damaged_shard_is_named_by_the_evaluation(job, tmp_path):
 def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypatch):
     import json
 
-    from diffusion_core import classifier as clf
     from diffusion_core.data import shards
-    from flows.image_eval import image_fidelity
+    from diffusion_core.features import classifier as clf
+    from flows.stages.image_eval import image_fidelity
 
     root, params, _ = job
     monkeypatch.delenv("DIFFUSION_INCEPTION_WEIGHTS", raising=False)
@@ -206,8 +209,8 @@ def test_nfe_sweep_records_quality_against_nfe_per_sampler(job, monkeypatch):
     import json
     import shutil
 
-    from diffusion_core import classifier as clf
-    from flows import nfe_sweep
+    from diffusion_core.features import classifier as clf
+    from flows.stages import nfe_sweep
 
     root, _, _ = job
     monkeypatch.chdir(root)
@@ -226,29 +229,3 @@ def test_nfe_sweep_records_quality_against_nfe_per_sampler(job, monkeypatch):
     path = nfe_sweep.save(records, "ddpm", root / "metrics")
     assert json.loads(path.read_text())["points"][2]["sampler"] == "heun"
     assert (root / "metrics" / "ddpm_nfe.png").stat().st_size > 1000
-
-
-def test_fd_floor_of_a_resampled_training_set_is_higher():
-    """A sampler of the training set itself carries the training set's own sampling error:
-    for Gaussian features, train 600, draws of 300 against 300 held out, the mean term of the
-    expected FD grows by (1/300 + 1/300 + 1/600) / (2/300) = 1.25 (the covariance term alike)."""
-    from flows.image_eval import _fd_chunks_sem, _fd_draws
-
-    rng = np.random.default_rng(0)
-    train, test = rng.normal(size=(600, 8)), rng.normal(size=(300, 8))
-    exact = np.mean(_fd_draws(train, test, 300, seed=1, draws=200))
-    resampled = np.mean(_fd_draws(train, test, 300, seed=1, draws=200, replace=True))
-    assert 1.1 < resampled / exact < 1.45
-    assert _fd_chunks_sem(train, test, 250) > 0 and _fd_chunks_sem(train, test, 300) > 0
-    assert _fd_chunks_sem(train[:400], test, 300) is None  # one chunk has no spread
-
-
-def test_fd_draws_grow_with_the_pool():
-    """A pool of samples larger than the floor's is read through enough subsets that each
-    member is in about 20 of them; small pools keep 64 draws, like the floor."""
-    from flows.image_eval import _fd_draws
-
-    rng = np.random.default_rng(0)
-    pool, test = rng.normal(size=(2000, 4)), rng.normal(size=(50, 4))
-    assert len(_fd_draws(pool, test, 50, seed=0)) == 800
-    assert len(_fd_draws(pool[:100], test, 50, seed=0)) == 64

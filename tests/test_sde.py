@@ -10,12 +10,12 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from diffusion_core import sde_samplers as S
-from diffusion_core.ddpm import DDPMChain
-from diffusion_core.likelihood import bits_per_dim, dequantize, log_likelihood
-from diffusion_core.metrics import sliced_wasserstein
-from diffusion_core.sde import VESDE, VPSDE, SubVPSDE
-from tests.analytic import GaussianMixtureDenoiser, gmm8_mixture
+from diffusion_core.evaluation.metrics import sliced_wasserstein
+from diffusion_core.likelihood.pf_ode import bits_per_dim, dequantize, log_likelihood
+from diffusion_core.models.analytic import GaussianMixtureDenoiser, gmm8_mixture
+from diffusion_core.processes.ddpm_chain import DDPMChain
+from diffusion_core.processes.sde import VESDE, VPSDE, SubVPSDE
+from diffusion_core.samplers import sde as S
 
 F64 = torch.float64
 PROCESSES = {"vp": VPSDE, "ve": VESDE, "subvp": SubVPSDE}
@@ -296,7 +296,7 @@ def test_ladder_predictors_need_the_process_ladder():
                                      VPSDE(schedule="cosine")], ids=["vp", "subvp", "ve", "vp-cosine"])
 def test_time_of_noise_level_inverts_the_noise_level(process):
     """The closed forms against the generic bisection (SDE.time_of_noise_level), and round trip."""
-    from diffusion_core.sde import SDE
+    from diffusion_core.processes.sde import SDE
 
     t = torch.linspace(1e-5, 1.0, 257, dtype=torch.float64)
     s = process.noise_level(t)

@@ -11,16 +11,24 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_core import sampling
-from diffusion_core.ddpm import DDPMChain
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.dsm import continuous_dsm_loss, draw_times, dsm_weight
+from diffusion_core.models.analytic import GaussianMixtureDenoiser
 from diffusion_core.noise import PerSampleNoise
-from diffusion_core.sde import VESDE, VPSDE, SubVPSDE
-from flows import evaluate, likelihood_eval, stages, tracking
-from flows.cli import main
-from flows.config import ConfigError, parse_params
-from tests.analytic import GaussianMixtureDenoiser
+from diffusion_core.objectives.continuous_dsm import (
+    continuous_dsm_loss,
+    draw_times,
+    dsm_weight,
+)
+from diffusion_core.processes.ddpm_chain import DDPMChain
+from diffusion_core.processes.sde import VESDE, VPSDE, SubVPSDE
+from diffusion_core.samplers import registry as sampling
+from flows.config.params import ConfigError, parse_params
+from flows.entry.cli import main
+from flows.stages import data as stages
+from flows.stages import evaluate, likelihood_eval
+from flows.stages import sample as sample_stage
+from flows.stages import train as train_stage
+from flows.tracking import runs as tracking
 from tests.tiny import tiny_params, write_params
 
 F64 = torch.float64
@@ -159,7 +167,7 @@ def pipeline(tmp_path_factory):
         patch.delenv("RAY_ADDRESS", raising=False)
         params = parse_params(tiny_params(train={"frameworks": ["ddpm", "sde"]}, sde=TINY_SDE))
         stages.prepare(params)
-        out = {fw: (stages.train(params, fw), stages.sample(params, fw), evaluate.evaluate(params, fw))
+        out = {fw: (train_stage.train(params, fw), sample_stage.sample(params, fw), evaluate.evaluate(params, fw))
                for fw in ("ddpm", "sde")}
         yield root, params, out
 
@@ -194,7 +202,7 @@ def test_ddpm_model_is_sampled_by_the_vp_reverse_sde_and_pf_ode_in_the_sample_st
                            "steps": 40}, 40), ({"name": "ode", "solver": "heun", "steps": 6}, 13)):
         data["ddpm"]["sampler"] = sampler
         data["sample"]["out_dir"] = str(root / f"samples_{sampler['name']}")
-        info = stages.sample(parse_params(data), "ddpm")
+        info = sample_stage.sample(parse_params(data), "ddpm")
         x = np.load(root / f"samples_{sampler['name']}/ddpm/samples.npz")["x"]
         assert info["nfe"] == nfe and x.shape == (params.vector.num_samples, 2)
         assert np.isfinite(x).all() and np.abs(x).max() < 10
@@ -218,7 +226,7 @@ def test_image_nll_is_in_bits_per_dim_with_its_dequantization(tmp_path):
     data = tiny_params(source="digits", train={"out_dir": str(tmp_path)},
                        sde={"likelihood": {"rtol": 1e-3, "atol": 1e-3}}, image={"nll_points": 8})
     params = parse_params(data)
-    config = stages.model_config(params, "ddpm", {"kind": "image", "shape": [1, 8, 8]})
+    config = train_stage.model_config(params, "ddpm", {"kind": "image", "shape": [1, 8, 8]})
     DiffusionModel(config).save(tmp_path / "ddpm")
     test = (np.random.default_rng(0).integers(0, 17, (20, 1, 8, 8)) / 8 - 1).astype(np.float32)
     out = likelihood_eval.nll_metrics(params, "ddpm", test)

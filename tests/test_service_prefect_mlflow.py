@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from tests.test_services import BIN, diffusion, free_port, service_env, start, stop, wait_http
+from tests.test_services import (
+    BIN,
+    diffusion,
+    free_port,
+    service_env,
+    start,
+    stop,
+    wait_http,
+)
 from tests.tiny import tiny_params, write_params
 
 POOL = "test-pool"
@@ -96,8 +104,13 @@ def retrained(servers, prefect_client, tmp_path_factory):
 
 
 def test_deploy_creates_both_schedules_on_the_work_pool(retrained, prefect_client):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, \
-        FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     for name, cron, weekday, hour in ((RETRAIN, "0 3 * * 0", 6, 3), (NIGHTLY, "0 2 * * *", None, 2)):
@@ -133,7 +146,7 @@ def test_the_worker_completed_the_retrain_with_its_artifact_and_outputs(retraine
 SECOND_CLIENT = """
 import json, sys
 from mlflow.tracking import MlflowClient
-from flows.registry import load_sampler
+from flows.tracking.registry import load_sampler
 client = MlflowClient()
 version = client.get_model_version_by_alias("toy-checkerboard-ddpm", "champion")
 run = client.get_run(version.run_id)

@@ -119,8 +119,9 @@ def test_training_spreads_over_both_nodes_and_resumes_from_the_shared_folder(clu
     and rank 0 resumes from the checkpoint in the shared storage_path."""
     from mlflow.tracking import MlflowClient
 
-    from flows import stages, tracking
-    from flows.config import load_params
+    from flows.config.params import load_params
+    from flows.stages import data as stages
+    from flows.tracking import runs as tracking
 
     address, ((head_ns, head_ip), (worker_ns, worker_ip)), _ = cluster
     shared = tmp_path / "shared"  # one folder both hosts see, like an NFS mount

@@ -203,8 +203,8 @@ def test_kuberay_and_compose_files_name_what_the_services_need():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A working folder with the tiny checkerboard's shards (prepare needs no service)."""
-    from flows import stages
-    from flows.config import load_params
+    from flows.config.params import load_params
+    from flows.stages import data as stages
 
     folder = tmp_path_factory.mktemp("prepared")
     with pytest.MonkeyPatch.context() as patch:
@@ -232,8 +232,10 @@ def test_an_unreachable_service_fails_fast_naming_it_and_writes_nothing(prepared
 
 def test_a_stage_called_directly_checks_the_tracking_server_before_writing(tmp_path, monkeypatch):
     """The Prefect flow calls the stages without the CLI's checks: train still stops first."""
-    from flows import stages, tracking
-    from flows.config import parse_params
+    from flows.config.params import parse_params
+    from flows.stages import data as stages
+    from flows.stages import train as train_stage
+    from flows.tracking import runs as tracking
 
     monkeypatch.chdir(tmp_path)
     params = parse_params(tiny_params())
@@ -241,5 +243,5 @@ def test_a_stage_called_directly_checks_the_tracking_server_before_writing(tmp_p
     address = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
     with pytest.raises(tracking.TrackingUnavailable, match=f"{address}.*MLFLOW_TRACKING_URI"):
-        stages.train(params, "ddpm")
+        train_stage.train(params, "ddpm")
     assert not (tmp_path / "models").exists()

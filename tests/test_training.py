@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_core.ema import EMA
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.training import training_step
+from diffusion_core.training.ema import EMA
+from diffusion_core.training.step import training_step
 
 CONFIG = {"framework": "ddpm", "process": {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0, "N": 1000},
           "parameterization": "edm", "sigma_data": 1.0, "data_shape": [2],

@@ -10,11 +10,15 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from diffusion_core.ddpm import DDPMChain
-from diffusion_core.sde import VPSDE
-from diffusion_core.vlb import (discretized_gaussian_log_likelihood, gaussian_kl, model_variances,
-                                variational_bound)
-from tests.analytic import GaussianMixtureDenoiser
+from diffusion_core.likelihood.vlb import (
+    discretized_gaussian_log_likelihood,
+    gaussian_kl,
+    model_variances,
+    variational_bound,
+)
+from diffusion_core.models.analytic import GaussianMixtureDenoiser
+from diffusion_core.processes.ddpm_chain import DDPMChain
+from diffusion_core.processes.sde import VPSDE
 
 F64 = torch.float64
 MU, S = torch.tensor([0.5, -0.3, 1.0], dtype=F64), 0.7

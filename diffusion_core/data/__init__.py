@@ -1,5 +1,5 @@
 """Data I/O: toy distributions, sources, and webdataset shards with a parquet manifest."""
-from .shards import (
+from diffusion_core.data.shards import (
     SCHEMA_VERSION,
     ShardChecksumError,
     ShardStream,
@@ -9,8 +9,13 @@ from .shards import (
     verify_shards,
     write_shards,
 )
-from .sources import data_kind, load_source, train_test_split, value_range
-from .toys import (
+from diffusion_core.data.sources import (
+    data_kind,
+    load_source,
+    train_test_split,
+    value_range,
+)
+from diffusion_core.data.toys import (
     TOY_NAMES,
     checkerboard_support,
     gmm8_params,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .sources import data_kind, value_range
+from diffusion_core.data.atomic import replacing_folder
+from diffusion_core.data.sources import data_kind, value_range
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.parquet"
@@ -106,24 +105,12 @@ def _manifest_table(rows: list[dict], meta: dict) -> pa.Table:
     return table.replace_schema_metadata({META_KEY: encoded.encode("utf-8")})
 
 
-def _replace_folder(new: Path, out_dir: Path) -> None:
-    """Swap a finished folder into place, removing the old one only afterwards."""
+def _check_replaceable(out_dir: Path) -> None:
+    """Only a shard folder (or nothing) may be replaced by new shards."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"shard output {out_dir} exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).exists():
         raise ValueError(f"refusing to replace {out_dir}: it is not empty and holds no {MANIFEST_NAME}")
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        out_dir.rename(old / out_dir.name)
-    try:
-        new.rename(out_dir)
-    except OSError:
-        if old is not None:  # put the previous shards back
-            (old / out_dir.name).rename(out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_shards(out_dir, splits: dict, samples_per_shard: int, dataset_meta: dict) -> Path:
@@ -133,17 +120,12 @@ def write_shards(out_dir, splits: dict, samples_per_shard: int, dataset_meta: di
     shape = _check_splits(splits)
     meta = _dataset_meta(splits, shape, int(samples_per_shard), dataset_meta or {})
     out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    _check_replaceable(out_dir)
+    with replacing_folder(out_dir) as staging:
         rows = []
         for split, (x, y) in splits.items():
             rows += _write_split(staging, split, x, y, int(samples_per_shard))
         pq.write_table(_manifest_table(rows, meta), staging / MANIFEST_NAME)
-        _replace_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / MANIFEST_NAME
 
 

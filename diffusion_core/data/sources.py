@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .toys import TOY_NAMES, sample_toy
+from diffusion_core.data.toys import TOY_NAMES, sample_toy
 
 SOURCE_FORMS = ("toy:<name>", "digits", "folder:<path>", "npz:<path>")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -1,0 +1,1 @@
+"""Likelihoods: exact log p(x) through the probability-flow ODE, DDPM's variational bound, bits/dim."""

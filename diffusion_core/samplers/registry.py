@@ -1,0 +1,179 @@
+"""The samplers a `DiffusionModel` can be drawn with, by name.
+
+Each entry adapts one sampler function of the core to the model: it receives the model, x_T
+drawn from the model's prior, the sampler's settings (a dict from params), the noise source,
+the clip bound and a progress callback, and returns (samples, NFE). `SAMPLER_SETTINGS` lists
+each sampler's settings with their defaults; an unknown setting is an error, so a typo in
+params.yaml never falls back to a default silently.
+"""
+from __future__ import annotations
+
+from diffusion_core.models.denoiser import score_of_noise_level, score_of_time
+from diffusion_core.processes.sde import noise_ladder
+from diffusion_core.samplers import ddpm as samplers
+from diffusion_core.samplers import edm, langevin
+from diffusion_core.samplers import sde as sde_samplers
+
+SAMPLER_SETTINGS = {
+    "ancestral": {},
+    "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
+    "heun": {"steps": 35, "rho": 7.0},
+    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
+           "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
+    "ode": {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
+            "denoise": True},
+    "annealed_langevin": {"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
+    "langevin": {"steps": 1000, "step_size": 2e-5, "denoise": True},
+}
+
+
+# The processes each sampler draws from: DDPM's chain is the vp discretization, the NCSN ladder
+# the ve one; the reverse SDE and the probability-flow ODE exist for every process.
+SAMPLER_PROCESSES = {"ancestral": ("vp",), "ddim": ("vp",), "heun": ("vp",),
+                     "annealed_langevin": ("ve",), "langevin": ("ve",),
+                     "pc": ("vp", "subvp", "ve"), "ode": ("vp", "subvp", "ve")}
+
+
+def fits_process(sampler: str, process_kind: str) -> bool:
+    """Whether the sampler named `sampler` can draw from a model of process `process_kind`."""
+    return process_kind in SAMPLER_PROCESSES.get(sampler, ())
+
+
+def samplers_for(process_kind: str) -> list[str]:
+    return [name for name in SAMPLER_PROCESSES if fits_process(name, process_kind)]
+
+
+def _check_pc(settings: dict) -> None:
+    sde_samplers.check_choice(settings["predictor"], sde_samplers.PREDICTORS, "predictor")
+    sde_samplers.check_choice(settings["corrector"], sde_samplers.CORRECTORS, "corrector")
+    if not settings["snr"] > 0:
+        raise ValueError(f"snr: must be positive, got {settings['snr']}")
+    _check_eps(settings["eps"])
+    if settings["corrector_steps"] < 0:
+        raise ValueError(f"corrector_steps: must be >= 0, got {settings['corrector_steps']}")
+    if settings["steps"] < 2:
+        raise ValueError(f"steps: must be >= 2, got {settings['steps']}")
+
+
+def _check_ode(settings: dict) -> None:
+    sde_samplers.check_choice(settings["solver"], sde_samplers.ODE_METHODS, "solver")
+    for key in ("rtol", "atol"):
+        if not settings[key] > 0:
+            raise ValueError(f"{key}: must be positive, got {settings[key]}")
+    _check_eps(settings["eps"])
+
+
+def _check_eps(eps: float) -> None:
+    """The time grids run from T = 1 down to eps."""
+    if not 0 < eps < 1:
+        raise ValueError(f"eps: the time grid runs from T = 1 down to eps, so eps must lie in "
+                         f"(0, 1), got {eps}")
+
+
+def _check_langevin(settings: dict) -> None:
+    for key in ("eps", "step_size"):
+        if key in settings and not settings[key] > 0:
+            raise ValueError(f"{key}: the Langevin step size must be positive, got {settings[key]}")
+
+
+# Checks of a sampler's setting values beyond their types; each raises "key: message".
+SAMPLER_CHECKS = {"pc": _check_pc, "ode": _check_ode, "annealed_langevin": _check_langevin,
+                  "langevin": _check_langevin}
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(value, bool) or isinstance(default, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def resolve_settings(settings: dict) -> dict:
+    """settings with the sampler's defaults filled in; unknown names or keys are a ValueError
+    whose message starts with the offending key."""
+    name = settings.get("name")
+    if name not in SAMPLER_SETTINGS:
+        raise ValueError(f"name: must be one of {sorted(SAMPLER_SETTINGS)}, got {name!r}")
+    defaults = SAMPLER_SETTINGS[name]
+    for key, value in settings.items():
+        if key != "name" and key not in defaults:
+            raise ValueError(f"{key}: not a setting of {name}; known: {sorted(defaults)}")
+        if key in defaults and not _same_kind(value, defaults[key]):
+            raise ValueError(f"{key}: expected {type(defaults[key]).__name__}, got {value!r}")
+    resolved = {**defaults, **settings}
+    if name in SAMPLER_CHECKS:
+        SAMPLER_CHECKS[name](resolved)
+    return resolved
+
+
+def _ancestral(model, x, settings, noise, clip, progress):
+    return samplers.ddpm_ancestral(model.denoiser, model.chain, x, noise, clip, progress)
+
+
+def _ddim(model, x, settings, noise, clip, progress):
+    return samplers.ddim(model.denoiser, model.chain, x, settings["steps"], settings["eta"],
+                         noise, clip, progress, settings["spacing"])
+
+
+def _heun(model, x, settings, noise, clip, progress):
+    """Heun on the PF-ODE over Karras-spaced noise levels of the model's VP chain."""
+    chain = model.chain
+    s_min, s_max = (float(chain.noise_level(i)) for i in (0, chain.N - 1))
+    sigmas = edm.karras_sigmas(s_min, s_max, (settings["steps"] + 1) // 2, settings["rho"])
+    x = x * (1 + s_max**2) ** 0.5  # x_T / alpha_T: the rescaled space of the ODE
+    return edm.heun_pf_ode(model.denoiser, x, sigmas, progress)
+
+
+def _pc(model, x, settings, noise, clip, progress):
+    """Predictor-corrector sampling of the model's reverse SDE (Song et al., 2021, algorithm 1).
+    The ladder predictors (reverse diffusion, ancestral) walk the process discretized with
+    `steps` rungs; the others a uniform grid of `steps` times from T down to `eps`."""
+    process = model.process
+    if settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
+        process = process.with_steps(settings["steps"])
+        grid = process.ladder_times()
+    else:
+        grid = sde_samplers.time_grid(process.T, settings["eps"], settings["steps"])
+    return sde_samplers.pc_sampler(
+        score_of_time(model.denoiser, process), process, x, grid,
+        settings["predictor"], settings["corrector"], settings["snr"],
+        settings["corrector_steps"], noise, progress, settings["denoise"])
+
+
+def _ode(model, x, settings, noise, clip, progress):
+    """The model's probability-flow ODE (Song et al., 2021, eq. 13) from T to `eps`: fixed-step
+    Euler or Heun over `steps` uniform steps in t, or adaptive RK45 within rtol / atol."""
+    score = score_of_time(model.denoiser, model.process)
+    return sde_samplers.probability_flow_ode(
+        score, model.process, x, settings["solver"], settings["steps"], settings["rtol"],
+        settings["atol"], settings["eps"], "decode", settings["denoise"], progress)
+
+
+def _annealed_langevin(model, x, settings, noise, clip, progress):
+    """Annealed Langevin dynamics over the model's noise ladder (Song & Ermon, 2019, alg. 1):
+    steps_per_sigma steps of size eps sigma_i^2 / sigma_L^2 per level, then, with `denoise`,
+    one Tweedie step x + sigma_L^2 s(x, sigma_L)."""
+    return langevin.annealed_langevin_dynamics(
+        score_of_noise_level(model.denoiser), x, noise_ladder(model.process), settings["eps"],
+        settings["steps_per_sigma"], noise, final_denoise=settings["denoise"], progress=progress)
+
+
+def _langevin(model, x, settings, noise, clip, progress):
+    """Plain Langevin dynamics (Song & Ermon, 2019, eq. 4) at the smallest noise level sigma_L
+    of the ladder, then, with `denoise`, one Tweedie step."""
+    return langevin.langevin_dynamics(
+        score_of_noise_level(model.denoiser), x, settings["step_size"], settings["steps"],
+        float(noise_ladder(model.process)[-1]), noise, progress=progress,
+        final_denoise=settings["denoise"])
+
+
+SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun, "pc": _pc, "ode": _ode,
+            "annealed_langevin": _annealed_langevin, "langevin": _langevin}
+
+
+def draw(model, x, settings: dict, noise, clip=None, progress=None):
+    """Run the sampler `settings["name"]` from x_T; returns (samples, NFE). `clip` bounds the
+    x0 predictions of the samplers that form one (DDPM's and DDIM's) and the final samples."""
+    settings = resolve_settings(settings)
+    return SAMPLERS[settings["name"]](model, x, settings, noise, clip, progress)

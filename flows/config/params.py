@@ -1,0 +1,296 @@
+"""params.yaml, validated once at the edge.
+
+Every section is a dataclass; `load_params` walks the YAML against the type hints, so an unknown
+key, a wrong type or an impossible value stops with one `ConfigError` naming the field
+(`train.lr`, say) before any stage does work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from diffusion_core.frameworks import FRAMEWORKS
+from diffusion_core.models.denoiser import PARAMETERIZATIONS
+from diffusion_core.objectives.denoising import WEIGHTINGS
+from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from flows.config.ncsn import NCSNParams
+from flows.config.sde import SDEParams
+from flows.config.sweep import sweep_points
+from flows.config.validation import ConfigError, check_sampler, require
+
+__all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "digits"  # digits | toy:<name> | folder:<path> | npz:<path>
+    seed: int = 0
+    test_size: int = 500  # held-out examples of a data set read from disk
+    toy_train_size: int = 20000
+    toy_test_size: int = 5000
+    samples_per_shard: int = 256
+    out_dir: str = "data/shards"
+
+    def check(self, name: str) -> None:
+        for key in ("test_size", "toy_train_size", "toy_test_size", "samples_per_shard"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+
+
+@dataclass(frozen=True)
+class RayParams:
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    resources_timeout_s: float = 60.0  # how long to wait for the cluster to offer the workers
+    max_failures: int = 2
+    storage_path: str = "ray_results"
+
+    def check(self, name: str) -> None:
+        require(self.num_workers >= 1, f"{name}.num_workers", "must be >= 1")
+        require(self.cpus_per_worker > 0, f"{name}.cpus_per_worker", "must be positive")
+        require(self.resources_timeout_s > 0, f"{name}.resources_timeout_s", "must be positive")
+        require(self.max_failures >= 0, f"{name}.max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    kind: str = "unet"
+    width: int = 256  # mlp
+    depth: int = 4  # mlp
+    base: int = 64  # unet
+    mults: list[int] = field(default_factory=lambda: [1, 2])  # unet
+    blocks: int = 2  # unet
+    emb_dim: int = 128
+
+    def check(self, name: str) -> None:
+        require(self.kind in ("mlp", "unet"), f"{name}.kind", f"must be mlp or unet, got {self.kind!r}")
+        for key in ("width", "depth", "base", "blocks", "emb_dim"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    """Model, training and sampling settings for one kind of data (vectors or images)."""
+
+    network: NetworkParams = field(default_factory=NetworkParams)
+    sigma_data: float = 0.5
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    num_samples: int = 500
+    clip: float | None = 1.0  # images: bound on x0 predictions and samples
+    nll_points: int = 500  # held-out examples whose NLL evaluate computes; 0: none
+    p_mean: float = -1.2  # the lognormal losses' training noise levels, ln s ~ N(p_mean, p_std^2):
+    p_std: float = 1.2  # where the data's detail lives, so set per kind of data (EDM, table 1)
+
+    def check(self, name: str) -> None:
+        for key in ("sigma_data", "steps", "batch_size", "lr", "num_samples"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
+        require(self.nll_points >= 0, f"{name}.nll_points", "must be >= 0")
+        require(self.p_std > 0, f"{name}.p_std", "must be positive")
+
+
+@dataclass(frozen=True)
+class DDPMParams:
+    schedule: str = "linear"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    N: int = 1000
+    parameterization: str = "x0"
+    noise: str = "uniform"  # uniform (DDPM's t ~ U{1..N}) | lognormal (EDM)
+    weighting: str = "network"  # network (unit weight on the raw output) | x0
+    sampler: dict = field(default_factory=lambda: {"name": "ddim", "steps": 50, "spacing": "karras"})
+
+    def model_parts(self, profile: ProfileParams) -> dict:
+        """The process, parameterization and loss entries of the model's JSON config; a
+        lognormal loss takes its noise levels from the data's profile."""
+        loss = (dict(kind="lognormal", p_mean=profile.p_mean, p_std=profile.p_std, weighting=self.weighting)
+                if self.noise == "lognormal" else dict(kind="ddpm", weighting=self.weighting))
+        return {"process": dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
+                                schedule=self.schedule),
+                "parameterization": self.parameterization, "loss": loss}
+
+    def check(self, name: str) -> None:
+        check_sampler(self.sampler, f"{name}.sampler")
+        require(self.schedule in ("linear", "cosine"), f"{name}.schedule", "must be linear or cosine")
+        require(self.N >= 2, f"{name}.N", "must be >= 2")
+        require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
+                 f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        require(0 < self.beta_max / self.N < 1, f"{name}.beta_max",
+                 "the discrete betas beta_max / N must lie in (0, 1)")
+        require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
+                 f"must be one of {PARAMETERIZATIONS}")
+        require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
+        require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    frameworks: list[str] = field(default_factory=lambda: ["ddpm"])
+    seed: int = 0
+    time_limit_s: float = 300.0  # a cap on top of the profile's steps
+    grad_clip: float = 1.0
+    ema_gamma: float = 7.0
+    lr_schedule: str = "cosine"  # constant | cosine: to zero at the last step the budget allows
+    checkpoint_every: int = 500
+    log_every: int = 100
+    loader_workers: int = 0
+    cache_in_memory: bool = True  # after the first streamed epoch, reshuffle in memory
+    out_dir: str = "models"
+
+    def check(self, name: str) -> None:
+        for fw in self.frameworks:
+            require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
+                     f"known: {sorted(FRAMEWORKS)}")
+        for key in ("time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every", "log_every"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
+        require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule", f"must be one of {LR_SCHEDULES}")
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    epochs: int = 30
+    seed: int = 0
+    out_dir: str = "models/classifier"
+
+    def check(self, name: str) -> None:
+        require(self.epochs > 0, f"{name}.epochs", "must be positive")
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    seed: int = 1
+    batch_size: int = 1000
+    samples_per_shard: int = 1000  # also the part one Ray worker draws (the unit of resumption)
+    num_workers: int = 2  # Ray actors drawing parts (RAY_ADDRESS points at a cluster)
+    cpus_per_worker: float = 1.0  # CPUs per actor, and its torch threads
+    out_dir: str = "samples"
+
+    def check(self, name: str) -> None:
+        for key in ("batch_size", "samples_per_shard", "num_workers", "cpus_per_worker"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    swd_projections: int = 256
+    seed: int = 0
+    num_workers: int = 2  # Ray actors computing per-shard feature statistics
+    cpus_per_worker: float = 1.0
+    max_pairwise: int = 10000  # samples per split used by KID, precision/recall, memorization
+    pr_k: int = 3  # k of the k-NN manifolds (Kynkaanniemi et al. 2019)
+    inception_weights: str | None = None  # local FID Inception-v3 file; else $DIFFUSION_INCEPTION_WEIGHTS
+    nfe_sweep: list[dict] = field(default_factory=lambda: [{"name": "ddim", "steps": [5, 10, 25, 50]}])
+    nfe_sweep_samples: int = 500
+    out_dir: str = "metrics"
+
+    def check(self, name: str) -> None:
+        for key in ("swd_projections", "num_workers", "cpus_per_worker", "max_pairwise", "pr_k",
+                    "nfe_sweep_samples"):
+            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        for i, entry in enumerate(self.nfe_sweep):
+            self._check_sweep_entry(entry, f"{name}.nfe_sweep[{i}]")
+
+    @staticmethod
+    def _check_sweep_entry(entry, name: str) -> None:
+        """A sampler mapping with at most one list-valued setting (the swept one) and an
+        optional `frameworks` list; every point it makes is a valid sampler."""
+        require(isinstance(entry, dict), name, "must be a sampler mapping")
+        only = entry.get("frameworks", [])
+        require(isinstance(only, list) and set(only) <= set(FRAMEWORKS), f"{name}.frameworks",
+                f"must be a list of {sorted(FRAMEWORKS)}, got {only!r}")
+        swept = [k for k, v in entry.items() if isinstance(v, list) and k != "frameworks"]
+        require(len(swept) <= 1, name, f"sweeps one setting at a time, got lists for {swept}")
+        for point in sweep_points([entry]):
+            check_sampler(point, name)
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    out_dir: str = "reports"  # compare.md, compare.json and the plots
+
+    def check(self, name: str) -> None:
+        require(bool(self.out_dir), f"{name}.out_dir", "must name a folder")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    ray: RayParams = field(default_factory=RayParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    ddpm: DDPMParams = field(default_factory=DDPMParams)
+    ncsn: NCSNParams = field(default_factory=NCSNParams)
+    sde: SDEParams = field(default_factory=SDEParams)
+    vector: ProfileParams = field(default_factory=ProfileParams)
+    image: ProfileParams = field(default_factory=ProfileParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    compare: CompareParams = field(default_factory=CompareParams)
+
+    def check(self, name: str) -> None:
+        pass
+
+    def profile(self, kind: str) -> ProfileParams:
+        return self.vector if kind == "vector" else self.image
+
+    def framework(self, name: str):
+        """The params section of one framework: model_parts(profile) and its sampler settings."""
+        return getattr(self, name)
+
+
+def _convert(value, hint, name: str):
+    """Check one YAML value against a type hint; nested dataclasses recurse."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), name)
+    if origin is list:
+        require(isinstance(value, list), name, f"expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    require(isinstance(value, hint) and not (hint is not bool and isinstance(value, bool)),
+             name, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data, name: str):
+    require(isinstance(data, dict), name or "params", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    require(not unknown, f"{name + '.' if name else ''}{unknown[0] if unknown else ''}",
+             f"unknown key; known keys: {sorted(hints)}")
+    values = {k: _convert(v, hints[k], f"{name + '.' if name else ''}{k}") for k, v in data.items()}
+    obj = cls(**values)
+    obj.check(name)
+    return obj
+
+
+def parse_params(data: dict) -> Params:
+    return _build(Params, data or {}, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    return parse_params(data)
+
+
+def as_dict(params) -> dict:
+    return dataclasses.asdict(params)

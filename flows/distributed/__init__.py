@@ -1,0 +1,1 @@
+"""Ray: the cluster connection, actor pools, the Ray Train loop, sampling and feature actors."""

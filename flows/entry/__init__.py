@@ -1,0 +1,1 @@
+"""Entry points: the `diffusion` command, the Prefect flow and its deployments."""

@@ -1,0 +1,103 @@
+"""The `diffusion` command: one subcommand per stage, plus `pipeline` (the Prefect flow).
+
+Exit codes: 0 done, 2 bad params (nothing touched), 1 any other named failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from flows.config.params import ConfigError, load_params
+from flows.distributed import ray_cluster
+from flows.entry.deploy import check_prefect_api, run_command
+from flows.entry.pipeline import pipeline_flow
+from flows.stages import data, evaluate, sample, train
+from flows.stages.compare import compare_and_publish
+from flows.tracking import registry
+from flows.tracking import runs as tracking
+
+STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate", "register", "compare")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in STAGES + ("pipeline", "check-params", "deploy", "serve"):
+        cmd = sub.add_parser(name)
+        cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        if name in ("train", "sample", "evaluate", "register"):
+            cmd.add_argument("--framework", required=True)
+        if name in ("deploy", "serve"):
+            _deployment_args(cmd, name)
+    return parser
+
+
+def _deployment_args(cmd: argparse.ArgumentParser, name: str) -> None:
+    """Options of the scheduled Prefect deployments (flows/deploy.py)."""
+    cmd.add_argument("--source", help="data.source of the scheduled runs (default: the params')")
+    cmd.add_argument("--frameworks", help="comma-separated frameworks (default: the params')")
+    if name == "deploy":
+        cmd.add_argument("--pool", help="work pool (default: $PREFECT_DEPLOYMENTS_DEFAULT_WORK_POOL_NAME"
+                         " or 'diffusion', made as a process pool if missing)")
+        cmd.add_argument("--image", help="container image, for a docker or kubernetes pool")
+        cmd.add_argument("--workdir", help="where a process worker runs the flow (default: here)")
+
+
+def _preflight(command: str) -> None:
+    """Bounded checks of the services a command needs, before it writes anything."""
+    if command in ("train", "sample", "evaluate", "register", "compare", "pipeline"):
+        tracking.check_server()
+    if command in ("train", "sample", "evaluate", "pipeline"):  # Ray Train and actor pools
+        ray_cluster.check_address()
+    if command in ("pipeline", "deploy", "serve"):
+        check_prefect_api()
+
+
+def _compare(params) -> dict:
+    result = compare_and_publish(params)
+    return {key: value for key, value in result.items() if key != "markdown"}
+
+
+HANDLERS = {"prepare": data.prepare, "train-classifier": data.train_classifier,
+            "train": train.train, "sample": sample.sample, "evaluate": evaluate.evaluate,
+            "register": registry.register, "compare": _compare,
+            "pipeline": lambda params: pipeline_flow(params_path=None, params=params),
+            "check-params": lambda params: {"ok": True}}
+
+
+def _run(command: str, params, framework: str | None):
+    if framework is not None and framework not in params.train.frameworks:
+        raise ConfigError(f"train.frameworks: {framework!r} is not listed {params.train.frameworks}")
+    handler = HANDLERS[command]
+    return handler(params, framework) if framework else handler(params)
+
+
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DVC_NO_ANALYTICS": "1"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    try:
+        params = load_params(args.params)
+        _preflight(args.command)
+        if args.command in ("deploy", "serve"):
+            result = run_command(args)
+        else:
+            result = _run(args.command, params, getattr(args, "framework", None))
+    except ConfigError as err:
+        print(f"error: bad params: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

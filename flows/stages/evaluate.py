@@ -1,0 +1,111 @@
+"""The evaluate stage: sample quality against held-out data, each figure beside its noise floor
+(the same statistic between two independent real sets of the same size)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_core.data import shards, toys
+from diffusion_core.data.atomic import write_json
+from diffusion_core.evaluation import metrics
+from flows.config.params import Params
+from flows.stages import image_eval, nfe_sweep
+from flows.stages.likelihood_eval import nll_metrics
+from flows.tracking import runs as tracking
+
+
+def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8) -> list[float]:
+    """SWD of real train draws of n against the held-out set: the floor's range, the spread any
+    model's SWD has even when it samples the data exactly."""
+    return metrics.subset_statistics(lambda a, b: metrics.sliced_wasserstein(a, b, projections, seed),
+                                     train, test, n, draws, seed)
+
+
+def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
+    """Sliced W2 and MMD against held-out data, with floors from a train subset of equal size."""
+    n = min(len(samples), len(test))
+    samples, test = samples[:n], test[:n]
+    proj, seed = params.evaluate.swd_projections, params.evaluate.seed
+    floors = _swd_floors(train, test, n, proj, seed)
+    out = {
+        "swd": metrics.sliced_wasserstein(samples, test, proj, seed),
+        "swd_floor": float(np.mean(floors)), "swd_floor_max": float(np.max(floors)),
+        "swd_floor_draws": len(floors),
+        "mmd": metrics.mmd_rbf(samples, test),
+        "mmd_floor": metrics.subset_statistics(metrics.mmd_rbf, train, test, n, 1, seed)[0],
+        "num_samples": n, "reference_split": "test", "floor_split": "train subsets vs test",
+        "feature_extractor": "none (raw coordinates)",
+    }
+    out["swd_ratio"] = out["swd"] / out["swd_floor"]
+    out["swd_within_floor_range"] = out["swd"] <= out["swd_floor_max"]
+    toy = source.split(":", 1)[1] if source.startswith("toy:") else None
+    if toy in ("checkerboard", "gmm8"):
+        out["off_support"] = toys.off_support_fraction(toy, samples)
+        out["off_support_real"] = toys.off_support_fraction(toy, test)
+    return out
+
+
+def image_metrics(params: Params, sample_dir: Path) -> dict:
+    """Every image metric (flows.image_eval): per-shard features on Ray merged in float64, FD
+    with its floor, FID when Inception-v3 weights are given, KID, precision/recall, class
+    coverage and the memorization check."""
+    e = params.evaluate
+    return image_eval.image_fidelity(sample_dir / "shards", params.data.out_dir, params.classifier.out_dir,
+                                     keep=e.max_pairwise, num_workers=e.num_workers,
+                                     cpus_per_worker=e.cpus_per_worker, seed=e.seed, pr_k=e.pr_k,
+                                     inception_weights=e.inception_weights)
+
+
+def _check_samples(sample_dir: Path, params: Params) -> dict:
+    """The sample shards' manifest, checked against the data's shape before any work."""
+    sampled = shards.read_manifest(sample_dir / "shards")[1]
+    data = shards.read_manifest(params.data.out_dir)[1]
+    if sampled["shape"] != data["shape"]:
+        raise ValueError(f"{sample_dir / 'shards'}: samples shaped {tuple(sampled['shape'])}, "
+                         f"data {tuple(data['shape'])}")
+    return data
+
+
+def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict]) -> Path:
+    """metrics/<framework>.json (a DVC metric), the NFE sweep, and the framework's MLflow run."""
+    out = Path(params.evaluate.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{framework}.json"
+    write_json(path, result)
+    run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
+    tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in result.items()})
+    tracking.log_artifacts(run_id, path, "metrics")
+    if sweep:
+        sweep_path = nfe_sweep.save(sweep, framework, out)
+        for point in sweep:
+            tracking.log_metrics(run_id, {f"nfe_sweep_{point['sampler']}_{point['metric']}": point["value"]},
+                                 step=int(point["nfe"]))
+        tracking.log_artifacts(run_id, sweep_path, "metrics")
+        tracking.log_artifacts(run_id, out / f"{framework}_nfe.png", "metrics")
+    return path
+
+
+def evaluate(params: Params, framework: str) -> dict:
+    """Compute every metric (and the quality-against-NFE sweep) first, then write
+    metrics/<framework>.json and log to the framework's MLflow run: bad input changes nothing."""
+    sample_dir = Path(params.sample.out_dir) / framework
+    tracking.load_run_id(Path(params.train.out_dir) / framework)  # names the file if train never ran
+    sampling = json.loads((sample_dir / "sampling.json").read_text())
+    data = _check_samples(sample_dir, params)
+    if data["kind"] == "vector":
+        samples, _ = shards.load_split(sample_dir / "shards", "samples")
+        test, _ = shards.load_split(params.data.out_dir, "test")
+        train, _ = shards.load_split(params.data.out_dir, "train")
+        result = vector_metrics(samples, test, train, params, params.data.source)
+    else:
+        result = image_metrics(params, sample_dir)
+    result.update(framework=framework, sampler=sampling["sampler"], nfe=sampling["nfe"],
+                  seed=sampling["seed"], dataset=params.data.source)
+    result.update(nll_metrics(params, framework, shards.load_split(params.data.out_dir, "test")[0]))
+    sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []
+    _save_and_log(params, framework, result, sweep)
+    print(f"evaluate {framework}: " + ", ".join(
+        f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
+    return result

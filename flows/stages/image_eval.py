@@ -1,0 +1,104 @@
+"""Image sample quality at scale: per-shard features on Ray, then FD, FID (when Inception-v3
+weights are given), KID, precision/recall, class coverage and the memorization check.
+
+Every figure records how it was made: sample counts, reference split, feature extractor and
+its sha256. The Fréchet statistics are merged per shard; the pairwise metrics use the first
+``keep`` samples of each split.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_core.evaluation import fidelity, metrics
+from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws
+from diffusion_core.features.inception import (
+    WEIGHTS_ENV,
+    load_inception,
+    weights_sha256,
+)
+from flows.distributed.shard_features import Extractor, features_of
+
+
+def inception_path(configured: str | None) -> str | None:
+    """The Inception-v3 weights file: the params' value, else $DIFFUSION_INCEPTION_WEIGHTS."""
+    return configured or os.environ.get(WEIGHTS_ENV) or None
+
+
+def _check_samples(samples_dir) -> None:
+    """Sample shards hold images in [-1, 1]: the manifest's value range, checked before any work
+    (the shards' checksums against that manifest are checked before their features)."""
+    from diffusion_core.data import shards
+
+    low, high = shards.read_manifest(samples_dir)[1]["value_range"]
+    if low < -1 - 1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"{samples_dir}: samples must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
+
+
+def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
+    """FD of all samples, and of test-sized draws of them beside the floor (mean and range
+    over train draws of that size), KID and precision/recall in one feature space."""
+    n = min(len(test.kept_features), len(fake.kept_features), len(train.kept_features))
+    floors = fd_draws(train.kept_features, test.kept_features, n, seed)
+    at_n = fd_draws(fake.kept_features, test.kept_features, n, seed)
+    out = {"fd": fidelity.frechet_distance_from_stats(fake.stats, test.stats),
+           "fd_at_n": float(np.mean(at_n)), "fd_at_n_draws": len(at_n),
+           "fd_at_n_sem": fd_chunks_sem(fake.kept_features, test.kept_features, n),
+           "fd_n": n, "fd_floor": float(np.mean(floors)), "fd_floor_min": float(np.min(floors)),
+           "fd_floor_max": float(np.max(floors)), "fd_floor_draws": len(floors),
+           "fd_train_resampled": float(np.mean(fd_draws(train.kept_features, test.kept_features,
+                                                         n, seed, replace=True)))}
+    out["fd_ratio"] = out["fd_at_n"] / out["fd_floor"]
+    out["fd_train_resampled_ratio"] = out["fd_train_resampled"] / out["fd_floor"]
+    out.update(fidelity.kernel_inception_distance(test.kept_features, fake.kept_features, seed=seed))
+    out.update(fidelity.precision_recall(test.kept_features, fake.kept_features, k=pr_k))
+    return out
+
+
+def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: float) -> dict:
+    if weights is None:
+        note = (f"FID not computed: no Inception-v3 weights (set evaluate.inception_weights or "
+                f"${WEIGHTS_ENV} to a local copy of pt_inception-2015-12-05; nothing is downloaded)")
+        print(f"evaluate: {note}")
+        return {"fid": None, "fid_note": note}
+    found = features_of(sources, Extractor("inception", str(weights), 64), keep, workers, cpus)
+    return {"fid": fidelity.frechet_distance_from_stats(found["samples"].stats, found["test"].stats),
+            "fid_feature_extractor": "Inception-v3 pool-3 (2048-d, FID weights)",
+            "fid_feature_extractor_sha256": weights_sha256(weights)}
+
+
+def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num_workers: int = 2,
+                   cpus_per_worker: float = 1.0, seed: int = 0, pr_k: int = 3,
+                   inception_weights: str | None = None) -> dict:
+    """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
+    the held-out ``test`` split, with floors from the ``train`` split."""
+    # absolute paths: Ray actors may run in another working directory than the driver
+    samples_dir, data_dir, classifier_dir = (Path(p).resolve() for p in (samples_dir, data_dir, classifier_dir))
+    summary = json.loads((classifier_dir / "classifier_metrics.json").read_text())
+    if not summary.get("applicable"):
+        return {"note": "no labelled data, no classifier: FD not computed"}
+    weights = inception_path(inception_weights)
+    if weights is not None:
+        load_inception(weights)  # a missing or wrong file is named here, before any work
+    _check_samples(samples_dir)
+    sources = {"samples": (samples_dir, "samples"), "test": (data_dir, "test"), "train": (data_dir, "train")}
+    n_classes = json.loads((classifier_dir / "config.json").read_text())["n_classes"]
+    found = features_of(sources, Extractor("classifier", str(classifier_dir)), keep, num_workers,
+                        cpus_per_worker, n_classes)
+    fake, test, train = found["samples"], found["test"], found["train"]
+    out = _fidelity_block(fake, test, train, seed, pr_k)
+    coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
+    out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],
+               class_histogram=coverage["class_histogram"])
+    out.update(fidelity.memorization(fake.kept_x, test.kept_x, train.kept_x))
+    out.update(_fid({"samples": sources["samples"], "test": sources["test"]}, weights, keep,
+                    num_workers, cpus_per_worker))
+    out.update(num_samples=fake.stats.n, num_reference=test.stats.n, pairwise_num_samples=len(fake.kept_features),
+               classifier_test_accuracy=summary["test_accuracy"],
+               feature_extractor="in-domain CNN classifier (penultimate layer)",
+               feature_extractor_sha256=summary["sha256"], reference_split="test",
+               floor_split="train subset vs test", memorization_space="pixels")
+    return out

@@ -1,0 +1,1 @@
+"""MLflow: runs (the one module that logs) and the model registry."""

@@ -1,0 +1,141 @@
+"""MLflow tracking: the one module of the pipeline that talks to MLflow.
+
+Runs are addressed by id through `MlflowClient`, so the driver, a Ray Train worker and a later
+stage can all log into the same run. The store is a local sqlite file unless
+MLFLOW_TRACKING_URI names a server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from diffusion_core.data.atomic import write_json
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+RUN_FILE = "mlflow_run.json"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a sqlite store in the working folder (made absolute so Ray
+    workers started elsewhere write to the same file)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+PROBE_TIMEOUT_S = 5.0
+_answered: set[str] = set()
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server named by MLFLOW_TRACKING_URI does not answer."""
+
+
+def check_server(timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail within timeout_s, naming the URI and its variable, if an http(s) server is away
+    (MLflow's own client would retry for minutes); once per process and URI."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")) or uri in _answered:
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # something answered; MLflow's client reports what is wrong
+    except (OSError, ValueError) as err:
+        raise TrackingUnavailable(f"cannot reach the MLflow tracking server at {uri} (set by "
+                                  f"MLFLOW_TRACKING_URI) within {timeout_s:g} s: {err}") from err
+    _answered.add(uri)
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    check_server()
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def experiment_name(source: str) -> str:
+    """One experiment per data set: 'digits', 'toy-checkerboard', 'folder-cats'."""
+    return source.replace(":", "-").replace("/", "_").strip("-_.") or "dataset"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
+    """Create a run (before any training starts) and return its id."""
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found:
+        experiment_id = found.experiment_id
+    else:  # a local store keeps its artifacts beside the database
+        local = "MLFLOW_TRACKING_URI" not in os.environ
+        location = Path("mlartifacts").resolve().as_uri() if local else None
+        experiment_id = mlflow_client.create_experiment(experiment, artifact_location=location)
+    run = mlflow_client.create_run(experiment_id, run_name=run_name,
+                                   tags={**tags, "git_commit": git_commit()})
+    flat = _flatten(params)
+    for start in range(0, len(flat), 100):  # MLflow caps a batch at 100 params
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)[:6000]) for k, v in list(flat.items())[start:start + 100]]
+        mlflow_client.log_batch(run.info.run_id, params=batch)
+    return run.info.run_id
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    batch = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if batch:
+        client().log_batch(run_id, metrics=batch)
+
+
+def log_artifacts(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    if path.is_dir():
+        client().log_artifacts(run_id, str(path), artifact_path)
+    elif path.is_file():
+        client().log_artifact(run_id, str(path), artifact_path)
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    for key, value in tags.items():
+        client().set_tag(run_id, key, str(value))
+
+
+def save_run_id(directory: Path, run_id: str, experiment: str) -> None:
+    write_json(Path(directory) / RUN_FILE, {"run_id": run_id, "experiment": experiment})
+
+
+def load_run_id(directory: Path) -> str:
+    path = Path(directory) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the train stage first")
+    return json.loads(path.read_text())["run_id"]
