@@ -1,19 +1,18 @@
-"""Frameworks as named presets, and the model the pipeline trains, saves and samples.
+"""The frameworks, and the model the pipeline trains, saves and samples.
 
-A framework is (process, parameterization, loss, default sampler). `DiffusionModel` is rebuilt
+A framework is (process, parameterization, loss, default sampler), chosen by its params section. `DiffusionModel` is rebuilt
 from a JSON config plus weights, never from pickled code. Its config names:
 
   process:          {"kind": "vp" | "subvp" | "ve", ...the process's constructor arguments}
   parameterization: how the network output is read ("eps" | "x0" | "edm"), with sigma_data
   loss:             {"kind": one of LOSSES, ...its arguments}
-  network:          the network's JSON config (nets.build_network)
+  network:          the network's JSON config (models.networks.build_network)
   model_kind:       "score" (default: the network is read as a denoiser) or "energy" (the
-                    network defines an energy whose -grad_x is the score; energy.EnergyDenoiser)
+                    network defines an energy whose -grad_x is the score; models.energy.EnergyDenoiser)
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,19 +30,9 @@ from diffusion_core.processes.sde import SDE, VESDE, VPSDE, SubVPSDE
 from diffusion_core.samplers import registry as sampling
 
 
-@dataclass(frozen=True)
-class Preset:
-    process: str
-    parameterization: str
-    loss: str
-    sampler: str
-
-
-FRAMEWORKS = {
-    "ddpm": Preset(process="vp", parameterization="edm", loss="lognormal", sampler="ddim"),
-    "ncsn": Preset(process="ve", parameterization="eps", loss="ncsn", sampler="annealed_langevin"),
-    "sde": Preset(process="vp", parameterization="edm", loss="dsm", sampler="pc"),
-}
+# The three frameworks. What each trains and samples with (process, parameterization, loss,
+# sampler) is its section of the params, written into the model's JSON config below.
+FRAMEWORKS = ("ddpm", "ncsn", "sde")
 PROCESSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 

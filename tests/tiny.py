@@ -20,7 +20,7 @@ def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
     data["vector"].update(steps=60, batch_size=128, num_samples=500,
                           network={"kind": "mlp", "width": 64, "depth": 2, "emb_dim": 32})
     data["image"].update(steps=20, batch_size=32, num_samples=64,
-                         network={"kind": "unet", "base": 16, "mults": [1, 2], "blocks": 1,
+                         network={"base": 16, "mults": [1, 2], "blocks": 1,
                                   "emb_dim": 32})
     data["sample"].update(batch_size=256, samples_per_shard=250)
     data["sde"]["likelihood"].update(rtol=1e-4, atol=1e-4)  # evaluate's NLL, of 64 points

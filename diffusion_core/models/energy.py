@@ -10,8 +10,8 @@ returns (B,) or (B, 1) is used as is.
 `EnergyMLP` is a plain SiLU MLP with a scalar head for low-dimensional toys: score matching on
 an energy differentiates the network two or three times (score, its divergence, the parameter
 gradient), and there the shared residual MLP (LayerNorm, Fourier embedding, residual blocks)
-costs about 5x more per step on 2-D data (measured: 21 ms vs 3.8 ms per sliced-score-matching
-step, batch 256, width 64, one CPU thread) and trained to a worse score in the same budget.
+costs several times more per step on 2-D data and trains to a worse score in the same budget
+(docs/results.md has the measurement).
 
 The wrapper works in both regimes:
 - training (grad enabled): the score is built with create_graph=True, so a loss on the score

@@ -58,7 +58,8 @@ class RayParams:
 
 @dataclass(frozen=True)
 class NetworkParams:
-    kind: str = "unet"
+    """The network of a profile: the residual MLP for vectors, the U-Net for images."""
+
     width: int = 256  # mlp
     depth: int = 4  # mlp
     base: int = 64  # unet
@@ -67,7 +68,6 @@ class NetworkParams:
     emb_dim: int = 128
 
     def check(self, name: str) -> None:
-        require(self.kind in ("mlp", "unet"), f"{name}.kind", f"must be mlp or unet, got {self.kind!r}")
         for key in ("width", "depth", "base", "blocks", "emb_dim"):
             require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
         require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")

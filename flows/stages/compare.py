@@ -157,7 +157,7 @@ def compare_and_publish(params: Params) -> dict:
 def publish(markdown_text: str, dataset: str) -> bool:
     """The report as a Prefect markdown artifact, inside a flow or task run or through a
     Prefect API set by PREFECT_API_URL. Run on its own (`dvc repro`) with neither, it is not
-    published: Prefect would start an ephemeral server just for it (10 s or more per stage).
+    published: Prefect would start an ephemeral server just for it, a path it deprecates.
     The report is already on disk and in MLflow, so a Prefect API that cannot be reached is
     reported and not fatal."""
     import httpx
