@@ -29,7 +29,6 @@ from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import SDE, VESDE, VPSDE, SubVPSDE
 from diffusion_core.samplers import registry as sampling
 
-
 # The three frameworks. What each trains and samples with (process, parameterization, loss,
 # sampler) is its section of the params, written into the model's JSON config below.
 FRAMEWORKS = ("ddpm", "ncsn", "sde")
