@@ -27,7 +27,8 @@ def test_defaults_and_repo_params_are_valid():
     ("ray", {"num_workers": 0}, "ray.num_workers"),
     ("train", {"frameworks": ["gan"]}, "train.frameworks"),
     ("train", {"lr_schedule": "linear"}, "train.lr_schedule"),
-    ("vector", {"network": {"kind": "mlp", "depth": True}}, "vector.network.depth"),
+    ("vector", {"network": {"depth": True}}, "vector.network.depth"),
+    ("vector", {"network": {"kind": "mlp"}}, "vector.network.kind"),
 ])
 def test_bad_value_names_the_field(section, change, field):
     data = tiny_params()

@@ -18,7 +18,7 @@ def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
     data["train"].update(frameworks=["ddpm"], log_every=20, checkpoint_every=40, time_limit_s=120)
     data["ddpm"]["sampler"] = {"name": "ddim", "steps": 9, "spacing": "karras"}
     data["vector"].update(steps=60, batch_size=128, num_samples=500,
-                          network={"kind": "mlp", "width": 64, "depth": 2, "emb_dim": 32})
+                          network={"width": 64, "depth": 2, "emb_dim": 32})
     data["image"].update(steps=20, batch_size=32, num_samples=64,
                          network={"base": 16, "mults": [1, 2], "blocks": 1,
                                   "emb_dim": 32})

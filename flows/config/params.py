@@ -20,7 +20,7 @@ from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.ncsn import NCSNParams
 from flows.config.sde import SDEParams
 from flows.config.sweep import sweep_points
-from flows.config.validation import ConfigError, check_sampler, require
+from flows.config.validation import ConfigError, check_sampler, require, require_positive
 
 __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
 
@@ -36,8 +36,7 @@ class DataParams:
     out_dir: str = "data/shards"
 
     def check(self, name: str) -> None:
-        for key in ("test_size", "toy_train_size", "toy_test_size", "samples_per_shard"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "test_size", "toy_train_size", "toy_test_size", "samples_per_shard")
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,7 @@ class NetworkParams:
     emb_dim: int = 128
 
     def check(self, name: str) -> None:
-        for key in ("width", "depth", "base", "blocks", "emb_dim"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "width", "depth", "base", "blocks", "emb_dim")
         require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
 
 
@@ -89,8 +87,7 @@ class ProfileParams:
     p_std: float = 1.2  # where the data's detail lives, so set per kind of data (EDM, table 1)
 
     def check(self, name: str) -> None:
-        for key in ("sigma_data", "steps", "batch_size", "lr", "num_samples"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "sigma_data", "steps", "batch_size", "lr", "num_samples")
         require(self.clip is None or self.clip > 0, f"{name}.clip", "must be positive or null")
         require(self.nll_points >= 0, f"{name}.nll_points", "must be >= 0")
         require(self.p_std > 0, f"{name}.p_std", "must be positive")
@@ -148,8 +145,8 @@ class TrainParams:
         for fw in self.frameworks:
             require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
                      f"known: {sorted(FRAMEWORKS)}")
-        for key in ("time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every", "log_every"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every",
+                         "log_every")
         require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
         require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule", f"must be one of {LR_SCHEDULES}")
 
@@ -174,8 +171,7 @@ class SampleParams:
     out_dir: str = "samples"
 
     def check(self, name: str) -> None:
-        for key in ("batch_size", "samples_per_shard", "num_workers", "cpus_per_worker"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "batch_size", "samples_per_shard", "num_workers", "cpus_per_worker")
 
 
 @dataclass(frozen=True)
@@ -192,9 +188,8 @@ class EvaluateParams:
     out_dir: str = "metrics"
 
     def check(self, name: str) -> None:
-        for key in ("swd_projections", "num_workers", "cpus_per_worker", "max_pairwise", "pr_k",
-                    "nfe_sweep_samples"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "swd_projections", "num_workers", "cpus_per_worker", "max_pairwise",
+                         "pr_k", "nfe_sweep_samples")
         for i, entry in enumerate(self.nfe_sweep):
             self._check_sweep_entry(entry, f"{name}.nfe_sweep[{i}]")
 

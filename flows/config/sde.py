@@ -16,7 +16,7 @@ from diffusion_core.samplers.registry import (
     samplers_for,
 )
 from diffusion_core.samplers.sde import LADDER_PREDICTORS
-from flows.config.validation import check_sampler, require
+from flows.config.validation import check_sampler, require, require_positive
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,7 @@ class LikelihoodParams:
                 f"must be one of {DIVERGENCES + ('auto',)}, got {self.method!r}")
         require(self.probe in PROBES, f"{name}.probe", f"must be one of {PROBES}, got {self.probe!r}")
         require(self.probes >= 1, f"{name}.probes", "must be >= 1")
-        for key in ("rtol", "atol"):
-            require(getattr(self, key) > 0, f"{name}.{key}", "must be positive")
+        require_positive(self, name, "rtol", "atol")
         require(0 < self.eps < 1, f"{name}.eps", f"must lie in (0, 1), got {self.eps}")
         require(self.vlb_variance in MODEL_VARIANCES, f"{name}.vlb_variance",
                 f"must be one of {MODEL_VARIANCES}, got {self.vlb_variance!r}")

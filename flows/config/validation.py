@@ -13,6 +13,12 @@ def require(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
+def require_positive(section, name: str, *keys: str) -> None:
+    """Each of `keys` of the params section `section` (named `name`) must be positive."""
+    for key in keys:
+        require(getattr(section, key) > 0, f"{name}.{key}", "must be positive")
+
+
 def check_sampler(settings: dict, name: str) -> None:
     """A sampler mapping ({name: ..., steps: ..., ...}) checked against the core's sampler table."""
     require(isinstance(settings, dict), name, f"expected a mapping, got {settings!r}")
