@@ -122,5 +122,6 @@ class DiffusionModel:
         if not (directory / "model.json").is_file():
             raise FileNotFoundError(f"no model.json in {directory}")
         model = cls(json.loads((directory / "model.json").read_text()))
-        model.denoiser.net.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        weights = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+        model.denoiser.net.load_state_dict(weights)
         return model

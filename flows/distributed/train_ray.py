@@ -30,7 +30,7 @@ def _restore(model, optimizer, ema, config: dict, rank: int) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, weights_only=True)
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     model.denoiser.net.load_state_dict(state["net"])
     optimizer.load_state_dict(state["optimizer"])
     ema.load_state_dict(state["ema"])
