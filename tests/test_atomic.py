@@ -1,0 +1,82 @@
+"""The one way outputs are written (diffusion_core/data/atomic.py): a crash or an error while
+writing leaves the old output whole, and nothing half-written or temporary behind."""
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+
+from diffusion_core.data import atomic
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_file_is_replaced_whole_and_an_error_keeps_the_old_one(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic.write_json(path, {"fd": 1.0})
+    atomic.write_json(path, {"fd": 2.0})
+    assert json.loads(path.read_text()) == {"fd": 2.0}
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic.atomic_path(path) as tmp:
+            tmp.write_text('{"fd": 3')  # half a file, then the writer dies
+            raise RuntimeError("crash")
+    assert json.loads(path.read_text()) == {"fd": 2.0}
+    assert _names(tmp_path) == ["metrics.json"]
+
+
+def test_a_full_disk_while_saving_arrays_keeps_the_old_samples(tmp_path, monkeypatch):
+    path = tmp_path / "samples.npz"
+    atomic.save_npz(path, x=np.zeros(3))
+
+    def full_disk(fh, **arrays):
+        fh.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic.save_npz(path, x=np.ones(3))
+    monkeypatch.undo()
+    with np.load(path) as saved:
+        assert np.array_equal(saved["x"], np.zeros(3))
+    assert _names(tmp_path) == ["samples.npz"]
+
+
+def test_save_npz_keeps_the_exact_name(tmp_path):
+    atomic.save_npz(tmp_path / "part.data", x=np.arange(4))
+    assert _names(tmp_path) == ["part.data"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_folder_is_swapped_in_only_when_complete(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    out = tmp_path / "model"
+    with atomic.replacing_folder(out) as staging:
+        (staging / "weights.pt").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.replacing_folder(out) as staging:
+            (staging / "weights.pt").write_text("new, half")
+            raise KeyboardInterrupt  # killed halfway
+    assert _names(out) == ["weights.pt"] and (out / "weights.pt").read_text() == "old"
+    with atomic.replacing_folder(out) as staging:
+        (staging / "weights.pt").write_text("new")
+        (staging / "model.json").write_text("{}")
+    assert _names(out) == ["model.json", "weights.pt"] and (out / "weights.pt").read_text() == "new"
+    assert _names(tmp_path) == ["model"]  # no staging or old folder left
+
+
+def test_a_file_in_the_way_of_a_folder_is_refused(tmp_path):
+    (tmp_path / "models").write_text("not a folder")
+    with pytest.raises(ValueError, match="not a folder"):
+        with atomic.replacing_folder(tmp_path / "models") as staging:
+            (staging / "x").write_text("1")
+    assert (tmp_path / "models").read_text() == "not a folder"
+
+
+def test_temporary_names_differ_between_writers(tmp_path):
+    names = {atomic.temporary_name(tmp_path / "out.json") for _ in range(100)}
+    assert len(names) == 100 and all(n.name.startswith(".out.json.tmp-") for n in names)
