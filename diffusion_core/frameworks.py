@@ -113,8 +113,10 @@ class DiffusionModel:
     def save(self, directory: Path, state_dict: dict | None = None) -> None:
         directory = Path(directory)
         write_json(directory / "model.json", self.config)
-        with atomic_path(directory / "weights.pt") as tmp:
-            torch.save(state_dict or self.denoiser.net.state_dict(), tmp)
+        # to a file object: torch.save names the archive after a path it is given, and the
+        # temporary name would make the bytes (and their sha256) differ between equal saves
+        with atomic_path(directory / "weights.pt") as tmp, open(tmp, "wb") as fh:
+            torch.save(state_dict or self.denoiser.net.state_dict(), fh)
 
     @classmethod
     def load(cls, directory: Path) -> "DiffusionModel":

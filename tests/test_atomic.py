@@ -80,3 +80,26 @@ def test_a_file_in_the_way_of_a_folder_is_refused(tmp_path):
 def test_temporary_names_differ_between_writers(tmp_path):
     names = {atomic.temporary_name(tmp_path / "out.json") for _ in range(100)}
     assert len(names) == 100 and all(n.name.startswith(".out.json.tmp-") for n in names)
+
+
+def test_equal_weights_save_to_equal_bytes(tmp_path):
+    """A model's weights file is written under a temporary name first; its bytes (and so the
+    sha256 that fingerprints sample plans and reproducible runs) must not depend on that name."""
+    import hashlib
+
+    import torch
+
+    from diffusion_core.frameworks import DiffusionModel
+
+    config = {"framework": "ddpm", "process": {"kind": "vp"}, "parameterization": "edm",
+              "sigma_data": 0.5, "loss": {"kind": "ddpm"}, "data_shape": [2],
+              "network": {"kind": "mlp", "dim": 2, "width": 16, "depth": 1, "emb_dim": 8}}
+    torch.manual_seed(0)
+    model = DiffusionModel(config)
+    model.save(tmp_path / "a")
+    model.save(tmp_path / "b")
+    digests = {hashlib.sha256((tmp_path / d / "weights.pt").read_bytes()).hexdigest() for d in "ab"}
+    assert len(digests) == 1
+    loaded = DiffusionModel.load(tmp_path / "a")
+    assert all(torch.equal(p, q) for p, q in zip(model.denoiser.net.parameters(),
+                                                  loaded.denoiser.net.parameters()))
