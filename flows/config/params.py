@@ -131,10 +131,10 @@ class DDPMParams:
 class TrainParams:
     frameworks: list[str] = field(default_factory=lambda: ["ddpm"])
     seed: int = 0
-    time_limit_s: float = 300.0  # a cap on top of the profile's steps
+    time_limit_s: float | None = None  # optional safety cap on the loop; a run it stops says so
     grad_clip: float = 1.0
     ema_gamma: float = 7.0
-    lr_schedule: str = "cosine"  # constant | cosine: to zero at the last step the budget allows
+    lr_schedule: str = "cosine"  # constant | cosine: warm-up, then down to zero at the last step
     checkpoint_every: int = 500
     log_every: int = 100
     loader_workers: int = 0
@@ -145,8 +145,9 @@ class TrainParams:
         for fw in self.frameworks:
             require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
                      f"known: {sorted(FRAMEWORKS)}")
-        require_positive(self, name, "time_limit_s", "grad_clip", "ema_gamma", "checkpoint_every",
-                         "log_every")
+        require_positive(self, name, "grad_clip", "ema_gamma", "checkpoint_every", "log_every")
+        require(self.time_limit_s is None or self.time_limit_s > 0, f"{name}.time_limit_s",
+                "must be positive or null (no cap)")
         require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
         require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule", f"must be one of {LR_SCHEDULES}")
 

@@ -11,6 +11,9 @@ LOCAL_ENV = {
     # when ray is imported, so connect() sets it first.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",  # a private instance on loopback needs no token
+    # Ray starts its workers at nice 15: beside any busy process a torch worker whose threads
+    # share a core then crawls. The local instance runs them at the driver's priority.
+    "RAY_worker_niceness": "0",
 }
 
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.training.ema import EMA
-from diffusion_core.training.lr_schedule import StepBudget, lr_factor
+from diffusion_core.training.lr_schedule import lr_factor
 from diffusion_core.training.step import training_step
 from flows.distributed.ray_cluster import connect, require_resources
 from flows.tracking import runs as tracking
@@ -75,13 +75,15 @@ def _batches(config: dict, rank: int, world: int):
         yield from (data[order[i:i + per_rank]] for i in range(0, len(data) - per_rank + 1, per_rank))
 
 
-def _time_fraction(start: float, limit_s: float) -> float:
-    """The part of the time budget spent, as rank 0 measures it and tells the others, so every
-    rank stops together and follows the same learning-rate schedule."""
-    fraction = torch.tensor([(time.time() - start) / limit_s], dtype=torch.float64)
+def _past_time_limit(start: float, limit_s: float | None) -> bool:
+    """Whether the optional safety cap on the loop's wall time has passed, as rank 0 measures
+    it and tells the others, so every rank stops at the same step."""
+    if limit_s is None:
+        return False
+    past = torch.tensor([time.time() - start > limit_s], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
-        dist.broadcast(fraction, src=0)
-    return float(fraction.item())
+        dist.broadcast(past, src=0)
+    return bool(past.item())
 
 
 class _Progress:
@@ -121,8 +123,9 @@ def _build(config: dict, rank: int):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Steps of the shared recipe (diffusion_core.training) until the step cap or the time
-    limit, the learning rate decaying to where the run will end; checkpoints along the way."""
+    """`steps` steps of the shared recipe (diffusion_core.training), the learning rate decaying
+    to the last one, checkpoints along the way: the same params and data give the same weights
+    on any machine. The optional time limit is a safety cap; a run it stops says so."""
     import ray.train
     import ray.train.torch
 
@@ -133,24 +136,25 @@ def train_loop_per_worker(config: dict) -> None:
     model, denoiser, optimizer, ema, step = _build(config, rank)
     device = ray.train.torch.get_device()
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
-    start, budget, progress = time.time(), StepBudget(config["steps"], step), _Progress()
+    start, progress, time_limited = time.time(), _Progress(), False
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
         if step >= config["steps"]:
             break
-        lr = config["lr"] * lr_factor(step, budget.planned, config["warmup_steps"], config["lr_schedule"])
+        lr = config["lr"] * lr_factor(step, config["steps"], config["warmup_steps"], config["lr_schedule"])
         loss, grad_norm = training_step(model, denoiser, optimizer, ema, x.to(device), generator, lr,
                                         config["grad_clip"])
         step += 1
         progress.add(x.shape[0] * world, loss.item())
         if step % config["log_every"] == 0 or step == config["steps"]:
             progress.flush(config, rank, step, {"grad_norm": float(grad_norm), "lr": lr})
-            if budget.check(step, _time_fraction(start, config["time_limit_s"])):
+            time_limited = _past_time_limit(start, config["time_limit_s"])
+            if time_limited:
                 break
         if step % config["checkpoint_every"] == 0 and step < config["steps"]:
             _report(model, optimizer, ema, step, {"loss": loss.item()}, rank)
     _report(model, optimizer, ema, step, {"loss": loss.item(), "loop_seconds": time.time() - start,
-                                            "world_size": world}, rank)
+                                            "world_size": world, "time_limited": float(time_limited)}, rank)
 
 
 def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:

@@ -41,6 +41,7 @@ def framework_row(params: Params, framework: str) -> dict:
     run = tracking.client().get_run(tracking.load_run_id(model_dir))
     row = {"framework": framework, "sampler": metrics.get("sampler"), "nfe": metrics.get("nfe"),
            "train_seconds": train.get("train_seconds"), "train_steps": train.get("steps"),
+           "stopped_by": train.get("stopped_by", "steps"),
            "train_samples_per_s": run.data.metrics.get("samples_per_s"),
            "sample_samples_per_s": sampling.get("samples_per_s"),
            "num_samples": metrics.get("num_samples"), "run_id": run.info.run_id}
@@ -57,7 +58,7 @@ def _cell(value) -> str:
 def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None) -> str:
     """The report: the metrics table, then the quality-against-NFE table."""
     keys = ["sampler", "nfe"] + [k for k in COLUMNS if any(k in r for r in rows)] + [
-        "train_seconds", "train_samples_per_s", "sample_samples_per_s", "num_samples"]
+        "train_steps", "stopped_by", "train_seconds", "train_samples_per_s", "sample_samples_per_s", "num_samples"]
     lines = [f"# Framework comparison on `{dataset}`", "",
              f"Champion (registry alias): `{champion}`" if champion else "No champion registered.", "",
              "| framework | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

@@ -54,11 +54,22 @@ def train(params: Params, framework: str) -> dict:
     start = time.time()
     with replacing_folder(out) as staging:  # the last good model stays until the new one is whole
         metrics = fit(loop_config, params.ray, f"{experiment}-{framework}-{run_id[:8]}", staging)
+        summary = _summary(metrics, profile.steps, params.train.time_limit_s, time.time() - start)
         tracking.save_run_id(staging, run_id, experiment)
-    summary = {"steps": int(metrics.get("step", 0)), "final_loss": metrics.get("loss"),
-               "world_size": metrics.get("world_size"),
-               "loop_seconds": metrics.get("loop_seconds"),  # the training loop, which the time limit bounds
-               "train_seconds": time.time() - start}  # with Ray's worker start-up and the copy-out
+        write_json(staging / "train_summary.json", summary)
     tracking.log_metrics(run_id, {"train_seconds": summary["train_seconds"]})
-    write_json(out / "train_summary.json", summary)
+    tracking.set_tags(run_id, {"stopped_by": summary["stopped_by"], "steps": summary["steps"]})
+    if summary["stopped_by"] == "time_limit":
+        print(f"train {framework}: the safety cap train.time_limit_s={params.train.time_limit_s:g} s "
+              f"stopped the run at step {summary['steps']} of {profile.steps}")
     return summary
+
+
+def _summary(metrics: dict, planned_steps: int, time_limit_s: float | None, seconds: float) -> dict:
+    """What the run did: its steps against the planned ones, and what stopped it."""
+    stopped_by = "time_limit" if metrics.get("time_limited") else "steps"
+    return {"steps": int(metrics.get("step", 0)), "planned_steps": planned_steps,
+            "stopped_by": stopped_by, "time_limit_s": time_limit_s,
+            "final_loss": metrics.get("loss"), "world_size": metrics.get("world_size"),
+            "loop_seconds": metrics.get("loop_seconds"),  # the training loop alone
+            "train_seconds": seconds}  # with Ray's worker start-up

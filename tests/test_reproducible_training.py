@@ -1,0 +1,69 @@
+"""A run's length is a number of optimizer steps: the same params and data give the same weights,
+whatever the machine's speed. The wall-clock limit is only a safety cap, and a run it stops says
+so. Ray's workers run at the driver's priority, so a busy neighbour does not starve them."""
+import hashlib
+import os
+
+import pytest
+
+from flows.config.params import parse_params
+from flows.stages import data as stages
+from flows.stages import train as train_stage
+from flows.tracking import runs as tracking
+from tests.tiny import tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def _weights_sha256(folder) -> str:
+    return hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproducible")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        params = parse_params(tiny_params())
+        stages.prepare(params)
+        yield root, params
+
+
+def test_training_twice_gives_the_same_weights(workspace):
+    root, params = workspace
+    first = train_stage.train(params, "ddpm")
+    digest = _weights_sha256(root / "models/ddpm")
+    second = train_stage.train(params, "ddpm")
+    assert _weights_sha256(root / "models/ddpm") == digest
+    for summary in (first, second):
+        assert summary["steps"] == summary["planned_steps"] == params.vector.steps
+        assert summary["stopped_by"] == "steps"
+
+
+def test_a_run_stopped_by_the_time_cap_says_so(workspace):
+    root, params = workspace
+    data = tiny_params()
+    data["train"].update(time_limit_s=1e-3, out_dir="capped")
+    capped = parse_params(data)
+    summary = train_stage.train(capped, "ddpm")
+    assert summary["stopped_by"] == "time_limit"
+    assert summary["steps"] == capped.train.log_every < summary["planned_steps"]  # the first check
+    run = tracking.client().get_run(tracking.load_run_id(root / "capped/ddpm"))
+    assert run.data.tags["stopped_by"] == "time_limit"
+
+
+def test_ray_workers_run_at_the_drivers_priority(workspace):
+    import ray
+
+    from flows.distributed.ray_cluster import connect
+
+    ray.shutdown()  # an instance another test started may not be connect()'s
+    connect()
+
+    @ray.remote(num_cpus=0)
+    def niceness():
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
