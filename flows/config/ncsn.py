@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.score_matching import EXACT_MAX_DIM, PROJECTIONS
 from diffusion_core.samplers.registry import fits_process, samplers_for
+from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.validation import ConfigError, check_sampler, require
 
 MODELS = ("score", "energy")
@@ -31,6 +32,8 @@ class NCSNParams:
     n_projections: int = 1  # ssm: projections per example
     sampler: dict = field(default_factory=lambda: {"name": "annealed_langevin", "steps_per_sigma": 5,
                                                    "eps": 2e-5, "denoise": True})
+    lr_schedule: str | None = None  # overrides train.lr_schedule (a paper's constant rate, say)
+    recipes: dict = field(default_factory=dict)  # name -> settings laid over this section (recipes.py)
 
     def model_parts(self, profile=None) -> dict:
         """The process, parameterization, loss and model kind entries of the model's config
@@ -60,6 +63,8 @@ class NCSNParams:
         require(fits_process(self.sampler["name"], "ve"), f"{name}.sampler.name",
                 f"{self.sampler['name']!r} does not draw from an ncsn model's ve process; "
                 f"use one of {samplers_for('ve')}")
+        require(self.lr_schedule in (None,) + LR_SCHEDULES, f"{name}.lr_schedule",
+                f"must be one of {LR_SCHEDULES} or null (train.lr_schedule), got {self.lr_schedule!r}")
 
     def check_data(self, name: str, shape) -> None:
         """Checks that need the data's shape (called where the model config is built)."""

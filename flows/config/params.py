@@ -7,20 +7,25 @@ key, a wrong type or an impossible value stops with one `ConfigError` naming the
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from diffusion_core.frameworks import FRAMEWORKS
-from diffusion_core.models.denoiser import PARAMETERIZATIONS
-from diffusion_core.objectives.denoising import WEIGHTINGS
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from flows.config.ddpm import DDPMParams
 from flows.config.ncsn import NCSNParams
+from flows.config.recipes import check_recipes, split_run, with_recipe
+from flows.config.schema import build
 from flows.config.sde import SDEParams
 from flows.config.sweep import sweep_points
-from flows.config.validation import ConfigError, check_sampler, require, require_positive
+from flows.config.validation import (
+    ConfigError,
+    check_sampler,
+    require,
+    require_positive,
+)
 
 __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
 
@@ -94,40 +99,6 @@ class ProfileParams:
 
 
 @dataclass(frozen=True)
-class DDPMParams:
-    schedule: str = "linear"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    N: int = 1000
-    parameterization: str = "x0"
-    noise: str = "uniform"  # uniform (DDPM's t ~ U{1..N}) | lognormal (EDM)
-    weighting: str = "network"  # network (unit weight on the raw output) | x0
-    sampler: dict = field(default_factory=lambda: {"name": "ddim", "steps": 50, "spacing": "karras"})
-
-    def model_parts(self, profile: ProfileParams) -> dict:
-        """The process, parameterization and loss entries of the model's JSON config; a
-        lognormal loss takes its noise levels from the data's profile."""
-        loss = (dict(kind="lognormal", p_mean=profile.p_mean, p_std=profile.p_std, weighting=self.weighting)
-                if self.noise == "lognormal" else dict(kind="ddpm", weighting=self.weighting))
-        return {"process": dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
-                                schedule=self.schedule),
-                "parameterization": self.parameterization, "loss": loss}
-
-    def check(self, name: str) -> None:
-        check_sampler(self.sampler, f"{name}.sampler")
-        require(self.schedule in ("linear", "cosine"), f"{name}.schedule", "must be linear or cosine")
-        require(self.N >= 2, f"{name}.N", "must be >= 2")
-        require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
-                 f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-        require(0 < self.beta_max / self.N < 1, f"{name}.beta_max",
-                 "the discrete betas beta_max / N must lie in (0, 1)")
-        require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
-                 f"must be one of {PARAMETERIZATIONS}")
-        require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
-        require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
-
-
-@dataclass(frozen=True)
 class TrainParams:
     frameworks: list[str] = field(default_factory=lambda: ["ddpm"])
     seed: int = 0
@@ -142,9 +113,12 @@ class TrainParams:
     out_dir: str = "models"
 
     def check(self, name: str) -> None:
-        for fw in self.frameworks:
-            require(fw in FRAMEWORKS, f"{name}.frameworks", f"unknown framework {fw!r}; "
-                     f"known: {sorted(FRAMEWORKS)}")
+        for key in self.frameworks:
+            require(split_run(key)[0] in FRAMEWORKS, f"{name}.frameworks",
+                    f"unknown framework {key!r}; known: {sorted(FRAMEWORKS)}, each optionally "
+                    f"with a recipe (ddpm-paper)")
+        require(len(set(self.frameworks)) == len(self.frameworks), f"{name}.frameworks",
+                f"names a run twice: {self.frameworks}")
         require_positive(self, name, "grad_clip", "ema_gamma", "checkpoint_every", "log_every")
         require(self.time_limit_s is None or self.time_limit_s > 0, f"{name}.time_limit_s",
                 "must be positive or null (no cap)")
@@ -200,8 +174,9 @@ class EvaluateParams:
         optional `frameworks` list; every point it makes is a valid sampler."""
         require(isinstance(entry, dict), name, "must be a sampler mapping")
         only = entry.get("frameworks", [])
-        require(isinstance(only, list) and set(only) <= set(FRAMEWORKS), f"{name}.frameworks",
-                f"must be a list of {sorted(FRAMEWORKS)}, got {only!r}")
+        require(isinstance(only, list) and all(isinstance(k, str) and split_run(k)[0] in FRAMEWORKS
+                                               for k in only), f"{name}.frameworks",
+                f"must be a list of frameworks {sorted(FRAMEWORKS)} or runs (ddpm-paper), got {only!r}")
         swept = [k for k, v in entry.items() if isinstance(v, list) and k != "frameworks"]
         require(len(swept) <= 1, name, f"sweeps one setting at a time, got lists for {swept}")
         for point in sweep_points([entry]):
@@ -232,49 +207,28 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
 
     def check(self, name: str) -> None:
-        pass
+        """Checks across sections: each framework's recipes, and the runs train.frameworks names."""
+        for framework in FRAMEWORKS:
+            check_recipes(getattr(self, framework), framework)
+        for key in self.train.frameworks:
+            framework, recipe = split_run(key)
+            known = sorted(getattr(self, framework).recipes)
+            require(recipe is None or recipe in known, "train.frameworks",
+                    f"{key!r}: {framework} has no recipe {recipe!r}; known: {known}")
 
     def profile(self, kind: str) -> ProfileParams:
         return self.vector if kind == "vector" else self.image
 
-    def framework(self, name: str):
-        """The params section of one framework: model_parts(profile) and its sampler settings."""
-        return getattr(self, name)
-
-
-def _convert(value, hint, name: str):
-    """Check one YAML value against a type hint; nested dataclasses recurse."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, name)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        return _convert(value, next(a for a in args if a is not type(None)), name)
-    if origin is list:
-        require(isinstance(value, list), name, f"expected a list, got {value!r}")
-        return [_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    require(isinstance(value, hint) and not (hint is not bool and isinstance(value, bool)),
-             name, f"expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls, data, name: str):
-    require(isinstance(data, dict), name or "params", f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(hints))
-    require(not unknown, f"{name + '.' if name else ''}{unknown[0] if unknown else ''}",
-             f"unknown key; known keys: {sorted(hints)}")
-    values = {k: _convert(v, hints[k], f"{name + '.' if name else ''}{k}") for k, v in data.items()}
-    obj = cls(**values)
-    obj.check(name)
-    return obj
+    def framework(self, key: str):
+        """The params section a run trains and samples with: its framework's section, with the
+        run's recipe laid over it (recipes.py); it gives model_parts(profile) and the sampler."""
+        framework, recipe = split_run(key)
+        section = getattr(self, framework)
+        return section if recipe is None else with_recipe(section, recipe, framework)
 
 
 def parse_params(data: dict) -> Params:
-    return _build(Params, data or {}, "")
+    return build(Params, data or {}, "")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -11,6 +11,7 @@ import numpy as np
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.noise import PerSampleNoise
 from flows.config.params import Params, as_dict, parse_params
+from flows.config.recipes import split_run
 
 
 def sample_seeds(params: Params, first: int, count: int) -> list[int]:
@@ -33,7 +34,9 @@ def params_with_sampler(params: Params, framework: str, settings: dict,
     """params with the framework's sampler (and optionally sample.seed) replaced, validated:
     a bad setting is a ConfigError naming it."""
     data = as_dict(params)
-    data[framework]["sampler"] = dict(settings)
+    name, recipe = split_run(framework)
+    section = data[name]["recipes"][recipe] if recipe else data[name]  # where the run's sampler is set
+    section["sampler"] = dict(settings)
     if seed is not None:
         data["sample"]["seed"] = int(seed)
     return parse_params(data)

@@ -16,6 +16,7 @@ from diffusion_core.samplers.registry import (
     samplers_for,
 )
 from diffusion_core.samplers.sde import LADDER_PREDICTORS
+from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.validation import check_sampler, require, require_positive
 
 
@@ -58,7 +59,9 @@ class SDEParams:
     parameterization: str = "edm"
     sampler: dict = field(default_factory=lambda: {"name": "pc", "predictor": "reverse_diffusion",
                                                    "corrector": "langevin", "snr": 0.16})
-    likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)
+    lr_schedule: str | None = None  # overrides train.lr_schedule (a paper's constant rate, say)
+    recipes: dict = field(default_factory=dict)  # name -> settings laid over this section (recipes.py)
+    likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)  # evaluate, every framework
 
     def model_parts(self, profile) -> dict:
         """The process, parameterization and loss entries of the model's JSON config; the
@@ -88,6 +91,8 @@ class SDEParams:
                 f"must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
         check_sampler(self.sampler, f"{name}.sampler")
         self._check_sampler_fits_process(f"{name}.sampler")
+        require(self.lr_schedule in (None,) + LR_SCHEDULES, f"{name}.lr_schedule",
+                f"must be one of {LR_SCHEDULES} or null (train.lr_schedule), got {self.lr_schedule!r}")
 
     def _check_sampler_fits_process(self, name: str) -> None:
         settings = resolve_settings(self.sampler)

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 from diffusion_core.samplers.registry import fits_process
+from flows.config.recipes import split_run
 
 
 def sweep_points(sweep: list[dict], framework: str | None = None,
                  process_kind: str | None = None) -> list[dict]:
     """[{name, <setting>: [a, b], frameworks: [...]}, ...] -> one settings dict per value of
-    each entry's list-valued setting (steps, steps_per_sigma, ...). Given a framework, only the
-    entries that fit its process and name it (or name no framework)."""
+    each entry's list-valued setting (steps, steps_per_sigma, ...). Given a run (a framework or
+    framework-recipe), only the entries that fit its process and name it, or its framework, or
+    nothing."""
     points = []
     for entry in sweep:
         entry = dict(entry)
         only = entry.pop("frameworks", None)
-        if framework is not None and ((only and framework not in only)
-                                      or not fits_process(entry["name"], process_kind)):
+        named = only and framework not in only and split_run(framework or "")[0] not in only
+        if framework is not None and (named or not fits_process(entry["name"], process_kind)):
             continue
         swept = [key for key, value in entry.items() if isinstance(value, list)]
         points += [{**entry, swept[0]: v} for v in entry[swept[0]]] if swept else [entry]

@@ -7,13 +7,15 @@ from pathlib import Path
 from diffusion_core.data.atomic import replacing_folder, write_json
 from diffusion_core.training.lr_schedule import warmup_steps
 from flows.config.params import Params, as_dict
+from flows.config.recipes import recipe_of, split_run
 from flows.distributed.train_ray import fit
 from flows.stages.data import dataset_meta, manifest_hash
 from flows.tracking import runs as tracking
 
 
 def model_config(params: Params, framework: str, meta: dict) -> dict:
-    """The JSON config a DiffusionModel is rebuilt from."""
+    """The JSON config a DiffusionModel is rebuilt from, for the run named `framework` (a
+    framework, or framework-recipe): it records the framework and the recipe."""
     profile, shape = params.profile(meta["kind"]), meta["shape"]
     net = profile.network
     if meta["kind"] == "vector":
@@ -24,7 +26,8 @@ def model_config(params: Params, framework: str, meta: dict) -> dict:
     section = params.framework(framework)
     if hasattr(section, "check_data"):  # checks that need the data's shape (ConfigError)
         section.check_data(framework, shape)
-    return {"framework": framework, **section.model_parts(profile),
+    return {"framework": split_run(framework)[0], "recipe": recipe_of(framework),
+            **section.model_parts(profile),
             "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
@@ -37,7 +40,8 @@ def train(params: Params, framework: str) -> dict:
     experiment = tracking.experiment_name(params.data.source)
     model = model_config(params, framework, meta)  # bad params stop here, before the run exists
     run_id = tracking.start_run(experiment, f"{framework}", as_dict(params),
-                                {"framework": framework, "data_manifest_sha256": manifest_hash(params),
+                                {"framework": split_run(framework)[0], "run": framework,
+                                 "recipe": recipe_of(framework), "data_manifest_sha256": manifest_hash(params),
                                  "dataset": params.data.source})
     loop_config = {
         "framework": framework, "model": model, "run_id": run_id,
@@ -46,7 +50,8 @@ def train(params: Params, framework: str) -> dict:
         "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,
         "warmup_steps": warmup_steps(profile.steps), "grad_clip": params.train.grad_clip,
         "ema_gamma": params.train.ema_gamma,
-        "lr_schedule": params.train.lr_schedule, "log_every": params.train.log_every,
+        "lr_schedule": params.framework(framework).lr_schedule or params.train.lr_schedule,
+        "log_every": params.train.log_every,
         "checkpoint_every": params.train.checkpoint_every, "time_limit_s": params.train.time_limit_s,
         "loader_workers": params.train.loader_workers, "cache_in_memory": params.train.cache_in_memory,
         "threads": max(1, int(params.ray.cpus_per_worker)),
