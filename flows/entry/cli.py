@@ -12,6 +12,7 @@ import sys
 from flows.config.params import ConfigError, load_params
 from flows.distributed import ray_cluster
 from flows.entry.deploy import check_prefect_api, run_command
+from flows.entry.lock import workspace_lock
 from flows.entry.pipeline import pipeline_flow
 from flows.stages import data, evaluate, sample, train
 from flows.stages.compare import compare_and_publish
@@ -19,6 +20,7 @@ from flows.tracking import registry
 from flows.tracking import runs as tracking
 
 STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate", "register", "compare")
+LOCKED = STAGES + ("pipeline",)  # commands that write the workspace's outputs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         if name in ("train", "sample", "evaluate", "register"):
-            cmd.add_argument("--framework", required=True)
+            cmd.add_argument("--framework", required=True, help="a run of train.frameworks (ddpm-paper)")
+        if name in LOCKED:
+            cmd.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                             help="wait this long for another run holding the workspace (default: refuse)")
         if name in ("deploy", "serve"):
             _deployment_args(cmd, name)
     return parser
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         _preflight(args.command)
         if args.command in ("deploy", "serve"):
             result = run_command(args)
+        elif args.command in LOCKED:
+            with workspace_lock(".", args.wait):
+                result = _run(args.command, params, getattr(args, "framework", None))
         else:
             result = _run(args.command, params, getattr(args, "framework", None))
     except ConfigError as err:

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.config.params import Params, as_dict, load_params, parse_params
+from flows.entry.lock import workspace_lock
 from flows.stages import data, evaluate, sample, train
 from flows.stages.compare import compare_and_publish
 from flows.tracking.registry import register
@@ -82,6 +83,11 @@ def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = 
                   frameworks: list[str] | None = None, params: Params | None = None) -> dict:
     """Run the whole DAG; `source` and `frameworks` override params.yaml for scheduled runs."""
     params = with_overrides(params or load_params(params_path), source, frameworks)
+    with workspace_lock("."):  # a scheduled run and a manual one never share the outputs
+        return _run_stages(params)
+
+
+def _run_stages(params: Params) -> dict:
     prepare_task(params)
     classifier_task(params)
     results = {}
