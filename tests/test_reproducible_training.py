@@ -1,12 +1,14 @@
 """A run's length is a number of optimizer steps: the same params and data give the same weights,
 whatever the machine's speed. The wall-clock limit is only a safety cap, and a run it stops says
-so. Ray's workers run at the driver's priority, so a busy neighbour does not starve them."""
+so; a run that diverges stops at its first non-finite step and keeps the last good model. Ray's
+workers run at the driver's priority, so a busy neighbour does not starve them."""
 import hashlib
 import os
 
 import pytest
 
 from flows.config.params import parse_params
+from flows.distributed.train_ray import NonFiniteLoss
 from flows.stages import data as stages
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
@@ -40,6 +42,26 @@ def test_training_twice_gives_the_same_weights(workspace):
     for summary in (first, second):
         assert summary["steps"] == summary["planned_steps"] == params.vector.steps
         assert summary["stopped_by"] == "steps"
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_model(workspace, capsys):
+    """After the first test the workspace holds a good model; a run with an absurd learning rate
+    must stop at its first non-finite step and leave that model as it was."""
+    from flows.entry.cli import main
+    from tests.tiny import write_params
+
+    root, params = workspace
+    before = _weights_sha256(root / "models/ddpm")
+    bad = tiny_params(vector={"lr": 1.0e6})
+    write_params(root, bad)
+    assert main(["train", "--framework", "ddpm"]) == 1
+    err = capsys.readouterr().err
+    assert "not finite at step" in err and "checkpoint" in err and "train.nonfinite" in err
+    assert _weights_sha256(root / "models/ddpm") == before
+    skipping = {**bad, "train": {**bad["train"], "nonfinite": "skip", "nonfinite_limit": 3}}
+    with pytest.raises(NonFiniteLoss, match="4 batch"):  # skips three, stops at the fourth
+        train_stage.train(parse_params(skipping), "ddpm")
+    assert _weights_sha256(root / "models/ddpm") == before
 
 
 def test_a_run_stopped_by_the_time_cap_says_so(workspace):

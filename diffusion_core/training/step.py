@@ -14,6 +14,8 @@ def training_step(model, denoiser, optimizer: torch.optim.Optimizer, ema: EMA, x
 
     `denoiser` is the one the gradient flows through: model.denoiser, or a wrap of its
     network in DistributedDataParallel. Returns the (detached) mean loss and the gradient norm.
+    A step whose loss or gradient is not finite is not taken (no optimizer step, no EMA update),
+    so the weights stay those of the last good step; the caller sees it in what is returned.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -21,6 +23,14 @@ def training_step(model, denoiser, optimizer: torch.optim.Optimizer, ema: EMA, x
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(), grad_clip)
+    if not is_finite(loss, grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad_norm
     optimizer.step()
     ema.update(model.denoiser.net)
     return loss.detach(), grad_norm
+
+
+def is_finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    """Whether a step's loss and gradient norm are finite numbers."""
+    return bool(torch.isfinite(loss).all()) and bool(torch.isfinite(grad_norm).all())

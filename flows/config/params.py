@@ -27,6 +27,8 @@ from flows.config.validation import (
     require_positive,
 )
 
+NONFINITE_POLICIES = ("stop", "skip")
+
 __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
 
 
@@ -103,6 +105,8 @@ class TrainParams:
     frameworks: list[str] = field(default_factory=lambda: ["ddpm"])
     seed: int = 0
     time_limit_s: float | None = None  # optional safety cap on the loop; a run it stops says so
+    nonfinite: str = "stop"  # a non-finite loss or gradient: stop the run there | skip the batch
+    nonfinite_limit: int = 10  # skip: at most this many batches, then stop
     grad_clip: float = 1.0
     ema_gamma: float = 7.0
     lr_schedule: str = "cosine"  # constant | cosine: warm-up, then down to zero at the last step
@@ -122,6 +126,9 @@ class TrainParams:
         require_positive(self, name, "grad_clip", "ema_gamma", "checkpoint_every", "log_every")
         require(self.time_limit_s is None or self.time_limit_s > 0, f"{name}.time_limit_s",
                 "must be positive or null (no cap)")
+        require(self.nonfinite in NONFINITE_POLICIES, f"{name}.nonfinite",
+                f"must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
+        require(self.nonfinite_limit >= 0, f"{name}.nonfinite_limit", "must be >= 0")
         require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
         require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule", f"must be one of {LR_SCHEDULES}")
 

@@ -15,7 +15,7 @@ from diffusion_core.data.shards import ShardStream
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.training.ema import EMA
 from diffusion_core.training.lr_schedule import lr_factor
-from diffusion_core.training.step import training_step
+from diffusion_core.training.step import is_finite, training_step
 from flows.distributed.ray_cluster import connect, require_resources
 from flows.tracking import runs as tracking
 
@@ -109,6 +109,35 @@ class _Progress:
         self.reset()
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training met a non-finite loss or gradient and train.nonfinite says to stop."""
+
+
+def _on_every_rank(flag: bool) -> bool:
+    """True only if `flag` holds on every rank, so all ranks take the same decision."""
+    value = torch.tensor([float(flag)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+class _NonFinitePolicy:
+    """train.nonfinite: a step whose loss or gradient is not finite is not taken (training_step
+    skips it); "stop" ends the run there, "skip" goes on past at most `limit` such batches."""
+
+    def __init__(self, policy: str, limit: int):
+        self.policy, self.limit, self.skipped, self.stopped_at = policy, limit, 0, 0
+
+    def counts(self, finite: bool, step: int) -> bool:
+        """Whether the step was taken; records the step where the run must stop."""
+        if _on_every_rank(finite):
+            return True
+        self.skipped += 1
+        if self.policy == "stop" or self.skipped > self.limit:
+            self.stopped_at = step + 1
+        return False
+
+
 def _build(config: dict, rank: int):
     """The model, its DDP-wrapped training denoiser (Ray touch point), Adam, EMA and the step
     to start from (0, or a restored checkpoint's)."""
@@ -137,13 +166,16 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
     start, progress, time_limited = time.time(), _Progress(), False
+    nonfinite = _NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"])
     loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
     for x in _batches(config, rank, world):
-        if step >= config["steps"]:
+        if step >= config["steps"] or nonfinite.stopped_at:
             break
         lr = config["lr"] * lr_factor(step, config["steps"], config["warmup_steps"], config["lr_schedule"])
         loss, grad_norm = training_step(model, denoiser, optimizer, ema, x.to(device), generator, lr,
                                         config["grad_clip"])
+        if not nonfinite.counts(is_finite(loss, grad_norm), step):
+            continue
         step += 1
         progress.add(x.shape[0] * world, loss.item())
         if step % config["log_every"] == 0 or step == config["steps"]:
@@ -154,7 +186,9 @@ def train_loop_per_worker(config: dict) -> None:
         if step % config["checkpoint_every"] == 0 and step < config["steps"]:
             _report(model, optimizer, ema, step, {"loss": loss.item()}, rank)
     _report(model, optimizer, ema, step, {"loss": loss.item(), "loop_seconds": time.time() - start,
-                                            "world_size": world, "time_limited": float(time_limited)}, rank)
+                                            "world_size": world, "time_limited": float(time_limited),
+                                            "nonfinite_step": nonfinite.stopped_at,
+                                            "skipped_batches": nonfinite.skipped}, rank)
 
 
 def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
@@ -176,6 +210,14 @@ def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if metrics.get("nonfinite_step"):
+        raise NonFiniteLoss(
+            f"{run_name}: the loss or its gradient was not finite at step {metrics['nonfinite_step']} "
+            f"(train.nonfinite: {loop_config['nonfinite']}, {metrics.get('skipped_batches')} batch(es) "
+            f"skipped); no model was written. The last good state, step {metrics.get('step')}, is "
+            f"the checkpoint {result.checkpoint.path}; lower the learning rate or set "
+            f"train.nonfinite: skip")
     with result.checkpoint.as_directory() as directory:
         shutil.copytree(Path(directory) / "ema", out_dir, dirs_exist_ok=True)
-    return dict(result.metrics or {})
+    return metrics

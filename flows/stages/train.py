@@ -53,6 +53,7 @@ def train(params: Params, framework: str) -> dict:
         "lr_schedule": params.framework(framework).lr_schedule or params.train.lr_schedule,
         "log_every": params.train.log_every,
         "checkpoint_every": params.train.checkpoint_every, "time_limit_s": params.train.time_limit_s,
+        "nonfinite": params.train.nonfinite, "nonfinite_limit": params.train.nonfinite_limit,
         "loader_workers": params.train.loader_workers, "cache_in_memory": params.train.cache_in_memory,
         "threads": max(1, int(params.ray.cpus_per_worker)),
     }
@@ -76,5 +77,6 @@ def _summary(metrics: dict, planned_steps: int, time_limit_s: float | None, seco
     return {"steps": int(metrics.get("step", 0)), "planned_steps": planned_steps,
             "stopped_by": stopped_by, "time_limit_s": time_limit_s,
             "final_loss": metrics.get("loss"), "world_size": metrics.get("world_size"),
+            "skipped_batches": int(metrics.get("skipped_batches", 0)),
             "loop_seconds": metrics.get("loop_seconds"),  # the training loop alone
             "train_seconds": seconds}  # with Ray's worker start-up
