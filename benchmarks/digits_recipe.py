@@ -7,7 +7,7 @@ moves by about 0.15 between seed sets, so fewer samples than the default compare
 poorly. The reference is the first recipe, measured in the same run.
 
 Trains in-process (no Ray) so the recipes differ only in what they name; the pipeline's own
-figures are in the README. One recipe takes the budget plus 2-4 minutes of sampling.
+figures are in docs/results.md. One recipe takes the budget plus 2-4 minutes of sampling.
 
     .venv/bin/python benchmarks/digits_recipe.py [--seconds 280] [--samples 6000] [--seed 0]
         [--step-cap N] [--only "base 48"]
