@@ -103,3 +103,21 @@ def test_equal_weights_save_to_equal_bytes(tmp_path):
     loaded = DiffusionModel.load(tmp_path / "a")
     assert all(torch.equal(p, q) for p, q in zip(model.denoiser.net.parameters(),
                                                   loaded.denoiser.net.parameters()))
+
+
+def test_what_a_crashed_writer_left_is_removed_and_a_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)
+    crashed = tmp_path / f".metrics.json.tmp-{dead}-0123abcd"
+    crashed_folder = tmp_path / f".metrics.json.old-{dead}-89abcdef"
+    live = tmp_path / f".metrics.json.tmp-{os.getpid()}-fedcba98"
+    for leftover in (crashed, live):
+        leftover.write_text("half")
+    crashed_folder.mkdir()
+    atomic.write_json(tmp_path / "metrics.json", {"fd": 1.0})
+    assert _names(tmp_path) == sorted([live.name, "metrics.json"])

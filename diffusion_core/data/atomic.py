@@ -7,15 +7,18 @@ its destination and swapped in: on Linux by one `renameat2(RENAME_EXCHANGE)`, el
 two renames, with the old folder put back if the second fails.
 
 Temporary names carry the writing process and a random tag, so two runs writing beside each
-other never share one.
+other never share one; what a crashed writer left is removed by the next write to the same
+destination (its process is gone), never what a live one is writing.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import glob
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["temporary_name", "atomic_path", "write_text", "write_json", "save_npz",
+__all__ = ["temporary_name", "remove_stale_temporaries", "pid_alive", "atomic_path", "write_text", "write_json", "save_npz",
            "replacing_folder", "swap_in_folder"]
 
 
@@ -31,6 +34,30 @@ def temporary_name(path: Path, purpose: str = "tmp") -> Path:
     """A hidden name beside `path`, unique to this process and call."""
     path = Path(path)
     return path.with_name(f".{path.name}.{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries beside `path` that a crashed writer left: hidden names made by
+    `temporary_name` for `path` whose process is gone. A live writer's are kept."""
+    path, removed = Path(path), []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z]+-(\d+)-[0-9a-f]{{8}}$")
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
+        match = pattern.match(entry.name)
+        if match and not pid_alive(int(match.group(1))):
+            _remove(entry)
+            removed.append(entry)
+    return removed
 
 
 def _fsync(path: Path) -> None:
@@ -56,6 +83,7 @@ def atomic_path(path) -> Iterator[Path]:
     content (or stays absent)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_name(path)
     try:
         yield tmp
@@ -128,6 +156,7 @@ def replacing_folder(path) -> Iterator[Path]:
     `path` is left as it was."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     staging = temporary_name(path)
     staging.mkdir()
     try:

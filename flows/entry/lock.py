@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from diffusion_core.data.atomic import temporary_name
+from diffusion_core.data.atomic import pid_alive, temporary_name
 
 LOCK_NAME = ".diffusion.lock"
 _held: dict[Path, int] = {}  # lock path -> how many times this process holds it
@@ -54,18 +54,8 @@ def read_holder(path: Path) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def _stale(holder: dict) -> bool:
-    return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
+    return holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1)))
 
 
 def _take_over(path: Path) -> None:
