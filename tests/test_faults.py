@@ -1,0 +1,129 @@
+"""Faults injected for real: a full disk while an output is written, a stage's process killed
+halfway (os._exit at the worst moment, no clean-up), two pipelines started at once. In each,
+the last good output survives whole and nothing is lost that was finished."""
+import errno
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffusion_core.data import atomic, shards
+from flows.entry.lock import LOCK_NAME
+from tests.tiny import tiny_params, write_params
+from tests.waiting import wait_for
+
+
+def _tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (needs root, as in CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    try:
+        with open(disk / "filler", "wb", buffering=0) as fh:
+            while True:
+                fh.write(b"\0" * 65536)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC
+
+
+def test_a_full_disk_keeps_the_old_shards_and_metrics(small_disk):
+    rng = np.random.default_rng(0)
+    old = {"train": (rng.normal(size=(300, 2)).astype(np.float32), None)}
+    shards.write_shards(small_disk / "shards", old, 100, {"source": "old"})
+    atomic.write_json(small_disk / "metrics.json", {"fd": 1.0})
+    before = _tree_digest(small_disk / "shards")
+    _fill(small_disk)
+    new = {"train": (rng.normal(size=(3000, 2)).astype(np.float32), None)}
+    with pytest.raises(OSError) as err:
+        shards.write_shards(small_disk / "shards", new, 100, {"source": "new"})
+    assert err.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        atomic.write_json(small_disk / "metrics.json", {"fd": 2.0, "pad": "x" * 2_000_000})
+    assert _tree_digest(small_disk / "shards") == before
+    shards.verify_shards(small_disk / "shards")
+    assert json.loads((small_disk / "metrics.json").read_text()) == {"fd": 1.0}
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "metrics.json", "shards"]
+
+
+def _crash_in(workspace: Path, target: str, after_calls: int, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run `diffusion <argv>` in a subprocess whose `target` (module:function) kills the process
+    with os._exit(137), no clean-up, on its `after_calls`-th call, after doing its work."""
+    module, function = target.split(":")
+    script = textwrap.dedent(f"""
+        import importlib, os, sys
+        module = importlib.import_module({module!r})
+        real, calls = getattr(module, {function!r}), []
+        def crashing(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls.append(1)
+            if len(calls) >= {after_calls}:
+                os._exit(137)
+            return out
+        setattr(module, {function!r}, crashing)
+        from flows.entry.cli import main
+        sys.exit(main({argv!r}))
+    """)
+    return subprocess.run([sys.executable, "-c", script], cwd=workspace, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_prepare_killed_halfway_keeps_the_old_shards(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    from flows.entry.cli import main
+
+    assert main(["prepare"]) == 0
+    before = _tree_digest(tmp_path / "data/shards")
+    write_params(tmp_path, tiny_params(data={"seed": 7}))  # other shards, if they got through
+    crashed = _crash_in(tmp_path, "diffusion_core.data.shards:_write_split", 1, ["prepare"])
+    assert crashed.returncode == 137, crashed.stderr
+    assert _tree_digest(tmp_path / "data/shards") == before
+    shards.verify_shards(tmp_path / "data/shards")
+    assert any(p.name.startswith(".shards.tmp-") for p in (tmp_path / "data").iterdir())
+    assert main(["prepare"]) == 0  # the rerun writes the new shards and sweeps the leftovers
+    assert _tree_digest(tmp_path / "data/shards") != before
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["shards"]
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_two_pipelines_at_once_the_second_is_refused(tmp_path):
+    from tests.test_services import service_env, start, stop
+
+    write_params(tmp_path, tiny_params())
+    first = start([sys.executable, "-m", "flows.entry.cli", "pipeline"], tmp_path / "first.log",
+                  service_env(), cwd=tmp_path)
+    try:
+        holder = wait_for(lambda: (tmp_path / LOCK_NAME).is_file() and
+                          json.loads((tmp_path / LOCK_NAME).read_text() or "{}"),
+                          "the first pipeline's lock", alive=first)
+        second = subprocess.run([sys.executable, "-m", "flows.entry.cli", "pipeline"], cwd=tmp_path,
+                                env=service_env(), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert f"pid {holder['pid']}" in second.stderr and "in use" in second.stderr
+    finally:
+        stop(first)
+    # the first was killed with its lock in place: the lock is stale, and the next run takes it
+    third = subprocess.run([sys.executable, "-m", "flows.entry.cli", "prepare"], cwd=tmp_path,
+                           env=service_env(), capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
