@@ -1,11 +1,18 @@
-"""The framework comparison: one table of every framework's metrics with training time,
-throughput and NFE, the quality-against-NFE plot, and sample grids side by side; written to a
-report folder, logged to an MLflow run ``compare`` of the data set's experiment, and returned
-as markdown for a Prefect artifact.
+"""The comparison of a data set's runs (run keys: a framework, or framework-recipe).
+
+``reports/compare.md`` reads at a glance: first one line per run (framework, recipe, steps
+trained, sampler and NFE, the headline figure over its floor with its standard error, the raw
+figure beside its floor, NLL), then a verdict naming the differences larger than their errors
+and the runs not ranked against each other (measured differently), and the registry's champion
+with the versions it does not rank; then every metric, quality against NFE (each point over
+its floor at its own sample count), and the plots. Written to a report folder, logged to an
+MLflow run ``compare`` of the data set's experiment, and returned as markdown for a Prefect
+artifact.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,11 +23,19 @@ import numpy as np  # noqa: E402
 
 from diffusion_core.data.atomic import write_json, write_text  # noqa: E402
 from flows.config.params import Params  # noqa: E402
+from flows.config.recipes import split_run  # noqa: E402
 from flows.stages import plots  # noqa: E402
+from flows.tracking import registry  # noqa: E402
 from flows.tracking import runs as tracking  # noqa: E402
 
-COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fid", "kid", "precision", "recall", "class_coverage",
-           "swd", "swd_floor", "mmd", "off_support", "nn_ratio", "nll", "vlb_total")
+# the wide table, in this order; a column shows when some run has it
+COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fd_ratio_sem", "fid", "kid", "kid_floor", "precision",
+           "precision_floor", "recall", "recall_floor", "class_coverage", "swd", "swd_floor", "swd_ratio",
+           "swd_ratio_sem", "mmd", "mmd_floor", "off_support", "nn_ratio", "nll", "nll_sem", "vlb_total")
+# a figure and the flag saying it is within its floor
+WITHIN = {"fd_at_n": "fd_within_floor", "fd_ratio": "fd_within_floor", "kid": "kid_within_floor",
+          "precision": "precision_within_floor", "recall": "recall_within_floor",
+          "swd": "swd_within_floor_range", "swd_ratio": "swd_within_floor_range"}
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -32,20 +47,39 @@ def _read_json(path: Path, what: str) -> dict:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
-def framework_row(params: Params, framework: str) -> dict:
-    """One framework's figures: evaluation metrics, training time and throughput, NFE."""
-    metrics = _read_json(Path(params.evaluate.out_dir) / f"{framework}.json", "the evaluate stage")
-    model_dir = Path(params.train.out_dir) / framework
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def run_row(params: Params, key: str) -> dict:
+    """One run's figures from its files alone: evaluation metrics with the headline figure and
+    how it was measured, the model's framework and recipe, training steps, sampling speed."""
+    metrics = _read_json(Path(params.evaluate.out_dir) / f"{key}.json", "the evaluate stage")
+    model_dir = Path(params.train.out_dir) / key
     train = _read_json(model_dir / "train_summary.json", "the train stage")
-    sampling = _read_json(Path(params.sample.out_dir) / framework / "sampling.json", "the sample stage")
-    run = tracking.client().get_run(tracking.load_run_id(model_dir))
-    row = {"framework": framework, "sampler": metrics.get("sampler"), "nfe": metrics.get("nfe"),
+    sampling = _read_json(Path(params.sample.out_dir) / key / "sampling.json", "the sample stage")
+    config = json.loads((model_dir / "model.json").read_text()) if (model_dir / "model.json").is_file() else {}
+    figure = registry.headline(metrics) or {}
+    row = {"framework": key, "base_framework": config.get("framework", split_run(key)[0]),
+           "recipe": metrics.get("recipe") or config.get("recipe", "custom"),
+           "sampler": metrics.get("sampler"), "nfe": metrics.get("nfe"),
            "train_seconds": train.get("train_seconds"), "train_steps": train.get("steps"),
-           "stopped_by": train.get("stopped_by", "steps"),
-           "train_samples_per_s": run.data.metrics.get("samples_per_s"),
-           "sample_samples_per_s": sampling.get("samples_per_s"),
-           "num_samples": metrics.get("num_samples"), "run_id": run.info.run_id}
-    row.update({k: metrics[k] for k in COLUMNS if isinstance(metrics.get(k), (int, float))})
+           "planned_steps": train.get("planned_steps"), "stopped_by": train.get("stopped_by", "steps"),
+           "sample_samples_per_s": sampling.get("samples_per_s"), "num_samples": metrics.get("num_samples"),
+           "nll_unit": metrics.get("nll_unit"), "measured": registry.measurement_tags(metrics),
+           **{f"headline_{k}": v for k, v in figure.items()}}
+    row.update({k: metrics[k] for k in COLUMNS if _number(metrics.get(k))})
+    row.update({flag: metrics[flag] for flag in set(WITHIN.values()) if isinstance(metrics.get(flag), bool)})
+    if _number(metrics.get("fd_n")):
+        row["fd_n"] = metrics["fd_n"]
+    return row
+
+
+def framework_row(params: Params, key: str) -> dict:
+    """``run_row`` with the training throughput and run id of the key's MLflow run."""
+    row = run_row(params, key)
+    run = tracking.client().get_run(tracking.load_run_id(Path(params.train.out_dir) / key))
+    row.update(train_samples_per_s=run.data.metrics.get("samples_per_s"), run_id=run.info.run_id)
     return row
 
 
@@ -55,37 +89,150 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
-def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None) -> str:
-    """The report: the metrics table, then the quality-against-NFE table."""
+def _num(x: float) -> str:
+    """A difference or an error: two decimals, or two significant digits when smaller."""
+    return f"{x:.2f}" if abs(x) >= 0.05 else f"{x:.2g}"
+
+
+def _steps_cell(row: dict) -> str:
+    steps, planned = row.get("train_steps"), row.get("planned_steps")
+    text = _cell(steps) if planned in (None, steps) else f"{_cell(steps)} of {planned}"
+    return text + (" (stopped by time cap)" if row.get("stopped_by") == "time_limit" else "")
+
+
+def _headline_cell(row: dict) -> str:
+    if row.get("headline_value") is None:
+        return "-"
+    return registry.headline_text({k: row.get(f"headline_{k}") for k in ("label", "value", "se", "within_floor")})
+
+
+def _floor_cell(row: dict) -> str:
+    """The raw figure beside its floor, at the size they were measured."""
+    if "fd_at_n" in row and "fd_floor" in row:
+        return f"FD {row['fd_at_n']:.4g} vs floor {row['fd_floor']:.4g} (n={_cell(row.get('fd_n'))})"
+    if "swd" in row and "swd_floor" in row:
+        return f"SWD {row['swd']:.4g} vs floor {row['swd_floor']:.4g} (n={_cell(row.get('num_samples'))})"
+    return "-"
+
+
+def _nll_cell(row: dict) -> str:
+    if row.get("nll") is None:
+        return "-"
+    se = f" ± {row['nll_sem']:.2g}" if row.get("nll_sem") is not None else ""
+    return f"{row['nll']:.4g}{se} {row.get('nll_unit') or ''}".rstrip()
+
+
+def summary_table(rows: list[dict]) -> list[str]:
+    """The at-a-glance table: one line per run key."""
+    lines = ["| run | framework | recipe | steps trained | sampler (NFE) | headline ± SE (lower is better) "
+             "| figure vs floor | NLL |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["framework"], _cell(r.get("base_framework")), _cell(r.get("recipe")), _steps_cell(r),
+                 f"{_cell(r.get('sampler'))} ({_cell(r.get('nfe'))})", _headline_cell(r), _floor_cell(r),
+                 _nll_cell(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _comparable_groups(rows: list[dict]) -> list[list[dict]]:
+    """Rows with a headline figure, grouped by how it was measured (first-seen order)."""
+    groups: list[list[dict]] = []
+    for row in (r for r in rows if r.get("headline_value") is not None):
+        home = next((g for g in groups if registry.not_comparable(row["measured"], g[0]["measured"]) is None), None)
+        if home is None:
+            groups.append([row])
+        else:
+            home.append(row)
+    return groups
+
+
+def _group_verdict(group: list[dict]) -> list[str]:
+    """The best run of a group against each other: beats, or differs by less than the error."""
+    ordered = sorted(group, key=lambda r: r["headline_value"])
+    best, parts = ordered[0], []
+    for other in ordered[1:]:
+        diff = other["headline_value"] - best["headline_value"]
+        se = math.hypot(best.get("headline_se") or 0.0, other.get("headline_se") or 0.0)
+        size = f"{_num(diff)} ± {_num(se)} {best['headline_label']}"
+        parts.append(f"{best['framework']} beats {other['framework']} by {size}" if diff > se else
+                     f"{best['framework']} and {other['framework']} differ by less than their error ({size})")
+    return parts
+
+
+def verdict(rows: list[dict]) -> str:
+    """One line: which headline differences are larger than their combined standard error,
+    and which runs are not ranked against each other because they were measured differently."""
+    groups = _comparable_groups(rows)
+    parts = [p for g in groups for p in _group_verdict(g)]
+    for group in groups[1:]:
+        reason = registry.not_comparable(group[0]["measured"], groups[0][0]["measured"])
+        names = ", ".join(r["framework"] for r in group)
+        parts.append(f"{names} not ranked against {groups[0][0]['framework']}: {reason}")
+    if not parts:
+        return "Fewer than two runs have a headline figure: nothing to rank."
+    return "; ".join(parts) + "."
+
+
+def wide_table(rows: list[dict]) -> list[str]:
+    """Every metric of every run; a figure within its floor says so."""
     keys = ["sampler", "nfe"] + [k for k in COLUMNS if any(k in r for r in rows)] + [
         "train_steps", "stopped_by", "train_seconds", "train_samples_per_s", "sample_samples_per_s", "num_samples"]
-    lines = [f"# Framework comparison on `{dataset}`", "",
-             f"Champion (registry alias): `{champion}`" if champion else "No champion registered.", "",
-             "| framework | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {r['framework']} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows]
+    lines = ["| framework | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for r in rows:
+        cells = [_cell(r.get(k)) + (" (within floor)" if r.get(WITHIN.get(k, "")) is True else "") for k in keys]
+        lines.append(f"| {r['framework']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sweep_table(sweep: dict) -> list[str]:
+    """Quality against NFE: each point's figure over its floor at the point's sample count."""
+    lines = ["| run | sampler | steps | NFE | samples | metric | value | floor | value/floor |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, points in sweep.items():
+        for p in points:
+            ratio = "-" if p.get("ratio") is None else f"{p['ratio']:.3g}"
+            lines.append(f"| {key} | {p['sampler']} | {p.get('steps', '-')} | {p['nfe']} | "
+                         f"{_cell(p.get('num_samples'))} | {p['metric']} | {p['value']:.4g} | "
+                         f"{_cell(p.get('floor'))} | {ratio} |")
+    return lines
+
+
+def _registry_lines(champion: str | None, not_ranked) -> list[str]:
+    lines = [f"Champion (registry alias): `{champion}`" if champion else "No champion registered."]
+    if not_ranked:
+        lines += ["", "Registry versions not ranked against the newest (measured differently):", ""]
+        lines += [f"- `{v['name']}` version {v['version']}: {v['reason']}" for v in not_ranked]
+    return lines
+
+
+def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, not_ranked=()) -> str:
+    """The report: the at-a-glance table, the verdict and the champion, then every metric,
+    then quality against NFE and the figures."""
+    lines = [f"# Framework comparison on `{dataset}`", "", *summary_table(rows), "",
+             f"**Verdict:** {verdict(rows)}", "", *_registry_lines(champion, not_ranked), "",
+             "## Every metric", "", *wide_table(rows)]
     if sweep:
-        lines += ["", "## Quality against NFE", "", "| framework | sampler | steps | NFE | metric | value |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {fw} | {p['sampler']} | {p.get('steps', '-')} | {p['nfe']} | {p['metric']} | "
-                  f"{p['value']:.4g} |" for fw, points in sweep.items() for p in points]
+        lines += ["", "## Quality against NFE", "", *sweep_table(sweep)]
     lines += ["", "![quality against NFE](quality_vs_nfe.png)", "",
               "![samples side by side](samples_side_by_side.png)"]
     return "\n".join(lines) + "\n"
 
 
 def plot_quality_vs_nfe(sweep: dict, path: Path, title: str) -> None:
-    """One line per (framework, sampler): the quality metric against NFE (log scale)."""
+    """One line per (run, sampler): the figure over its floor against NFE (log scale), or the
+    raw figure when some point has no floor."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    metric = "quality"
-    for framework, points in sweep.items():
-        for sampler in sorted({p["sampler"] for p in points}):
-            chosen = sorted((p for p in points if p["sampler"] == sampler), key=lambda p: p["nfe"])
-            metric = chosen[0]["metric"]
-            ax.plot([p["nfe"] for p in chosen], [p["value"] for p in chosen], "o-",
-                    label=f"{framework} / {sampler}")
+    points = [p for pts in sweep.values() for p in pts]
+    over_floor = bool(points) and all(p.get("ratio") is not None for p in points)
+    metric = points[0]["metric"] if points else "quality"
+    for key, pts in sweep.items():
+        for sampler in sorted({p["sampler"] for p in pts}):
+            chosen = sorted((p for p in pts if p["sampler"] == sampler), key=lambda p: p["nfe"])
+            ax.plot([p["nfe"] for p in chosen], [p["ratio" if over_floor else "value"] for p in chosen],
+                    "o-", label=f"{key} / {sampler}")
     ax.set_xscale("log")
     ax.set_xlabel("NFE (network evaluations per sample)")
-    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.set_ylabel(f"{metric}/floor (1 = real data)" if over_floor else f"{metric} (lower is better)")
     ax.set_title(title)
     if sweep:
         ax.legend(fontsize=8)
@@ -117,31 +264,42 @@ def _sweep(params: Params, framework: str) -> list[dict]:
     return json.loads(path.read_text())["points"] if path.is_file() else []
 
 
+def _registry_view(dataset: str) -> tuple[str | None, list[dict]]:
+    """The champion's URI and the registry versions not ranked against the newest (with the
+    reason); (None, []) before anything is registered."""
+    try:
+        table = registry.ranking(dataset)
+    except ValueError:
+        return None, []
+    not_ranked = [{"name": v["name"], "version": v["version"], "reason": v["reason"]} for v in table["not_ranked"]]
+    try:
+        return registry.champion_uri(dataset), not_ranked
+    except ValueError:
+        return None, not_ranked
+
+
 def compare(params: Params, out_dir: str | Path = "reports") -> dict:
-    """Write the report for every framework of params.train.frameworks and log it to MLflow;
+    """Write the report for every run key of params.train.frameworks and log it to MLflow;
     every input is read (and checked) before anything is written."""
     from diffusion_core.data import shards
-    from flows.tracking.registry import champion_uri
 
     dataset = tracking.experiment_name(params.data.source)
-    rows = [framework_row(params, fw) for fw in params.train.frameworks]
-    sweep = {fw: points for fw in params.train.frameworks if (points := _sweep(params, fw))}
-    samples = {fw: np.load(Path(params.sample.out_dir) / fw / "samples.npz")["x"]
-               for fw in params.train.frameworks}
-    try:
-        champion = champion_uri(dataset)
-    except ValueError:
-        champion = None
+    keys = params.train.frameworks
+    rows = [framework_row(params, key) for key in keys]
+    sweep = {key: points for key in keys if (points := _sweep(params, key))}
+    samples = {key: np.load(Path(params.sample.out_dir) / key / "samples.npz")["x"] for key in keys}
+    champion, not_ranked = _registry_view(dataset)
     real, _ = shards.load_split(params.data.out_dir, "test")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_quality_vs_nfe(sweep, out / "quality_vs_nfe.png", f"{dataset}: quality against cost")
     plot_side_by_side(samples, real, out / "samples_side_by_side.png")
-    report = markdown(dataset, rows, sweep, champion)
+    report = markdown(dataset, rows, sweep, champion, not_ranked)
     write_text(out / "compare.md", report)
-    summary = {"dataset": dataset, "rows": rows, "quality_vs_nfe": sweep, "champion": champion}
+    summary = {"dataset": dataset, "rows": rows, "verdict": verdict(rows), "quality_vs_nfe": sweep,
+               "champion": champion, "not_ranked": not_ranked}
     write_json(out / "compare.json", summary)
-    run_id = tracking.start_run(dataset, "compare", {"frameworks": list(params.train.frameworks)},
+    run_id = tracking.start_run(dataset, "compare", {"frameworks": list(keys)},
                                 {"kind": "compare", "dataset": params.data.source})
     tracking.log_metrics(run_id, {f"{r['framework']}_{k}": v for r in rows for k, v in r.items()})
     tracking.log_artifacts(run_id, out, "report")

@@ -1,5 +1,6 @@
 """The evaluate stage: sample quality against held-out data, each figure beside its noise floor
-(the same statistic between two independent real sets of the same size)."""
+(the same statistic between two independent real sets of the same size), and how it was made
+(sample count, reference split and size, feature extractor hash, sampler, NFE, seed, recipe)."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,12 @@ import numpy as np
 from diffusion_core.data import shards, toys
 from diffusion_core.data.atomic import write_json
 from diffusion_core.evaluation import metrics
+from diffusion_core.evaluation.fd_estimators import ratio_sem
 from flows.config.params import Params
 from flows.stages import image_eval, nfe_sweep
 from flows.stages.likelihood_eval import nll_metrics
 from flows.tracking import runs as tracking
+from flows.tracking.registry import headline, headline_text, measurement
 
 
 def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8) -> list[float]:
@@ -31,14 +34,16 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
     floors = _swd_floors(train, test, n, proj, seed)
     out = {
         "swd": metrics.sliced_wasserstein(samples, test, proj, seed),
-        "swd_floor": float(np.mean(floors)), "swd_floor_max": float(np.max(floors)),
-        "swd_floor_draws": len(floors),
+        "swd_floor": float(np.mean(floors)), "swd_floor_min": float(np.min(floors)),
+        "swd_floor_max": float(np.max(floors)), "swd_floor_draws": len(floors),
         "mmd": metrics.mmd_rbf(samples, test),
         "mmd_floor": metrics.subset_statistics(metrics.mmd_rbf, train, test, n, 1, seed)[0],
-        "num_samples": n, "reference_split": "test", "floor_split": "train subsets vs test",
-        "feature_extractor": "none (raw coordinates)",
+        "num_samples": n, "num_reference": n, "reference_split": "test",
+        "floor_split": "train subsets vs test", "feature_extractor": "none (raw coordinates)",
+        "feature_extractor_sha256": None,
     }
     out["swd_ratio"] = out["swd"] / out["swd_floor"]
+    out["swd_ratio_sem"] = ratio_sem(None, floors)  # one draw of n: the floor draws' spread
     out["swd_within_floor_range"] = out["swd"] <= out["swd_floor_max"]
     toy = source.split(":", 1)[1] if source.startswith("toy:") else None
     if toy in ("checkerboard", "gmm8"):
@@ -55,7 +60,42 @@ def image_metrics(params: Params, sample_dir: Path) -> dict:
     return image_eval.image_fidelity(sample_dir / "shards", params.data.out_dir, params.classifier.out_dir,
                                      keep=e.max_pairwise, num_workers=e.num_workers,
                                      cpus_per_worker=e.cpus_per_worker, seed=e.seed, pr_k=e.pr_k,
-                                     inception_weights=e.inception_weights)
+                                     inception_weights=e.inception_weights,
+                                     floor_sizes=(e.nfe_sweep_samples,) if e.nfe_sweep else ())
+
+
+def _sweep_floor(params: Params, metric: str, n: int, result: dict) -> float | None:
+    """The floor of a sweep figure measured on n samples: FD's from the image metrics
+    (``fd_floor_by_n``), SWD's from train draws of n against the test split; None when the
+    train split holds fewer than n."""
+    if metric == "fd":
+        return result.get("fd_floor_by_n", {}).get(str(n))
+    train, _ = shards.load_split(params.data.out_dir, "train")
+    if len(train) < n:
+        return None
+    test, _ = shards.load_split(params.data.out_dir, "test")
+    e = params.evaluate
+    return float(np.mean(_swd_floors(train, test, n, e.swd_projections, e.seed)))
+
+
+def with_sweep_floors(params: Params, sweep: list[dict], result: dict, recipe: str) -> list[dict]:
+    """Each NFE sweep record with the run's recipe, its figure's floor at its own sample
+    count and the figure over that floor (``floor``, ``ratio``): a few hundred samples' FD is
+    far above the evaluate stage's, and only its ratio to the floor at that size reads."""
+    floors = {}
+    for record in sweep:
+        key = (record["metric"], int(record["num_samples"]))
+        if key not in floors:
+            floors[key] = _sweep_floor(params, *key, result)
+        floor = floors[key]
+        record.update(recipe=recipe, floor=floor, ratio=record["value"] / floor if floor else None)
+    return sweep
+
+
+def _recipe(params: Params, framework: str) -> str:
+    """The run's recipe from its model config (``custom`` for a config without one)."""
+    path = Path(params.train.out_dir) / framework / "model.json"
+    return json.loads(path.read_text()).get("recipe", "custom") if path.is_file() else "custom"
 
 
 def _check_samples(sample_dir: Path, params: Params) -> dict:
@@ -76,11 +116,15 @@ def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict
     write_json(path, result)
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
     tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in result.items()})
+    figure = headline(result)
+    if figure is not None:
+        tracking.set_tags(run_id, {"headline": headline_text(figure), "measurement": measurement(result)})
     tracking.log_artifacts(run_id, path, "metrics")
     if sweep:
         sweep_path = nfe_sweep.save(sweep, framework, out)
         for point in sweep:
-            tracking.log_metrics(run_id, {f"nfe_sweep_{point['sampler']}_{point['metric']}": point["value"]},
+            name = f"nfe_sweep_{point['sampler']}_{point['metric']}"
+            tracking.log_metrics(run_id, {name: point["value"], f"{name}_ratio": point.get("ratio")},
                                  step=int(point["nfe"]))
         tracking.log_artifacts(run_id, sweep_path, "metrics")
         tracking.log_artifacts(run_id, out / f"{framework}_nfe.png", "metrics")
@@ -101,10 +145,12 @@ def evaluate(params: Params, framework: str) -> dict:
         result = vector_metrics(samples, test, train, params, params.data.source)
     else:
         result = image_metrics(params, sample_dir)
-    result.update(framework=framework, sampler=sampling["sampler"], nfe=sampling["nfe"],
+    recipe = _recipe(params, framework)
+    result.update(framework=framework, recipe=recipe, sampler=sampling["sampler"], nfe=sampling["nfe"],
                   seed=sampling["seed"], dataset=params.data.source)
     result.update(nll_metrics(params, framework, shards.load_split(params.data.out_dir, "test")[0]))
     sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []
+    sweep = with_sweep_floors(params, sweep, result, recipe)
     _save_and_log(params, framework, result, sweep)
     print(f"evaluate {framework}: " + ", ".join(
         f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))

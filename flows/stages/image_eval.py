@@ -2,8 +2,9 @@
 weights are given), KID, precision/recall, class coverage and the memorization check.
 
 Every figure records how it was made: sample counts, reference split, feature extractor and
-its sha256. The Fréchet statistics are merged per shard; the pairwise metrics use the first
-``keep`` samples of each split.
+its sha256; FD, KID and precision/recall sit beside their floors (train subsets against the
+test split at the same size). The Fréchet statistics are merged per shard; the pairwise
+metrics use the first ``keep`` samples of each split.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_core.evaluation import fidelity, metrics
-from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws
+from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws, ratio_sem
 from diffusion_core.features.inception import (
     WEIGHTS_ENV,
     load_inception,
@@ -38,9 +39,12 @@ def _check_samples(samples_dir) -> None:
         raise ValueError(f"{samples_dir}: samples must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
 
 
-def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
+PR_DRAWS = 4  # subsets of the samples (and of train, for the floor) behind precision/recall
+
+
+def _fd_block(fake, test, train, seed: int) -> dict:
     """FD of all samples, and of test-sized draws of them beside the floor (mean and range
-    over train draws of that size), KID and precision/recall in one feature space."""
+    over train draws of that size); their ratio with its standard error (the headline)."""
     n = min(len(test.kept_features), len(fake.kept_features), len(train.kept_features))
     floors = fd_draws(train.kept_features, test.kept_features, n, seed)
     at_n = fd_draws(fake.kept_features, test.kept_features, n, seed)
@@ -52,10 +56,28 @@ def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
            "fd_train_resampled": float(np.mean(fd_draws(train.kept_features, test.kept_features,
                                                          n, seed, replace=True)))}
     out["fd_ratio"] = out["fd_at_n"] / out["fd_floor"]
+    out["fd_ratio_sem"] = ratio_sem(out["fd_at_n_sem"], floors)
+    out["fd_within_floor"] = out["fd_at_n"] <= out["fd_floor_max"]
     out["fd_train_resampled_ratio"] = out["fd_train_resampled"] / out["fd_floor"]
-    out.update(fidelity.kernel_inception_distance(test.kept_features, fake.kept_features, seed=seed))
-    out.update(fidelity.precision_recall(test.kept_features, fake.kept_features, k=pr_k))
     return out
+
+
+def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
+    """FD, KID and precision/recall in one feature space, each beside its floor (the same
+    statistic between train subsets and the test split, at the same size)."""
+    out = _fd_block(fake, test, train, seed)
+    out.update(fidelity.kid_with_floor(test.kept_features, fake.kept_features, train.kept_features, seed=seed))
+    out.update(fidelity.precision_recall_with_floor(test.kept_features, fake.kept_features, train.kept_features,
+                                                    k=pr_k, draws=PR_DRAWS, seed=seed))
+    return out
+
+
+def fd_floors_at(train, test, sizes, seed: int) -> dict:
+    """The FD floor (mean over train draws) at each of ``sizes`` that the train features can
+    fill, keyed by the size as a string (JSON): for figures measured on other sample counts,
+    such as the NFE sweep's."""
+    return {str(n): float(np.mean(fd_draws(train.kept_features, test.kept_features, int(n), seed)))
+            for n in sorted(set(sizes)) if 2 <= int(n) <= len(train.kept_features)}
 
 
 def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: float) -> dict:
@@ -72,9 +94,10 @@ def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: floa
 
 def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num_workers: int = 2,
                    cpus_per_worker: float = 1.0, seed: int = 0, pr_k: int = 3,
-                   inception_weights: str | None = None) -> dict:
+                   inception_weights: str | None = None, floor_sizes=()) -> dict:
     """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
-    the held-out ``test`` split, with floors from the ``train`` split."""
+    the held-out ``test`` split, with floors from the ``train`` split; ``fd_floor_by_n`` holds
+    the FD floor at each of ``floor_sizes`` too."""
     # absolute paths: Ray actors may run in another working directory than the driver
     samples_dir, data_dir, classifier_dir = (Path(p).resolve() for p in (samples_dir, data_dir, classifier_dir))
     summary = json.loads((classifier_dir / "classifier_metrics.json").read_text())
@@ -90,6 +113,7 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
                         cpus_per_worker, n_classes)
     fake, test, train = found["samples"], found["test"], found["train"]
     out = _fidelity_block(fake, test, train, seed, pr_k)
+    out["fd_floor_by_n"] = fd_floors_at(train, test, floor_sizes, seed)
     coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
     out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],
                class_histogram=coverage["class_histogram"])

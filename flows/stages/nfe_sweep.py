@@ -76,6 +76,7 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
         records.append({"sampler": settings["name"], "steps": settings.get("steps", settings.get("steps_per_sigma")), "settings": settings,
                         "nfe": nfe, "metric": metric, "value": value, "num_samples": len(x),
                         "seed": params.sample.seed, "reference_split": "test",
+                        "num_reference": len(quality.test),
                         "feature_extractor_sha256": quality.extractor_sha256})
     shutil.rmtree(_scratch(params, framework))
     return records
@@ -88,18 +89,22 @@ def _scratch(params: Params, framework: str) -> Path:
 
 
 def save(records: list[dict], framework: str, out_dir) -> Path:
-    """metrics/<framework>_nfe.json and a plot of the metric against NFE per sampler."""
+    """metrics/<framework>_nfe.json and a plot per sampler of the figure against NFE: over its
+    floor when every record carries one (``ratio``, set by the evaluate stage), else raw."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{framework}_nfe.json"
     write_json(path, {"framework": framework, "points": records})
+    over_floor = bool(records) and all(r.get("ratio") is not None for r in records)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for sampler in sorted({r["sampler"] for r in records}):
         chosen = sorted((r for r in records if r["sampler"] == sampler), key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in chosen], [r["value"] for r in chosen], "o-", label=sampler)
+        ax.plot([r["nfe"] for r in chosen], [r["ratio" if over_floor else "value"] for r in chosen],
+                "o-", label=sampler)
+    metric = records[0]["metric"] if records else "quality"
     ax.set_xscale("log")
     ax.set_xlabel("NFE")
-    ax.set_ylabel(f"{records[0]['metric'] if records else 'quality'} (lower is better)")
+    ax.set_ylabel(f"{metric}/floor (1 = real data)" if over_floor else f"{metric} (lower is better)")
     ax.set_title(f"{framework}: quality against NFE")
     ax.legend()
     fig.tight_layout()

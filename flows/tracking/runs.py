@@ -15,6 +15,10 @@ from diffusion_core.data.atomic import write_json
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_FILE = "mlflow_run.json"
+# The experiment tag MLflow 3's UI reads and writes for an experiment's type (its "Machine
+# learning" / "GenAI apps & agents" selector): mlflow/server/js (setExperimentTag with key
+# "mlflow.experimentKind"; values "custom_model_development", "genai_development").
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def tracking_uri() -> str:
@@ -73,17 +77,26 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
-    """Create a run (before any training starts) and return its id."""
-    mlflow_client = client()
+def experiment_id(mlflow_client, experiment: str) -> str:
+    """The id of the data set's experiment, created when missing, and tagged as a model-training
+    experiment (EXPERIMENT_KIND) when it is created and when an existing one lacks the tag: MLflow 3
+    opens an experiment of no kind on its GenAI traces overview, which is empty here. A kind
+    someone chose for the experiment is kept."""
+    key, kind = EXPERIMENT_KIND
     found = mlflow_client.get_experiment_by_name(experiment)
-    if found:
-        experiment_id = found.experiment_id
-    else:  # a local store keeps its artifacts beside the database
+    if found is None:  # a local store keeps its artifacts beside the database
         local = "MLFLOW_TRACKING_URI" not in os.environ
         location = Path("mlartifacts").resolve().as_uri() if local else None
-        experiment_id = mlflow_client.create_experiment(experiment, artifact_location=location)
-    run = mlflow_client.create_run(experiment_id, run_name=run_name,
+        return mlflow_client.create_experiment(experiment, artifact_location=location, tags={key: kind})
+    if key not in found.tags:
+        mlflow_client.set_experiment_tag(found.experiment_id, key, kind)
+    return found.experiment_id
+
+
+def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
+    """Create a run (before any training starts) in the data set's experiment and return its id."""
+    mlflow_client = client()
+    run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=run_name,
                                    tags={**tags, "git_commit": git_commit()})
     flat = _flatten(params)
     for start in range(0, len(flat), 100):  # MLflow caps a batch at 100 params
