@@ -125,5 +125,10 @@ class DiffusionModel:
             raise FileNotFoundError(f"no model.json in {directory}")
         model = cls(json.loads((directory / "model.json").read_text()))
         weights = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-        model.denoiser.net.load_state_dict(weights)
+        try:
+            model.denoiser.net.load_state_dict(weights)
+        except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+            network = model.config["network"]
+            raise ValueError(f"{directory / 'weights.pt'} does not fit the network of its "
+                             f"model.json ({network}): {err}") from err
         return model

@@ -19,7 +19,6 @@ import json
 import math
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -30,15 +29,9 @@ from mlflow.types.schema import ParamSchema, ParamSpec
 import diffusion_core
 import flows
 from diffusion_core.data import shards
-from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.samplers.registry import SAMPLER_SETTINGS
-from flows.config.params import Params, as_dict, parse_params
-from flows.config.sampling import draw_samples, params_with_sampler, sample_seeds
+from flows.config.params import Params, as_dict
 from flows.tracking import runs as tracking
-
-# predict takes no input data (params say what to draw), so MLflow's schema validation, which
-# a type hint would switch on, has nothing to check: silence its advice to add one.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+from flows.tracking import sampler_model
 
 ALIAS = "champion"
 ARTIFACT = "sampler"
@@ -49,35 +42,6 @@ HEADLINES = {"image": ("fd_ratio", "fd_ratio_sem", "FD/floor", "fd_within_floor"
 # what makes two figures comparable, as (metrics key, name in a report)
 MEASURED_BY = (("feature_extractor_sha256", "feature extractor"), ("reference_split", "reference split"),
                ("num_reference", "reference size"), ("num_samples", "sample count"))
-
-
-class SamplerModel(mlflow.pyfunc.PythonModel):
-    """pyfunc flavour of a trained framework: predict draws samples."""
-
-    def load_context(self, context):
-        self.spec = json.loads(Path(context.artifacts["spec"]).read_text())
-        self.model = DiffusionModel.load(Path(context.artifacts["model_dir"]))
-
-    def predict(self, context, model_input, params=None):
-        spec, p = self.spec, {**self.spec["defaults"], **(params or {})}
-        for key in ("num_samples", "steps"):
-            if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
-                raise ValueError(f"{key} must be a positive integer, got {p[key]!r}")
-        run_params = _with_sampler(spec, p["sampler"], p["steps"], p["seed"])
-        seeds = sample_seeds(run_params, 0, p["num_samples"])
-        x, _ = draw_samples(run_params, spec["framework"], self.model, seeds, spec["kind"],
-                            tuple(spec["shape"]))
-        return x
-
-
-def _with_sampler(spec: dict, sampler: str, steps: int, seed: int) -> Params:
-    """The stored params with sample.seed and the framework's sampler replaced: the stored
-    settings when the sampler is the trained default, else the named sampler's defaults;
-    ``steps`` applies to samplers that take steps."""
-    settings = dict(spec["sampler"]) if sampler == spec["sampler"]["name"] else {"name": sampler}
-    if "steps" in SAMPLER_SETTINGS.get(sampler, {}):
-        settings["steps"] = int(steps)
-    return params_with_sampler(parse_params(spec["params"]), spec["framework"], settings, seed)
 
 
 def registered_name(params: Params, framework: str) -> str:
@@ -214,11 +178,12 @@ def _save_pyfunc(params: Params, framework: str, model_dir: Path, meta: dict, ou
     sampler = params.framework(framework).sampler
     spec = {"params": as_dict(params), "framework": framework, "kind": meta["kind"],
             "shape": list(meta["shape"]), "sampler": sampler,
+            "network": json.loads((model_dir / "model.json").read_text())["network"],
             "defaults": {"num_samples": 16, "seed": params.sample.seed, "sampler": sampler["name"],
                          "steps": int(sampler.get("steps", 1000))}}
     (staging / "spec.json").write_text(json.dumps(spec, indent=2))
     mlflow.pyfunc.save_model(
-        str(out), python_model=SamplerModel(),
+        str(out), python_model=sampler_model.__file__,  # models from code: no pickle
         artifacts={"model_dir": str(staging / "model"), "spec": str(staging / "spec.json")},
         signature=_signature(sampler, params.sample.seed),
         code_paths=[str(Path(diffusion_core.__file__).parent), str(Path(flows.__file__).parent)],
