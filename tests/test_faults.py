@@ -127,3 +127,43 @@ def test_two_pipelines_at_once_the_second_is_refused(tmp_path):
     third = subprocess.run([sys.executable, "-m", "flows.entry.cli", "prepare"], cwd=tmp_path,
                            env=service_env(), capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr
+
+
+@pytest.mark.slow
+def test_metrics_logged_while_the_mlflow_server_is_away_arrive_once_it_is_back(tmp_path, monkeypatch):
+    """Training logs through a MetricLog: with the server stopped, a log returns at once and
+    keeps its metrics; once the server is back (same store, same port) they all arrive; what
+    never arrives is counted."""
+    import time
+
+    from flows.tracking import runs
+    from tests.test_services import BIN, free_port, service_env, start, stop, wait_http
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", port, "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--artifacts-destination", tmp_path / "art"]
+    server = start(command, tmp_path / "server.log", service_env())
+    wait_http(f"{uri}/health", server, tmp_path / "server.log", timeout_s=180)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = runs.start_run("outage", "train", {}, {})
+    log = runs.MetricLog(run_id)
+    log.log({"loss": 1.0}, step=1)
+    stop(server)
+    began = time.monotonic()
+    for step in (2, 3):
+        log.log({"loss": float(step)}, step=step)  # the server is away: kept, not raised
+    assert time.monotonic() - began < 30 and len(log.pending) == 2 and log.last_error
+    server = start(command, tmp_path / "server.log", service_env())
+    try:
+        wait_http(f"{uri}/health", server, tmp_path / "server.log", timeout_s=180)
+        log.log({"loss": 4.0}, step=4)
+        assert log.close() == 0
+        history = runs.client().get_metric_history(run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    finally:
+        stop(server)
+    lost = runs.MetricLog(run_id)
+    lost.log({"loss": 5.0}, step=5)
+    assert lost.close() == 1  # the server never came back for this one: counted as lost

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from diffusion_core.data.atomic import write_json
@@ -118,16 +119,53 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
-    import time
-
+def _metric_batch(metrics: dict, step: int | None) -> list:
     from mlflow.entities import Metric
 
     stamp = int(time.time() * 1000)
-    batch = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
+    batch = _metric_batch(metrics, step)
     if batch:
         client().log_batch(run_id, metrics=batch)
+
+
+# MLflow's own client retries a failed request for minutes; a metric log that may wait for the
+# next one fails fast instead.
+QUICK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch
+
+
+class MetricLog:
+    """The metrics of a long run, sent through a tracking server that may be away for a while:
+    what fails to send is kept and sent with the next batch, so training never waits on MLflow
+    and nothing is lost once the server is back. `close` tries a last time and returns how many
+    metrics never arrived (the run reports them as lost)."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.pending, self.last_error = run_id, [], None
+        for key, value in QUICK_REQUESTS.items():
+            os.environ.setdefault(key, value)
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        self.pending += _metric_batch(metrics, step)
+        self._send()
+
+    def _send(self) -> None:
+        try:
+            while self.pending:
+                client().log_batch(self.run_id, metrics=self.pending[:MAX_BATCH])
+                self.pending = self.pending[MAX_BATCH:]
+        except Exception as err:  # server away: connection, HTTP or MLflow errors alike
+            _answered.discard(tracking_uri())  # probe it again next time
+            self.last_error = f"{type(err).__name__}: {err}"
+
+    def close(self) -> int:
+        self._send()
+        return len(self.pending)
 
 
 def log_artifacts(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
