@@ -107,14 +107,28 @@ def test_vp_ancestral_step_is_ddpm_mean_and_ve_steps_share_ncsn_mean():
     torch.testing.assert_close(r, a)
 
 
-def test_langevin_step_size_hits_the_target_snr():
-    """||e s|| / ||sqrt(2e) z|| = snr on VE (alpha = 1), with norms averaged over the batch."""
+def test_langevin_step_size_is_set_by_the_noise_level():
+    """e = 2 a (snr sigma_t)^2 for every sample, whatever its batch (a = 1 on VE, 1 - beta_i on
+    VP); on a point mass's noisy marginal, where the Fisher bound |s|^2 ~ d / sigma^2 is tight,
+    each sample's ||e s|| / ||sqrt(2e) z|| is snr to within chi-square spread."""
     g = torch.Generator().manual_seed(1)
-    x, s, z = (torch.randn(64, 4, generator=g, dtype=F64) for _ in range(3))
-    new, mean = S.langevin(lambda x_, t_: s, VESDE(), x, torch.full((64,), 0.5, dtype=F64), 0.16, z)
-    signal = (mean - x).norm(dim=1).mean()
-    noise = (new - mean).norm(dim=1).mean()
-    assert float(signal / noise) == pytest.approx(0.16, rel=1e-10)
+    for sde, t in ((VESDE(), 0.5), (VPSDE(), 0.3005)):
+        sigma = float(sde.alpha_sigma(torch.tensor(t, dtype=F64))[1])
+        x, z = sigma * torch.randn(64, 400, generator=g, dtype=F64), torch.randn(64, 400, generator=g, dtype=F64)
+
+        def score_fn(x_, t_, sigma=sigma):  # the data is the point 0
+            return -x_ / sigma**2
+
+        times = torch.full((64,), t, dtype=F64)
+        new, mean = S.langevin(score_fn, sde, x, times, 0.16, z)
+        a = 1 - float(sde.discrete_betas[300]) if isinstance(sde, VPSDE) else 1.0
+        step = 2 * a * (0.16 * sigma) ** 2
+        torch.testing.assert_close(mean, x + step * score_fn(x, t))
+        torch.testing.assert_close(new, mean + (2 * step) ** 0.5 * z)
+        ratio = (mean - x).norm(dim=1) / (new - mean).norm(dim=1)
+        assert float((ratio / 0.16 - 1).abs().max()) < 0.25 and abs(float(ratio.mean()) - 0.16) < 0.005
+        alone, _ = S.langevin(score_fn, sde, x[3:4], times[3:4], 0.16, z[3:4])
+        torch.testing.assert_close(alone, new[3:4], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- samplers

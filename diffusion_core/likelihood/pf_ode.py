@@ -5,7 +5,8 @@ variables (Chen et al., 2018) gives d log p_t(x_t) / dt = -div v(x_t, t), so
 
     log p_eps(x) = log p_T(x_T) + int_eps^T div v(x_t, t) dt,
 
-integrated jointly with x_t from t_eps to T by scipy's adaptive RK45. The divergence is exact
+integrated jointly with x_t from t_eps to T by adaptive RK45 with per-sample step-size and error
+control (`samplers.sde.rk45_solve`), so example i's value does not depend on its batch. The divergence is exact
 (one backward pass per dimension; for low dimension) or the Hutchinson-Skilling estimate
 E[z^T (dv/dx) z] with Gaussian or Rademacher probes z held fixed during a solve (Grathwohl et
 al., 2019, FFJORD). Several probes give several unbiased estimates along the same trajectory,
@@ -17,11 +18,10 @@ import math
 from typing import NamedTuple
 
 import torch
-from scipy.integrate import solve_ivp
 
 from diffusion_core.processes.sde import SDE
-from diffusion_core.samplers.sde import check_tolerances
-from diffusion_core.tensors import batch_of, sum_except_batch
+from diffusion_core.samplers.sde import check_tolerances, rk45_solve
+from diffusion_core.tensors import sum_except_batch
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("gaussian", "rademacher")
@@ -95,25 +95,21 @@ def log_likelihood(score_fn, sde: SDE, x: torch.Tensor, divergence: str = "hutch
         probes = draw_probes(shape, k, probe, generator, dtype).to(device)
     reverse = sde.reverse(score_fn, probability_flow=True)
     drift = lambda state, t: reverse.sde(state, t)[0]  # noqa: E731
-    size = x.numel()
+    size = x[0].numel()
 
-    def fun(t, y):
-        state = torch.as_tensor(y[:size], device=device).to(dtype).reshape(shape)
-        v, div = estimate(drift, state, batch_of(t, state), probes)
-        return torch.cat([v.flatten(), div.flatten()]).double().cpu().numpy()
+    def fun(t, y):  # y = (x_t flattened, the k running divergence integrals) per example
+        v, div = estimate(drift, y[:, :size].to(dtype).reshape(shape), t, probes)
+        return torch.cat([v.flatten(1), div.T], dim=1).double()
 
-    y0 = torch.cat([x.detach().flatten().double().cpu(),
-                    torch.zeros(k * batch, dtype=torch.float64)])
-    sol = solve_ivp(fun, (t_eps, sde.T), y0.numpy(), method="RK45", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"RK45 failed: {sol.message}")
-    end = torch.as_tensor(sol.y[:, -1])
-    latent = end[:size].to(device=device, dtype=dtype).reshape(shape)
-    delta = end[size:].reshape(k, batch)
+    y0 = torch.cat([x.detach().flatten(1).double(), torch.zeros(batch, k, dtype=torch.float64,
+                                                                 device=device)], dim=1)
+    end, nfe = rk45_solve(fun, y0, t_eps, sde.T, rtol, atol)
+    latent = end[:, :size].to(dtype).reshape(shape)
+    delta = end[:, size:].T.cpu()
     logps = sde.prior_logp(latent.double().cpu())[None] + delta
     stderr = torch.zeros(batch, dtype=torch.float64) if divergence == "exact" else (
         logps.std(dim=0) / math.sqrt(k) if k > 1 else torch.full((batch,), float("nan")))
-    return Likelihood(logps.mean(dim=0), latent, int(sol.nfev), stderr)
+    return Likelihood(logps.mean(dim=0), latent, nfe, stderr)
 
 
 # --------------------------------------------------------------------------- bits per dimension

@@ -6,6 +6,7 @@ denoiser, the losses and the samplers rely on; `alpha_sigma` exposes it.
 """
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 
@@ -62,8 +63,25 @@ class SDE(ABC):
         """The constructor arguments that rebuild this process."""
 
     def with_steps(self, N: int) -> "SDE":
-        """The same continuous process with an N-step discretization (a coarser ladder)."""
+        """The process as configured with N steps: for VP, DDPM's own formula at that N."""
         return type(self)(**{**self.arguments(), "N": int(N)})
+
+    def ladder(self, steps: int) -> SDE:
+        """This process discretized on `steps` rungs for the ladder predictors (reverse diffusion,
+        ancestral): its own discretization at steps == N, else a coarser one whose every rung
+        carries the continuous marginal's noise level at its time (`ladder_times`)."""
+        if not 2 <= int(steps) <= self.N:
+            raise ValueError(f"steps: a ladder predictor walks a coarsening of the process's "
+                             f"N = {self.N} rungs, so steps must lie in [2, {self.N}], got {steps}")
+        return self if int(steps) == self.N else self._coarser(int(steps))
+
+    def _coarser(self, steps: int) -> SDE:
+        return self.with_steps(steps)
+
+    def rung_alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha and sigma that the discretization assumes at the rung t falls on; the
+        continuous marginal's for the generic (Euler-Maruyama) discretization."""
+        return self.alpha_sigma(t)
 
     def ladder_times(self) -> torch.Tensor:
         """The times t_i = (i + 1) T / N of the N rungs of the discretization, from T down."""
@@ -107,10 +125,15 @@ class VPSDE(SDE):
     schedule "linear": beta(t) = beta_min + t (beta_max - beta_min); its discretization with
     N = 1000 is DDPM's beta = linspace(1e-4, 0.02) (Ho et al., 2020).
     schedule "cosine": alpha_bar(t) = cos^2(((t + s)/(1 + s)) pi/2) / cos^2(s/(1 + s) pi/2)
-    (Nichol & Dhariwal, 2021, eq. 17); the discrete betas are clipped at 0.999 as in the paper.
+    (Nichol & Dhariwal, 2021, eq. 17), whose beta is infinite at t = 1, up to a clip time t_c
+    inside the chain's last step, then a constant beta_c: t_c makes the process lose over that
+    step exactly the log 1000 of the paper's clipped beta 0.999, so the N-step chain is the
+    paper's with every rung on the continuous marginal, and all is finite on [0, 1].
     """
 
+    kind = "vp"
     COSINE_OFFSET = 0.008
+    COSINE_BETA_CLIP = 0.999
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
                  schedule: str = "linear"):
@@ -122,35 +145,82 @@ class VPSDE(SDE):
         if beta_max / N >= 1:
             raise ValueError(f"beta_max / N must lie in (0, 1), got {beta_max / N}")
         self.beta_min, self.beta_max, self.schedule = float(beta_min), float(beta_max), schedule
+        if schedule == "cosine":
+            self.clip_time = self.T - self._cosine_clip_angle() * 2 * (1 + self.COSINE_OFFSET) / math.pi
+            clip = torch.tensor(self.clip_time, dtype=torch.float64)
+            self.clip_beta = float(self._cosine_beta(clip))
+            self.clip_log_alpha_bar = float(self._cosine_log_alpha_bar(clip))
         self.discrete_betas = self._discrete_betas()
 
     def arguments(self) -> dict:
         return dict(beta_min=self.beta_min, beta_max=self.beta_max, N=self.N, schedule=self.schedule)
 
     def _discrete_betas(self) -> torch.Tensor:
-        if self.schedule == "linear":
+        if self.schedule == "linear":  # DDPM's own chain, which models trained on it expect
             return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N,
                                   dtype=torch.float64)
-        t = torch.arange(self.N + 1, dtype=torch.float64) / self.N
-        alpha_bar = self._cosine_alpha_bar(t)
-        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+        # the paper's clipped chain; the clip only rounds, t_c is solved to hit it exactly
+        return self.marginal_betas(self.N).clamp(max=self.COSINE_BETA_CLIP)
 
-    def _cosine_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        s = self.COSINE_OFFSET
-        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-        return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    def marginal_betas(self, steps: int) -> torch.Tensor:
+        """beta_i = 1 - alpha_bar(t_i) / alpha_bar(t_{i-1}) on t_i = i T / steps: the chain whose
+        alpha_bar_i is the continuous alpha(t_i)^2 (DDIM's sub-chain, Song et al., 2021a)."""
+        log_alpha_bar = 2 * self.log_alpha(torch.arange(steps + 1, dtype=torch.float64) * self.T / steps)
+        return -torch.expm1(log_alpha_bar[1:] - log_alpha_bar[:-1])
+
+    def _coarser(self, steps: int) -> VPSDE:
+        """The chain of the continuous marginals on `steps` rungs (at steps == N `ladder` keeps
+        the process's own chain: the linear schedule's DDPM betas, which its models were trained
+        on, sit up to ~5% off the marginals). A copy, not VPSDE(N=steps): the fine chain's
+        formula at a coarse N is 2.4x off the marginal at the top of 50 rungs."""
+        coarse = copy.copy(self)
+        coarse.N, coarse.discrete_betas = steps, self.marginal_betas(steps)
+        return coarse
+
+    def rung_alpha_sigma(self, t):
+        """The chain's own alpha_bar_i = prod_{j <= i} (1 - beta_j) at the rung t falls on."""
+        index = self.timestep_index(torch.as_tensor(t)).cpu()
+        log_alpha_bar = torch.cumsum(torch.log1p(-self.discrete_betas), 0)[index]
+        return torch.exp(0.5 * log_alpha_bar), torch.sqrt(-torch.expm1(log_alpha_bar))
+
+    def _cosine_angle_left(self, t):
+        """v = pi/2 - u = (1 - t) / (1 + s) pi / 2: cos u = sin v stays accurate near t = 1."""
+        return (self.T - t) / (1 + self.COSINE_OFFSET) * (math.pi / 2)
+
+    def _cosine_log_alpha_bar(self, t):
+        start = math.cos(self.COSINE_OFFSET / (1 + self.COSINE_OFFSET) * math.pi / 2)
+        return 2 * torch.log(torch.sin(self._cosine_angle_left(t)) / start)
+
+    def _cosine_beta(self, t):
+        """-d log alpha_bar / dt = pi / (1 + s) tan(u) = pi / (1 + s) / tan(v)."""
+        return math.pi / (1 + self.COSINE_OFFSET) / torch.tan(self._cosine_angle_left(t))
+
+    def _cosine_clip_angle(self, iterations: int = 80) -> float:
+        """The angle v_c of t_c: over the last step (angle v_1 at t = 1 - 1/N) the process loses
+        2 log(sin v_1 / sin v_c) (cosine part) + beta_c (1 - t_c) = 2 v_c / tan v_c (clipped
+        part) of log alpha_bar, which must be -log(1 - clip). The left side falls from +inf at
+        v_c = 0 to beta(1 - 1/N) / N <= 2 at v_1 (only the last step is clipped): bisection."""
+        v_1 = self.T / self.N / (1 + self.COSINE_OFFSET) * math.pi / 2
+        target = -math.log(1 - self.COSINE_BETA_CLIP)
+        low, high = 0.0, v_1
+        for _ in range(iterations):
+            v = 0.5 * (low + high)
+            lost = 2 * math.log(math.sin(v_1) / math.sin(v)) + 2 * v / math.tan(v)
+            low, high = (v, high) if lost > target else (low, v)
+        return 0.5 * (low + high)
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         if self.schedule == "linear":
             return self.beta_min + t * (self.beta_max - self.beta_min)
-        s = self.COSINE_OFFSET
-        return math.pi / (1 + s) * torch.tan((t + s) / (1 + s) * math.pi / 2)
+        return self._cosine_beta(torch.clamp(t, max=self.clip_time))
 
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        """log alpha(t) = -1/2 int_0^t beta(s) ds."""
+        """log alpha(t) = -1/2 int_0^t beta(s) ds: for the cosine, its own up to t_c, then linear."""
         if self.schedule == "linear":
             return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-        return 0.5 * torch.log(self._cosine_alpha_bar(t))
+        past_clip = torch.clamp(t - self.clip_time, min=0)
+        return 0.5 * (self._cosine_log_alpha_bar(torch.clamp(t, max=self.clip_time))
+                      - self.clip_beta * past_clip)
 
     def sde(self, x, t):
         beta = self.beta(batch_of(t, x))
@@ -176,14 +246,17 @@ class VPSDE(SDE):
         return f, torch.sqrt(beta)
 
     def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
-        """Closed forms: alpha_bar = 1 / (1 + s^2) gives s^2 = exp(B(t)) - 1 for the linear
-        schedule, and inverts the cosine of alpha_bar(t) for the cosine one."""
+        """Closed forms from alpha_bar = 1 / (1 + s^2): s^2 = exp(B(t)) - 1 (linear); for the
+        cosine up to t_c, tan v = cos u_0 / sqrt(sin^2 u_0 + s^2) (accurate at both ends), past
+        it log alpha_bar falling at rate beta_c."""
         s = torch.as_tensor(s, dtype=torch.float64)
         if self.schedule == "linear":
             return _time_of_integrated_beta(torch.log1p(s**2), self.beta_min, self.beta_max).clamp(lo, self.T)
-        offset = self.COSINE_OFFSET
-        f = math.cos(offset / (1 + offset) * math.pi / 2) ** 2 / (1 + s**2)
-        return ((1 + offset) * 2 / math.pi * torch.arccos(f.sqrt()) - offset).clamp(lo, self.T)
+        u_0 = self.COSINE_OFFSET / (1 + self.COSINE_OFFSET) * math.pi / 2
+        v = torch.atan2(torch.full_like(s, math.cos(u_0)), torch.sqrt(math.sin(u_0) ** 2 + s**2))
+        cosine = self.T - v * 2 * (1 + self.COSINE_OFFSET) / math.pi
+        clipped = self.clip_time + (torch.log1p(s**2) + self.clip_log_alpha_bar) / self.clip_beta
+        return torch.where(cosine < self.clip_time, cosine, clipped).clamp(lo, self.T)
 
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i of the discrete step that continuous time t falls on, t_i = (i + 1) / N."""
@@ -203,6 +276,8 @@ class SubVPSDE(SDE):
     deviation sigma(t) = 1 - alpha(t)^2 (eq. 35); linear beta(t) = beta_min + t (beta_max -
     beta_min). Its discretization is the generic Euler-Maruyama one, as in Song et al.
     """
+
+    kind = "subvp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
         super().__init__(N)
@@ -252,8 +327,11 @@ class VESDE(SDE):
 
     Following Song et al., the marginal is x_t = x_0 + sigma(t) z (eq. 31): the data at t = 0
     already carries the smallest noise level sigma_min. Its discretization is NCSN's geometric
-    ladder sigma_i = exp(linspace(log sigma_min, log sigma_max, N))_i at t_i = i / (N - 1).
+    ladder sigma_i = exp(linspace(log sigma_min, log sigma_max, N))_i at t_i = i / (N - 1), which
+    is sigma(t_i): a coarser ladder (`with_steps`) stays on the continuous marginal.
     """
+
+    kind = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N)
@@ -271,9 +349,10 @@ class VESDE(SDE):
 
     def ladder_times(self) -> torch.Tensor:
         """t_i = i T / (N - 1), from T down; the last rung (t = 0, sigma_min) is nudged to a tiny
-        positive time that rounds to it, as time grids must stay above 0."""
+        positive time that rounds to it, as time grids must stay above 0 (sigma there is
+        sigma_min to 1e-8 relative)."""
         times = torch.linspace(self.T, 0.0, self.N, dtype=torch.float64)
-        times[-1] = 1e-3 * self.T / (self.N - 1)
+        times[-1] = 1e-9 * self.T / (self.N - 1)
         return times
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
@@ -305,6 +384,11 @@ class VESDE(SDE):
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i of the ladder rung that continuous time t falls on, t_i = i / (N - 1)."""
         return (t * (self.N - 1) / self.T).round().long().clamp(0, self.N - 1)
+
+    def rung_alpha_sigma(self, t):
+        """1 and the ladder's own sigma_i at the rung t falls on."""
+        sigma = self.discrete_sigmas[self.timestep_index(torch.as_tensor(t)).cpu()]
+        return torch.ones_like(sigma), sigma
 
     def discretize(self, x, t):
         """NCSN's chain x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z with sigma_{-1} = 0."""

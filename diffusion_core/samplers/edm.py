@@ -14,6 +14,10 @@ from diffusion_core.models.denoiser import predict_x0
 
 Progress = Callable[[int, int], None] | None
 
+# EDM's largest noise level (Karras et al., 2022, section 5): above it the rescaled marginal is
+# the prior to within (data variance) / s^2, and the ODE does next to nothing.
+SIGMA_MAX = 80.0
+
 
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0):
     """Noise levels s_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then 0

@@ -4,11 +4,15 @@ Each entry adapts one sampler function of the core to the model: it receives the
 drawn from the model's prior, the sampler's settings (a dict from params), the noise source,
 the clip bound and a progress callback, and returns (samples, NFE). `SAMPLER_SETTINGS` lists
 each sampler's settings with their defaults; an unknown setting is an error, so a typo in
-params.yaml never falls back to a default silently.
+params.yaml never falls back to a default silently. `check_fits` also refuses a sampler that
+cannot draw from a given process, naming the setting.
 """
 from __future__ import annotations
 
+import torch
+
 from diffusion_core.models.denoiser import score_of_noise_level, score_of_time
+from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import noise_ladder
 from diffusion_core.samplers import ddpm as samplers
 from diffusion_core.samplers import edm, langevin
@@ -41,6 +45,31 @@ def fits_process(sampler: str, process_kind: str) -> bool:
 
 def samplers_for(process_kind: str) -> list[str]:
     return [name for name in SAMPLER_PROCESSES if fits_process(name, process_kind)]
+
+
+def check_fits(settings: dict, process) -> dict:
+    """`settings` resolved (`resolve_settings`), once the sampler is known to draw from
+    `process`: a process config as in a model config ({"kind": "vp" | "subvp" | "ve", ...the
+    process's arguments}) or a built process. A ValueError whose message starts with the
+    offending setting ("name", "predictor", "steps", ...) otherwise."""
+    settings = resolve_settings(settings)
+    if isinstance(process, dict):
+        # imported here: frameworks imports this module
+        from diffusion_core.frameworks import build_process
+        process = build_process(process)
+    name, kind = settings["name"], process.kind
+    if not fits_process(name, kind):
+        raise ValueError(f"name: sampler {name!r} does not draw from a {kind} process; use one "
+                         f"of {samplers_for(kind)}")
+    if name == "pc" and settings["predictor"] == "ancestral" and kind not in sde_samplers.ANCESTRAL_KINDS:
+        raise ValueError(f"predictor: 'ancestral' steps the discrete chain of the "
+                         f"{' and '.join(sde_samplers.ANCESTRAL_KINDS)} processes only, not {kind}")
+    if name == "pc" and settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
+        process.ladder(settings["steps"])  # "steps: ..." unless 2 <= steps <= N
+    if name == "ddim":
+        levels = DDPMChain.from_process(process).noise_level(torch.arange(process.N))
+        samplers.ddim_timesteps(process.N, settings["steps"], settings["spacing"], levels)
+    return settings
 
 
 def _check_pc(settings: dict) -> None:
@@ -117,26 +146,40 @@ def _ddim(model, x, settings, noise, clip, progress):
 
 
 def _heun(model, x, settings, noise, clip, progress):
-    """Heun on the PF-ODE over Karras-spaced noise levels of the model's VP chain."""
+    """Heun on the PF-ODE over Karras-spaced noise levels of the model's VP chain, from
+    min(its top level, EDM's 80) down: the cosine chain's top (~20,000) would leave most of the
+    grid where nothing happens. x_T ~ N(0, I) stands for the VP state at the start level s,
+    whose rescaled x / alpha has std sqrt(1 + s^2) (alpha = (1 + s^2)^(-1/2))."""
     chain = model.chain
-    s_min, s_max = (float(chain.noise_level(i)) for i in (0, chain.N - 1))
+    s_min, s_top = (float(chain.noise_level(i)) for i in (0, chain.N - 1))
+    s_max = min(s_top, edm.SIGMA_MAX)
     sigmas = edm.karras_sigmas(s_min, s_max, (settings["steps"] + 1) // 2, settings["rho"])
-    x = x * (1 + s_max**2) ** 0.5  # x_T / alpha_T: the rescaled space of the ODE
+    x = x * (1 + s_max**2) ** 0.5  # x_T / alpha at s_max: the rescaled space of the ODE
     return edm.heun_pf_ode(model.denoiser, x, sigmas, progress)
+
+
+class _Rungs:
+    """A ladder as `score_of_time` sees it: alpha_sigma(t) is that of the rung t falls on, the
+    noise level the ladder's steps assume (DDPM's own chain is up to ~5% off the continuous
+    marginal at its rung times; a coarser ladder sits on it)."""
+
+    def __init__(self, ladder):
+        self.alpha_sigma = ladder.rung_alpha_sigma
 
 
 def _pc(model, x, settings, noise, clip, progress):
     """Predictor-corrector sampling of the model's reverse SDE (Song et al., 2021, algorithm 1).
-    The ladder predictors (reverse diffusion, ancestral) walk the process discretized with
-    `steps` rungs; the others a uniform grid of `steps` times from T down to `eps`."""
-    process = model.process
+    The ladder predictors (reverse diffusion, ancestral) walk the process's ladder of `steps`
+    rungs (`SDE.ladder`), the score queried at each rung's own noise level; the others a
+    uniform grid of `steps` times from T down to `eps`."""
+    process, score = model.process, score_of_time(model.denoiser, model.process)
     if settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
-        process = process.with_steps(settings["steps"])
-        grid = process.ladder_times()
+        process = process.ladder(settings["steps"])
+        grid, score = process.ladder_times(), score_of_time(model.denoiser, _Rungs(process))
     else:
         grid = sde_samplers.time_grid(process.T, settings["eps"], settings["steps"])
     return sde_samplers.pc_sampler(
-        score_of_time(model.denoiser, process), process, x, grid,
+        score, process, x, grid,
         settings["predictor"], settings["corrector"], settings["snr"],
         settings["corrector_steps"], noise, progress, settings["denoise"])
 
@@ -175,5 +218,5 @@ SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun, "pc": _pc, "o
 def draw(model, x, settings: dict, noise, clip=None, progress=None):
     """Run the sampler `settings["name"]` from x_T; returns (samples, NFE). `clip` bounds the
     x0 predictions of the samplers that form one (DDPM's and DDIM's) and the final samples."""
-    settings = resolve_settings(settings)
+    settings = check_fits(settings, model.process)
     return SAMPLERS[settings["name"]](model, x, settings, noise, clip, progress)
