@@ -115,7 +115,7 @@ VE_CONFIG = {**VP_CONFIG, "framework": "ncsn", "loss": {"kind": "ncsn"},
              "process": {"kind": "ve", "sigma_min": 0.01, "sigma_max": 5.0, "N": 20}}
 # Few steps of each sampler (and a 100-step chain for DDPM's ancestral sampler, which walks all
 # of it): the contract is about bookkeeping, not quality.
-FEW_STEPS = {"ancestral": {}, "ddim": {"steps": 5, "eta": 1.0}, "heun": {"steps": 5},
+FEW_STEPS = {"ancestral": {}, "ddim": {"steps": 5, "eta": 1.0}, "heun": {"steps": 5}, "dpmpp_2m": {"steps": 5},
              "pc": {"steps": 5}, "ode": {"steps": 5, "rtol": 1e-4, "atol": 1e-4},
              "annealed_langevin": {"steps_per_sigma": 2}, "langevin": {"steps": 20}}
 
@@ -300,7 +300,8 @@ COSINE_CONFIG = {"framework": "sde", "process": {"kind": "vp", "schedule": "cosi
     {"name": "ode", "solver": "euler", "steps": 100},
     {"name": "ode", "solver": "heun", "steps": 50},
     {"name": "ode", "solver": "rk45"},
-    {"name": "heun", "steps": 35}], ids=lambda s: s.get("predictor", s.get("solver", s["name"])))
+    {"name": "heun", "steps": 35},
+    {"name": "dpmpp_2m", "steps": 20}], ids=lambda s: s.get("predictor", s.get("solver", s["name"])))
 def test_cosine_process_samples_end_to_end(settings, gmm8):
     """The continuous-time samplers integrate the cosine process from t = 1 (finite now) and
     reach the floor with the exact denoiser (measured 0.9-0.95x); Heun/EDM from

@@ -15,13 +15,14 @@ from diffusion_core.models.denoiser import score_of_noise_level, score_of_time
 from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import noise_ladder
 from diffusion_core.samplers import ddpm as samplers
-from diffusion_core.samplers import edm, langevin
+from diffusion_core.samplers import dpm_solver, edm, langevin
 from diffusion_core.samplers import sde as sde_samplers
 
 SAMPLER_SETTINGS = {
     "ancestral": {},
     "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
     "heun": {"steps": 35, "rho": 7.0},
+    "dpmpp_2m": {"steps": 20, "rho": 7.0, "eps": 1e-3},
     "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
            "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
     "ode": {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
@@ -34,6 +35,7 @@ SAMPLER_SETTINGS = {
 # The processes each sampler draws from: DDPM's chain is the vp discretization, the NCSN ladder
 # the ve one; the reverse SDE and the probability-flow ODE exist for every process.
 SAMPLER_PROCESSES = {"ancestral": ("vp",), "ddim": ("vp",), "heun": ("vp",),
+                     "dpmpp_2m": ("vp", "subvp", "ve"),
                      "annealed_langevin": ("ve",), "langevin": ("ve",),
                      "pc": ("vp", "subvp", "ve"), "ode": ("vp", "subvp", "ve")}
 
@@ -107,7 +109,8 @@ def _check_langevin(settings: dict) -> None:
 
 # Checks of a sampler's setting values beyond their types; each raises "key: message".
 SAMPLER_CHECKS = {"pc": _check_pc, "ode": _check_ode, "annealed_langevin": _check_langevin,
-                  "langevin": _check_langevin}
+                  "langevin": _check_langevin,
+                  "dpmpp_2m": lambda settings: _check_eps(settings["eps"])}
 
 
 def _same_kind(value, default) -> bool:
@@ -156,6 +159,20 @@ def _heun(model, x, settings, noise, clip, progress):
     sigmas = edm.karras_sigmas(s_min, s_max, (settings["steps"] + 1) // 2, settings["rho"])
     x = x * (1 + s_max**2) ** 0.5  # x_T / alpha at s_max: the rescaled space of the ODE
     return edm.heun_pf_ode(model.denoiser, x, sigmas, progress)
+
+
+def _dpmpp_2m(model, x, settings, noise, clip, progress):
+    """DPM-Solver++(2M) (Lu et al., 2022) on Karras-spaced noise levels of the model's process,
+    from min(its level at T, EDM's 80) down to its level at `eps`, then to 0: `steps` NFE, for
+    VP, sub-VP and VE models alike. x_T / alpha(T) has noise level s(T); scaling its std from
+    sqrt(1 + s(T)^2) to sqrt(1 + s^2) starts it at the grid's top level s."""
+    process = model.process
+    s_top, s_min = (float(process.noise_level(t)) for t in (process.T, settings["eps"]))
+    s_max = min(s_top, edm.SIGMA_MAX)
+    alpha_T = float(process.alpha_sigma(torch.tensor(process.T, dtype=torch.float64))[0])
+    x = x / alpha_T * ((1 + s_max**2) / (1 + s_top**2)) ** 0.5
+    sigmas = edm.karras_sigmas(s_min, s_max, settings["steps"], settings["rho"])
+    return dpm_solver.dpm_solver_pp_2m(model.denoiser, x, sigmas, progress)
 
 
 class _Rungs:
@@ -211,7 +228,8 @@ def _langevin(model, x, settings, noise, clip, progress):
         final_denoise=settings["denoise"])
 
 
-SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun, "pc": _pc, "ode": _ode,
+SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun, "dpmpp_2m": _dpmpp_2m,
+            "pc": _pc, "ode": _ode,
             "annealed_langevin": _annealed_langevin, "langevin": _langevin}
 
 
