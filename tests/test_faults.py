@@ -167,3 +167,75 @@ def test_metrics_logged_while_the_mlflow_server_is_away_arrive_once_it_is_back(t
     lost = runs.MetricLog(run_id)
     lost.log({"loss": 5.0}, step=5)
     assert lost.close() == 1  # the server never came back for this one: counted as lost
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A toy workspace as train and sample leave it (an untrained model and its samples: the
+    stages after them need the files, not a good model), evaluated and registered once."""
+    import torch
+
+    from diffusion_core.frameworks import DiffusionModel
+    from diffusion_core.noise import PerSampleNoise
+    from flows.config.params import parse_params
+    from flows.stages import data as stages
+    from flows.stages import evaluate
+    from flows.stages.train import model_config
+    from flows.tracking import registry
+    from flows.tracking import runs as tracking
+
+    root = tmp_path_factory.mktemp("evaluated")
+    data = tiny_params(evaluate={"nfe_sweep": []}, vector={"nll_points": 16})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        write_params(root, data)
+        params = parse_params(data)
+        stages.prepare(params)
+        torch.manual_seed(0)
+        model = DiffusionModel(model_config(params, "ddpm", {"kind": "vector", "shape": [2]}))
+        model.save(root / "models/ddpm")
+        tracking.save_run_id(root / "models/ddpm", tracking.start_run("toy-checkerboard", "ddpm", {}, {}),
+                             "toy-checkerboard")
+        x, nfe = model.sample(500, (2,), params.ddpm.sampler, PerSampleNoise(range(500)))
+        shards.write_shards(root / "samples/ddpm/shards", {"samples": (x.numpy(), None)}, 250, {})
+        atomic.write_json(root / "samples/ddpm/sampling.json", {"sampler": "ddim", "nfe": nfe, "seed": 1})
+        evaluate.evaluate(params, "ddpm")
+        registry.register(params, "ddpm")
+        yield root
+
+
+def test_evaluate_killed_while_writing_keeps_the_old_metrics(evaluated):
+    path = evaluated / "metrics/ddpm.json"
+    before = path.read_bytes()
+    # killed once the new metrics are written and flushed under their temporary name, before the rename
+    crashed = _crash_in(evaluated, "diffusion_core.data.atomic:_fsync", 1, ["evaluate", "--framework", "ddpm"])
+    assert crashed.returncode == 137, crashed.stderr
+    assert path.read_bytes() == before
+    leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers  # the crashed writer's temporary, swept by the next write
+    from flows.entry.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(evaluated)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert main(["evaluate", "--framework", "ddpm"]) == 0
+    assert json.loads(path.read_text())["swd"] == json.loads(before)["swd"]  # deterministic
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_register_killed_halfway_is_completed_by_the_rerun(evaluated):
+    from flows.entry.cli import main
+    from flows.tracking import runs as tracking
+
+    crashed = _crash_in(evaluated, "flows.tracking.registry:update_champion", 1,
+                        ["register", "--framework", "ddpm"])  # after the version, before the alias
+    assert crashed.returncode == 137, crashed.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(evaluated)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert main(["register", "--framework", "ddpm"]) == 0
+        versions = tracking.client().search_model_versions("name='toy-checkerboard-ddpm'")
+        assert len(versions) == 1  # the same training run's version, updated, not a second one
+        alias = tracking.client().get_model_version_by_alias("toy-checkerboard-ddpm", "champion")
+        assert alias.version == versions[0].version
