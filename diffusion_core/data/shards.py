@@ -105,8 +105,10 @@ def _manifest_table(rows: list[dict], meta: dict) -> pa.Table:
     return table.replace_schema_metadata({META_KEY: encoded.encode("utf-8")})
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Only a shard folder (or nothing) may be replaced by new shards."""
+def check_replaceable(out_dir) -> None:
+    """Only a shard folder (or nothing) may be replaced by new shards: a stage checks this
+    before its work, write_shards again before it swaps the new folder in."""
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"shard output {out_dir} exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).exists():
@@ -120,7 +122,7 @@ def write_shards(out_dir, splits: dict, samples_per_shard: int, dataset_meta: di
     shape = _check_splits(splits)
     meta = _dataset_meta(splits, shape, int(samples_per_shard), dataset_meta or {})
     out_dir = Path(out_dir).absolute()
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     with replacing_folder(out_dir) as staging:
         rows = []
         for split, (x, y) in splits.items():
@@ -129,19 +131,76 @@ def write_shards(out_dir, splits: dict, samples_per_shard: int, dataset_meta: di
     return out_dir / MANIFEST_NAME
 
 
-def read_manifest(data_dir) -> tuple[pa.Table, dict]:
-    """The manifest table (one row per shard) and the data-set metadata dict."""
-    path = Path(data_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"shard manifest not found: {path}")
-    table = pq.read_table(path)
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    if raw is None:
-        raise ValueError(f"manifest {path} has no '{META_KEY.decode()}' metadata")
-    meta = json.loads(raw)
+_COLUMNS = ("split", "shard", "num_samples", "num_bytes", "sha256")
+_META_KEYS = ("schema_version", "shape", "kind", "has_labels", "split_sizes", "value_range")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-[0-9]{6}\.tar$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The manifest's parquet table; an unreadable file is a ValueError naming it."""
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"manifest {path} is not a readable parquet file ({err}); "
+                         f"run prepare again to rewrite the shards") from err
+
+
+def _row_problem(row: dict) -> str | None:
+    """What is wrong with one manifest row, or None."""
+    if not isinstance(row["shard"], str) or not _SHARD_NAME.match(row["shard"]):
+        return "is not a shard file name ({split}-{index:06d}.tar)"
+    if not (row["num_samples"] or 0) > 0:
+        return "has no positive num_samples"
+    if row["num_bytes"] is None or row["num_bytes"] < 0:
+        return "has no num_bytes"
+    if not isinstance(row["sha256"], str) or not _SHA256.match(row["sha256"]):
+        return "has no sha256 of 64 hex digits"
+    return None
+
+
+def _check_rows(table: pa.Table, path: Path) -> None:
+    """Every row names a shard file of this folder ({split}-{index:06d}.tar) with a positive
+    sample count, a size and a sha256: a bad manifest is refused before any shard is opened."""
+    missing = [column for column in _COLUMNS if column not in table.column_names]
+    if missing:
+        raise ValueError(f"manifest {path} lacks the columns {missing}; rewrite the shards")
+    for row in table.select(list(_COLUMNS)).to_pylist():
+        problem = _row_problem(row)
+        if problem:
+            raise ValueError(f"manifest {path}: the row of shard {row['shard']!r} {problem}")
+
+
+def _decode_meta(raw: bytes, path: Path) -> dict:
+    """The data-set metadata of the manifest's schema, with every key the readers use."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:  # JSON and Unicode errors
+        raise ValueError(f"manifest {path}: its '{META_KEY.decode()}' metadata is not JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"manifest {path}: its '{META_KEY.decode()}' metadata is not a mapping")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"manifest {path} has schema_version {meta.get('schema_version')}, "
                          f"this code reads {SCHEMA_VERSION}; rewrite the shards")
+    missing = [key for key in _META_KEYS if key not in meta]
+    if missing:
+        raise ValueError(f"manifest {path}: its '{META_KEY.decode()}' metadata lacks {missing}; "
+                         f"rewrite the shards")
+    return meta
+
+
+def read_manifest(data_dir) -> tuple[pa.Table, dict]:
+    """The manifest table (one row per shard) and the data-set metadata dict; a missing,
+    unreadable or incomplete manifest is an error naming it."""
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"shard manifest not found: {path} (run the prepare stage first)")
+    table = _read_table(path)
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise ValueError(f"manifest {path} has no '{META_KEY.decode()}' metadata")
+    meta = _decode_meta(raw, path)
+    _check_rows(table, path)
     return table, meta
 
 
@@ -156,13 +215,28 @@ def _split_rows(data_dir, split: str | None, table: pa.Table | None = None) -> l
     return chosen
 
 
+def _shard_problem(path: Path, row: dict) -> str | None:
+    """What is wrong with one shard file against its manifest row, or None."""
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != row["num_bytes"]:
+        return (f"fails its check against the manifest: it has {size} bytes, the manifest "
+                f"lists {row['num_bytes']} ({'truncated' if size < row['num_bytes'] else 'grown'})")
+    digest = _file_sha256(path)
+    if digest != row["sha256"]:
+        return (f"fails its sha256 check against the manifest: its bytes changed "
+                f"(sha256 {digest[:12]}..., the manifest lists {row['sha256'][:12]}...)")
+    return None
+
+
 def _verify_rows(data_dir, rows: list[dict]) -> None:
     for row in rows:
         path = Path(data_dir) / row["shard"]
-        if not path.is_file():
-            raise ShardChecksumError(f"shard {path} is missing")
-        if path.stat().st_size != row["num_bytes"] or _file_sha256(path) != row["sha256"]:
-            raise ShardChecksumError(f"shard {path} fails its sha256 check against the manifest")
+        problem = _shard_problem(path, row)
+        if problem:
+            raise ShardChecksumError(f"shard {path} {problem}; run prepare (or the stage that "
+                                     f"wrote it) again")
 
 
 def verify_shards(data_dir, split: str | None = None) -> None:

@@ -11,27 +11,62 @@ import numpy as np
 from diffusion_core.data.toys import TOY_NAMES, sample_toy
 
 SOURCE_FORMS = ("toy:<name>", "digits", "folder:<path>", "npz:<path>")
+DIGITS_SIZE = 1797  # scikit-learn's bundled digits: 1797 8×8 images, known without loading them
+DIGITS_SHAPE = (1, 8, 8)
+TOY_SHAPE = (2,)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _CHANNEL_COUNTS = (1, 3, 4)
 _FLOAT_RANGE_TOLERANCE = 1e-3
 
 
-def load_source(source: str, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load a source as (x float32, labels int64 or None); n_samples is used by toys only."""
+def _forms() -> str:
+    return f"valid forms: {', '.join(SOURCE_FORMS)} (toys: {', '.join(TOY_NAMES)})"
+
+
+def source_kind(source) -> tuple[str, str]:
+    """(kind, argument) of a source string: ('toy', name), ('digits', ''), ('folder', path) or
+    ('npz', path). Checks the form only, touching no file; a ValueError names the source and
+    the valid forms."""
     if not isinstance(source, str):
-        raise ValueError(f"source must be a string, one of {', '.join(SOURCE_FORMS)}; got {source!r}")
+        raise ValueError(f"a data source is a string; got {source!r}; {_forms()}")
     kind, _, arg = source.partition(":")
+    if source == "digits":
+        return "digits", ""
     if kind == "toy" and arg:
         if arg not in TOY_NAMES:
-            raise ValueError(f"unknown toy in source {source!r}; valid toys: {', '.join(TOY_NAMES)}")
+            raise ValueError(f"unknown toy {arg!r} in source {source!r}; {_forms()}")
+        return kind, arg
+    if kind in ("folder", "npz") and arg:
+        return kind, arg
+    raise ValueError(f"unknown data source {source!r}; {_forms()}")
+
+
+def check_source(source) -> tuple[str, str]:
+    """source_kind, plus that a folder: source names a folder and an npz: source a file
+    (FileNotFoundError naming the path). Reads no data: the contents are checked on loading."""
+    kind, arg = source_kind(source)
+    path = Path(arg)
+    if kind == "folder" and not path.is_dir():
+        what = "is not a folder" if path.exists() else "not found"
+        raise FileNotFoundError(f"image folder {what}: {path} (folder:<path> names a folder of "
+                                f"PNG/JPEG images, or of one subfolder of them per class)")
+    if kind == "npz" and not path.is_file():
+        what = "is not a file" if path.exists() else "not found"
+        raise FileNotFoundError(f"npz file {what}: {path} (npz:<path> names an np.savez archive "
+                                f"with key 'x')")
+    return kind, arg
+
+
+def load_source(source: str, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a source as (x float32, labels int64 or None); n_samples is used by toys only."""
+    kind, arg = check_source(source)
+    if kind == "toy":
         return sample_toy(arg, n_samples, np.random.default_rng(seed)), None
-    if source == "digits":
+    if kind == "digits":
         return _load_digits()
-    if kind == "folder" and arg:
+    if kind == "folder":
         return _load_folder(Path(arg))
-    if kind == "npz" and arg:
-        return _load_npz(Path(arg))
-    raise ValueError(f"unknown data source {source!r}; valid forms: {', '.join(SOURCE_FORMS)}")
+    return _load_npz(Path(arg))
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +92,9 @@ def _folder_listing(folder: Path) -> tuple[list[Path], np.ndarray | None]:
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     for label, class_dir in enumerate(class_dirs):
         class_files = _image_files(class_dir)
+        if not class_files:  # its label would name a class with no example
+            raise ValueError(f"class folder {class_dir} holds no PNG/JPEG images; every class "
+                             f"subfolder of {folder} needs at least one")
         files += class_files
         labels += [label] * len(class_files)
     if not files:
@@ -64,41 +102,48 @@ def _folder_listing(folder: Path) -> tuple[list[Path], np.ndarray | None]:
     return files, np.asarray(labels, dtype=np.int64)
 
 
-def _read_image(path: Path, mode: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _open_image(path: Path, decode: bool):
+    """PIL's image of `path` (its header only, or decoded); a file PIL cannot read is a
+    ValueError naming it."""
+    from PIL import Image
 
+    image = None
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert(mode))
-    except (UnidentifiedImageError, OSError) as err:
+        image = Image.open(path)
+        if decode:
+            image.load()
+        return image
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        if image is not None:
+            image.close()
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
-def _folder_mode(files: list[Path]) -> str:
-    """'L' when every image is grayscale, else 'RGB'."""
-    from PIL import Image, UnidentifiedImageError
+def _read_image(path: Path, mode: str) -> np.ndarray:
+    with _open_image(path, decode=True) as image:
+        return np.asarray(image.convert(mode))
 
+
+def _folder_mode(files: list[Path]) -> str:
+    """'L' when every image is grayscale, else 'RGB' (from the headers alone)."""
     for path in files:
-        try:
-            with Image.open(path) as image:
-                if image.mode not in ("1", "L", "LA", "I", "I;16", "F"):
-                    return "RGB"
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+        with _open_image(path, decode=False) as image:
+            if image.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+                return "RGB"
     return "L"
 
 
 def _load_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every image of the folder, one size, as N×C×H×W in [-1, 1]; labels from class subfolders."""
     files, labels = _folder_listing(folder)
     mode = _folder_mode(files)
     images = []
     for path in files:
         image = _read_image(path, mode)
         if images and image.shape != images[0].shape:
-            raise ValueError(
-                f"image {path} has size {image.shape[:2]}, but {files[0]} has {images[0].shape[:2]}; "
-                f"all images in folder {folder} must have the same size"
-            )
+            (h, w), (h0, w0) = image.shape[:2], images[0].shape[:2]
+            raise ValueError(f"image {path} is {h}×{w} pixels (height×width), but {files[0]} is "
+                             f"{h0}×{w0}: all images in folder {folder} must have the same size")
         images.append(image)
     stacked = np.stack(images)
     if stacked.ndim == 3:
@@ -115,15 +160,29 @@ def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
     if x.ndim == 3:
         return x[:, None, :, :]
     if x.ndim != 4:
-        raise ValueError(f"images in {path} must be N×H×W, N×H×W×C or N×C×H×W; got shape {x.shape}")
+        raise ValueError(f"npz file {path}: key 'x' must hold vectors N×D or images N×H×W, N×H×W×C "
+                         f"or N×C×H×W; got shape {x.shape}")
     if x.shape[-1] in _CHANNEL_COUNTS and x.shape[1] not in _CHANNEL_COUNTS:
         return x.transpose(0, 3, 1, 2)
     if x.shape[1] in _CHANNEL_COUNTS:
         return x
-    raise ValueError(f"cannot tell the channel axis of images in {path}: shape {x.shape}")
+    raise ValueError(f"npz file {path}: cannot tell the channel axis of the images in key 'x': "
+                     f"shape {x.shape}, and neither axis 1 nor the last has {_CHANNEL_COUNTS} channels")
+
+
+def _member(archive, key: str, path: Path) -> np.ndarray:
+    """One array of an open npz archive; a damaged member is a ValueError naming file and key."""
+    try:
+        value = archive[key]
+    except Exception as err:  # zipfile, numpy-header and pickle-refusal errors
+        raise ValueError(f"npz file {path}: cannot read key {key!r}: {err}") from err
+    if not isinstance(value, np.ndarray):  # numpy hands back the raw bytes of a non-.npy member
+        raise ValueError(f"npz file {path}: cannot read key {key!r}: its member is not a .npy array")
+    return value
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The arrays 'x' and (optional) 'y' of an np.savez archive, unpickled never."""
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
     try:
@@ -135,37 +194,55 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     with archive:
         if "x" not in archive.files:
             raise ValueError(f"npz file {path} has no key 'x' (keys: {archive.files})")
-        return archive["x"], (archive["y"] if "y" in archive.files else None)
+        y = _member(archive, "y", path) if "y" in archive.files else None
+        return _member(archive, "x", path), y
+
+
+def _first(mask: np.ndarray, x: np.ndarray, key: str = "x") -> str:
+    """'x[i, j] = v' for the first True of `mask`: where a bad value sits, for the message."""
+    index = tuple(int(i) for i in np.argwhere(mask)[0])
+    return f"{key}[{', '.join(map(str, index))}] = {x[index]}"
 
 
 def _npz_floats(x: np.ndarray, path: Path) -> np.ndarray:
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"npz file {path}: key 'x' holds non-finite values")
+    """Float vectors (any finite values) or images in [-1, 1] (to within a rounding tolerance)."""
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(f"npz file {path}: key 'x' holds {int(bad.sum())} non-finite values "
+                         f"(NaN, infinite or beyond float32), first {_first(bad, x)}")
     if x.ndim == 2:
         return x
-    x = _to_nchw(x, path)
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1.0 - _FLOAT_RANGE_TOLERANCE or hi > 1.0 + _FLOAT_RANGE_TOLERANCE:
-        raise ValueError(f"npz file {path}: float images must lie in [-1, 1], found [{lo:.4g}, {hi:.4g}]")
-    return np.clip(x, -1.0, 1.0)
+    outside = (x < -1.0 - _FLOAT_RANGE_TOLERANCE) | (x > 1.0 + _FLOAT_RANGE_TOLERANCE)
+    if outside.any():
+        raise ValueError(f"npz file {path}: float images must lie in [-1, 1], found "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}] ({int(outside.sum())} values "
+                         f"outside, first {_first(outside, x)}); store uint8 for 0..255 pixels")
+    return np.clip(_to_nchw(x, path), -1.0, 1.0)
+
+
+def _npz_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
+    """Key 'y': one non-negative integer class label per example."""
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"npz file {path}: key 'y' must be {n} integer labels, got {y.dtype} {y.shape}")
+    if (y < 0).any():
+        raise ValueError(f"npz file {path}: key 'y' holds negative labels, first {_first(y < 0, y, 'y')}")
+    return y.astype(np.int64)
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """An np.savez archive: key 'x' uint8 images or float vectors / images, optional labels 'y'."""
     x, y = _read_npz(path)
-    if len(x) == 0:
-        raise ValueError(f"npz file {path}: key 'x' is empty")
+    if x.ndim == 0 or x.size == 0:
+        raise ValueError(f"npz file {path}: key 'x' is empty (shape {x.shape}); it must hold examples N×...")
     if x.dtype == np.uint8:
         x = _uint8_to_unit(_to_nchw(x, path))
     elif np.issubdtype(x.dtype, np.floating):
         x = _npz_floats(x, path)
     else:
         raise ValueError(f"npz file {path}: key 'x' must be uint8 or float, got {x.dtype}")
-    if y is not None:
-        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"npz file {path}: key 'y' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
-        y = y.astype(np.int64)
-    return x, y
+    return x, (None if y is None else _npz_labels(y, len(x), path))
 
 
 def train_test_split(

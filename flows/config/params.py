@@ -2,7 +2,9 @@
 
 Every section is a dataclass; `load_params` walks the YAML against the type hints, so an unknown
 key, a wrong type or an impossible value stops with one `ConfigError` naming the field
-(`train.lr`, say) before any stage does work.
+(`train.lr`, say) before any stage does work. It also checks what the params name on this
+machine (`check_local_paths`: the data source's folder or file, say), which a plain
+`parse_params` leaves alone: a registered model re-parses its params elsewhere.
 """
 from __future__ import annotations
 
@@ -12,7 +14,16 @@ from pathlib import Path
 
 import yaml
 
+from diffusion_core.data.shards import check_replaceable
+from diffusion_core.data.sources import (
+    DIGITS_SHAPE,
+    DIGITS_SIZE,
+    TOY_SHAPE,
+    check_source,
+    source_kind,
+)
 from diffusion_core.frameworks import FRAMEWORKS
+from diffusion_core.samplers.registry import check_fits, resolve_settings
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.ddpm import DDPMParams
 from flows.config.ncsn import NCSNParams
@@ -22,6 +33,7 @@ from flows.config.sde import SDEParams
 from flows.config.sweep import sweep_points
 from flows.config.validation import (
     ConfigError,
+    check_numbers,
     check_sampler,
     require,
     require_positive,
@@ -29,7 +41,7 @@ from flows.config.validation import (
 
 NONFINITE_POLICIES = ("stop", "skip")
 
-__all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict"]
+__all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict", "check_local_paths"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,26 @@ class DataParams:
     out_dir: str = "data/shards"
 
     def check(self, name: str) -> None:
+        """The source's form (its files are checked where the stages run: check_local_paths),
+        the sizes, and a held-out part that leaves digits something to train on."""
         require_positive(self, name, "test_size", "toy_train_size", "toy_test_size", "samples_per_shard")
+        try:
+            source_kind(self.source)
+        except ValueError as err:
+            raise ConfigError(f"{name}.source: {err}") from err
+        require(self.source != "digits" or self.test_size < DIGITS_SIZE, f"{name}.test_size",
+                f"holds out {self.test_size} of digits' {DIGITS_SIZE} examples, leaving none to train on")
+        require(bool(self.out_dir), f"{name}.out_dir", "must name a folder")
+
+    def known_data(self) -> tuple[tuple, int, int] | None:
+        """(per-example shape, train size, test size) where the source fixes them without
+        reading data (toys, digits); None for folders and npz files."""
+        kind = source_kind(self.source)[0]
+        if kind == "toy":
+            return TOY_SHAPE, self.toy_train_size, self.toy_test_size
+        if kind == "digits":
+            return DIGITS_SHAPE, DIGITS_SIZE - self.test_size, self.test_size
+        return None
 
 
 @dataclass(frozen=True)
@@ -214,14 +245,84 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
 
     def check(self, name: str) -> None:
-        """Checks across sections: each framework's recipes, and the runs train.frameworks names."""
+        """Checks across sections: each framework's recipes, the runs train.frameworks and the
+        NFE sweep name, finite numbers and seeds, and what the stages would refuse late (DDIM
+        steps against the chain, the batch split over the Ray workers)."""
+        check_numbers(self, name)
         for framework in FRAMEWORKS:
-            check_recipes(getattr(self, framework), framework)
+            section = getattr(self, framework)
+            check_recipes(section, framework)
+            for recipe in section.recipes:
+                check_numbers(with_recipe(section, recipe, framework), f"{framework}.recipes.{recipe}")
         for key in self.train.frameworks:
-            framework, recipe = split_run(key)
-            known = sorted(getattr(self, framework).recipes)
-            require(recipe is None or recipe in known, "train.frameworks",
-                    f"{key!r}: {framework} has no recipe {recipe!r}; known: {known}")
+            self._check_run_exists(key, "train.frameworks")
+        for i, entry in enumerate(self.evaluate.nfe_sweep):
+            for key in entry.get("frameworks", []):
+                self._check_run_exists(key, f"evaluate.nfe_sweep[{i}].frameworks")
+        for key in self.train.frameworks:
+            self._check_chain_samplers(key)
+        known = self.data.known_data()
+        if known is not None:
+            self.check_data(*known)
+
+    def _check_run_exists(self, key: str, where: str) -> None:
+        """A run key names a framework and, optionally, one of its section's recipes."""
+        framework, recipe = split_run(key)
+        known = sorted(getattr(self, framework).recipes)
+        require(recipe is None or recipe in known, where,
+                f"{key!r}: {framework} has no recipe {recipe!r}; known: {known}")
+
+    def _check_chain_samplers(self, key: str) -> None:
+        """The run's sampler, and each NFE-sweep point that draws from it, fit the run's process
+        as the core checks it before drawing (`check_fits`: DDIM's steps on the chain, a
+        ladder's rungs); the sample stage would refuse them only after training."""
+        framework, recipe = split_run(key)
+        process = self.framework(key).model_parts(self.vector)["process"]
+        overridden = recipe is not None and "sampler" in getattr(self, framework).recipes[recipe]
+        where = f"{framework}.recipes.{recipe}.sampler" if overridden else f"{framework}.sampler"
+        checks = [(self.framework(key).sampler, where)]
+        for i, entry in enumerate(self.evaluate.nfe_sweep):
+            checks += [(point, f"evaluate.nfe_sweep[{i}]")
+                       for point in sweep_points([entry], key, process["kind"])]
+        for settings, name in checks:
+            try:
+                check_fits(settings, process)
+            except ValueError as err:
+                raise ConfigError(f"{_setting_named(str(err), settings, name)} (run {key!r}, a "
+                                  f"{process['kind']} process of N = {process['N']} steps)") from err
+
+    def check_data(self, shape, n_train: int, n_test: int) -> None:
+        """Checks that need the data's per-example shape and split sizes, as the stages meet
+        them: the batch split over the Ray workers and the U-Net's down-sampling (train),
+        precision/recall's k and the floors' train subsets (evaluate). Params.check runs them
+        where the source fixes the data (toys, digits); prepare runs them on the data it read,
+        before writing shards. (Exact score matching's dimension limit stays with the train
+        stage's model config, which refuses it before any run.)"""
+        kind = "vector" if len(shape) == 1 else "image"
+        profile, workers = self.profile(kind), self.ray.num_workers
+        require(profile.batch_size >= workers, f"{kind}.batch_size",
+                f"{profile.batch_size} is split over ray.num_workers={workers} Ray Train workers; "
+                f"need batch_size >= ray.num_workers")
+        if kind == "image":
+            self._check_image_data(shape, n_test)
+        else:
+            n = min(profile.num_samples, n_test)
+            require(n_train >= n, "vector.num_samples",
+                    f"evaluate sets {n} samples against the held-out split and floors them with "
+                    f"train subsets of {n}, but the train split holds {n_train} examples")
+
+    def _check_image_data(self, shape, n_test: int) -> None:
+        """The U-Net halves the sides once per level after the first; precision/recall's k-NN
+        needs more points than k in every set it compares."""
+        mults, (height, width) = self.image.network.mults, shape[1:]
+        step = 2 ** (len(mults) - 1)
+        require(height % step == 0 and width % step == 0, "image.network.mults",
+                f"{len(mults)} levels halve the images {len(mults) - 1} times, so their sides must be "
+                f"divisible by {step}; these images are {height}×{width}")
+        smallest = min(self.image.num_samples, self.evaluate.max_pairwise, n_test)
+        require(self.evaluate.pr_k < smallest, "evaluate.pr_k",
+                f"the k-NN of precision/recall needs k below the smallest set it compares: "
+                f"min(image.num_samples, evaluate.max_pairwise, held-out examples) = {smallest}")
 
     def profile(self, kind: str) -> ProfileParams:
         return self.vector if kind == "vector" else self.image
@@ -234,19 +335,112 @@ class Params:
         return section if recipe is None else with_recipe(section, recipe, framework)
 
 
+def _setting_named(message: str, settings: dict, name: str) -> str:
+    """'<name>.<setting>: what' from a core message that starts with the setting ('steps: ...'
+    or 'steps must ...'); '<name>: message' when it names none."""
+    first, _, rest = message.partition(" ")
+    key = first.rstrip(":")
+    if key == "name" or key in resolve_settings(settings):
+        return f"{name}.{key}: {rest}"
+    return f"{name}: {message}"
+
+
+def _check_keys(tree, name: str = "") -> None:
+    """Every mapping key of the YAML tree is a string (a YAML `1:` or `null:` key would fail
+    later comparisons with a TypeError instead of a message naming it)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            where = f"{name}.{key}" if name else str(key)
+            require(isinstance(key, str), where, f"keys must be strings, got {key!r}")
+            _check_keys(value, where)
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            _check_keys(value, f"{name}[{i}]")
+
+
 def parse_params(data: dict) -> Params:
+    _check_keys(data)
     return build(Params, data or {}, "")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key written twice in one mapping (safe_load silently
+    keeps the last, so a second `data:` section would replace the first)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    """The safe loader's mapping, after a check that no key of it is written twice."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: the safe loader names it below
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is written twice "
+                                                    f"(first on line {first})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: where, then what (PyYAML's own text spans several lines)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (problem or str(err))
+
+
+def _read_yaml(path: Path):
+    """The YAML document of the params file; every problem is a ConfigError naming the file."""
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
+        raise ConfigError(f"{path}: params file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the params file ({err.strerror})") from err
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    return parse_params(data)
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from err
+
+
+def check_local_paths(params: Params) -> None:
+    """What the params name on this machine: the data source's folder or file, the shard folder
+    prepare replaces, the FID weights file. Run where the stages run (load_params), not on every
+    parse: a registered model re-parses its params on machines without its training data."""
+    try:
+        check_source(params.data.source)
+    except FileNotFoundError as err:
+        raise ConfigError(f"data.source: {err}") from err
+    try:
+        check_replaceable(params.data.out_dir)
+    except ValueError as err:
+        raise ConfigError(f"data.out_dir: {err}") from err
+    weights = params.evaluate.inception_weights
+    require(weights is None or Path(weights).is_file(), "evaluate.inception_weights",
+            f"no such file: {weights} (a local copy of the FID Inception-v3 weights, or null)")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """params.yaml read, validated and checked against this machine's files; a ConfigError
+    names the file (unreadable, not YAML, not a mapping) or the dotted field."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise ConfigError(f"{path}: the params file is {what}; it must map sections "
+                          f"(data:, train:, ...) to their settings")
+    params = parse_params(data)
+    check_local_paths(params)
+    return params
 
 
 def as_dict(params) -> dict:
