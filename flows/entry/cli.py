@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -23,6 +24,14 @@ STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate", "registe
 LOCKED = STAGES + ("pipeline",)  # commands that write the workspace's outputs
 
 
+def seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (argparse names the option when it is not)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("train", "sample", "evaluate", "register"):
             cmd.add_argument("--framework", required=True, help="a run of train.frameworks (ddpm-paper)")
         if name in LOCKED:
-            cmd.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+            cmd.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                              help="wait this long for another run holding the workspace (default: refuse)")
         if name in ("deploy", "serve"):
             _deployment_args(cmd, name)
