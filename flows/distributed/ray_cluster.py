@@ -64,22 +64,35 @@ def connect() -> None:
 
 
 def require_resources(ray_params, poll_s: float = 1.0) -> None:
-    """Wait at most ray.resources_timeout_s for the cluster to offer every training worker;
-    past that, fail with what was asked and what is there rather than hang in fit()."""
+    """Wait at most ray.resources_timeout_s until the cluster has every training worker's CPUs
+    (and GPUs) free, not merely in its total (other jobs' actors and tasks hold part of it);
+    past that, fail naming what was asked, what is there in total and what is free, rather than
+    hang in fit()."""
     import ray
 
-    need_cpu = ray_params.num_workers * ray_params.cpus_per_worker
-    need_gpu = ray_params.num_workers if ray_params.use_gpu else 0
+    need = {"CPU": ray_params.num_workers * ray_params.cpus_per_worker,
+            "GPU": ray_params.num_workers if ray_params.use_gpu else 0}
     deadline = time.time() + ray_params.resources_timeout_s
     while True:
-        have = ray.cluster_resources()
-        if have.get("CPU", 0) >= need_cpu and have.get("GPU", 0) >= need_gpu:
+        free = ray.available_resources()
+        if all(free.get(kind, 0) >= amount for kind, amount in need.items()):
             return
         if time.time() > deadline:
-            where = os.environ.get("RAY_ADDRESS") or "the local Ray instance"
-            raise RayUnavailable(
-                f"ray.num_workers={ray_params.num_workers} x ray.cpus_per_worker="
-                f"{ray_params.cpus_per_worker} (use_gpu={ray_params.use_gpu}) asks for {need_cpu:g} "
-                f"CPU and {need_gpu} GPU, but {where} offers {have.get('CPU', 0):g} CPU and "
-                f"{have.get('GPU', 0):g} GPU after {ray_params.resources_timeout_s:g} s")
+            raise RayUnavailable(_shortfall(ray_params, need, ray.cluster_resources(), free))
         time.sleep(poll_s)
+
+
+def _shortfall(ray_params, need: dict, total: dict, free: dict) -> str:
+    """What the workers ask for against the cluster's total and free resources, and what to do."""
+    where = os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+
+    def amounts(resources: dict) -> str:
+        return " and ".join(f"{resources.get(kind, 0):g} {kind}" for kind in need)
+
+    fits = all(total.get(kind, 0) >= amount for kind, amount in need.items())
+    advice = ("other jobs hold the rest: wait for them to end, or raise ray.resources_timeout_s" if fits else
+              "more than the cluster has: lower ray.num_workers or ray.cpus_per_worker, or add nodes")
+    return (f"ray.num_workers={ray_params.num_workers} x ray.cpus_per_worker={ray_params.cpus_per_worker} "
+            f"(use_gpu={ray_params.use_gpu}) asks for {amounts(need)}, but after "
+            f"{ray_params.resources_timeout_s:g} s {where} has {amounts(free)} free of "
+            f"{amounts(total)} in total; {advice}")

@@ -1,13 +1,30 @@
 """Ray Train glue: the per-worker loop is plain PyTorch with three marked Ray touch points
-(prepare the model, shard the data by rank, report with a checkpoint)."""
+(prepare the model, shard the data by rank, report with a checkpoint).
+
+A run resumes where it stopped. Each checkpoint holds, besides the weights, Adam and the EMA,
+everything the loop carries: the step (and with it the learning rate), the time spent (for
+the cap), and per rank the loss's noise generator and the data position. A restarted worker
+group, or the same run name given to `fit` again, goes on from the latest checkpoint and ends
+with the weights an uninterrupted run would have. SIGTERM or SIGINT at the driver asks the
+workers, through a stop file in the run's storage folder, to checkpoint at the next step
+boundary and end; `fit` then raises `TrainingInterrupted`.
+"""
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -20,70 +37,165 @@ from flows.distributed.ray_cluster import connect, require_resources
 from flows.tracking import runs as tracking
 
 STATE_FILE = "state.pt"
+STOP_FILE = "stop-requested"  # in the run's storage folder: the driver asks the workers to stop
+STOP_POLL_S = 1.0  # how often rank 0 looks for the stop file
 
 
-def _restore(model, optimizer, ema, config: dict, rank: int) -> int:
-    """Ray touch point: resume from the last reported checkpoint, if a worker was restarted."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    model.denoiser.net.load_state_dict(state["net"])
-    optimizer.load_state_dict(state["optimizer"])
-    ema.load_state_dict(state["ema"])
-    if rank == 0:
-        tracking.log_metrics(config["run_id"], {"resumed_from_step": state["step"]}, state["step"])
-        print(f"[{config['framework']}] resumed from the checkpoint at step {state['step']}", flush=True)
-    return int(state["step"])
+class NonFiniteLoss(RuntimeError):
+    """Training met a non-finite loss or gradient and train.nonfinite says to stop."""
 
 
-def _report(model, optimizer, ema, step: int, metrics: dict, rank: int) -> None:
-    """Ray touch point: report metrics with a checkpoint (rank 0 writes it, the others None)."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"net": model.denoiser.net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "ema": ema.state_dict(), "step": step}, Path(directory) / STATE_FILE)
-            model.save(Path(directory) / "ema", ema.model.state_dict())
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report({**metrics, "step": step}, checkpoint=checkpoint)
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run before its last step; the same call again resumes it."""
 
 
-def _batches(config: dict, rank: int, world: int):
-    """Endless per-rank batches. The first epoch streams this rank's webdataset shards; with
-    train.cache_in_memory later epochs reshuffle what was streamed instead of decoding the tar
-    files again (per-sample decoding dominates the step time of small models on 2-D data)."""
-    per_rank, epoch, cached = config["batch_size"] // world, 0, []
-    while epoch == 0 or not config["cache_in_memory"]:
-        stream = ShardStream(config["data_dir"], "train", rank, world, seed=config["seed"], epoch=epoch)
-        loader = torch.utils.data.DataLoader(stream, batch_size=per_rank,
-                                             num_workers=config["loader_workers"], drop_last=True)
+# -- collectives: every rank takes the same decision -------------------------------------------
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _from_rank_zero(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank, so all ranks stop at the same step."""
+    value = torch.tensor([float(flag)])
+    if _distributed():
+        dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def _on_every_rank(flag: bool) -> bool:
+    """True only if `flag` holds on every rank, so all ranks take the same decision."""
+    value = torch.tensor([float(flag)])
+    if _distributed():
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def _gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor` (same shape and dtype on all), in rank order."""
+    if not _distributed():
+        return [tensor]
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor)
+    return gathered
+
+
+# -- the stop request: a file in the run's storage folder ------------------------------------
+
+def stop_uri(storage: str, run_name: str) -> str:
+    """Where the driver asks run `run_name` to stop: a file in its folder of Ray's storage
+    (a local path or a URI every worker reaches, as Ray Train's checkpoints need anyway)."""
+    return f"{storage.rstrip('/')}/{run_name}/{STOP_FILE}"
+
+
+def _filesystem(uri: str):
+    """The pyarrow file system and path of a local path or a URI, as Ray Train's storage uses."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def request_stop(uri: str) -> None:
+    """Ask the run to stop at its next step boundary (what SIGTERM and SIGINT do at the driver)."""
+    fs, path = _filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(f"stop asked at {time.time():.3f} by pid {os.getpid()}\n".encode())
+
+
+def stop_requested(uri: str) -> bool:
+    """Whether a stop request is there."""
+    import pyarrow.fs
+
+    fs, path = _filesystem(uri)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def clear_stop(uri: str) -> None:
+    """Remove a stop request, so that one asked of an earlier call does not end this one."""
+    if stop_requested(uri):
+        fs, path = _filesystem(uri)
+        fs.delete_file(path)
+
+
+class _StopRequest:
+    """Whether the driver asked to stop: rank 0 looks for the stop file at most every
+    STOP_POLL_S (a file system call per step would slow small models), every rank hears its
+    answer at every step, so all stop at the same step boundary."""
+
+    def __init__(self, uri: str, rank: int):
+        self.uri, self.rank, self.looked, self.seen = uri, rank, -math.inf, False
+
+    def __call__(self) -> bool:
+        if self.rank == 0 and not self.seen and time.monotonic() - self.looked >= STOP_POLL_S:
+            self.seen, self.looked = stop_requested(self.uri), time.monotonic()
+        return _from_rank_zero(self.seen)
+
+
+# -- the data, with its position ---------------------------------------------------------------
+
+class _Batches:
+    """Endless per-rank batches that know their position: the epoch and the index of the next
+    batch in it. Epoch e streams this rank's webdataset shards in the order ShardStream draws
+    for e. With train.cache_in_memory, epochs after the first reshuffle what the first streamed,
+    in an order drawn from (seed, rank, epoch), instead of decoding the tar files again
+    (per-sample decoding dominates the step time of small models on 2-D data). A position
+    fixes every batch after it, so a worker that seeks to a checkpoint's position draws what
+    an uninterrupted one would have."""
+
+    def __init__(self, config: dict, rank: int, world: int):
+        self.config, self.rank, self.world = config, rank, world
+        self.per_rank, self.epoch, self.index = config["batch_size"] // world, 0, 0
+
+    def position(self) -> list[int]:
+        return [self.epoch, self.index]
+
+    def seek(self, epoch: int, index: int) -> None:
+        self.epoch, self.index = int(epoch), int(index)
+
+    def __iter__(self):
+        first, data = [], None  # the first epoch's batches, then all of them as one tensor
+        while True:
+            if self.config["cache_in_memory"] and self.epoch > 0:
+                if data is None:  # a run resumed past the first epoch streams it once more
+                    data = torch.cat(first or list(self._streamed(0)))
+                    first.clear()
+                batches = self._reshuffled(data)
+            else:
+                batches = self._streamed(self.epoch, first if self.config["cache_in_memory"] else None)
+            yield from self._from_index(batches)
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def _streamed(self, epoch: int, keep: list | None = None):
+        stream = ShardStream(self.config["data_dir"], "train", self.rank, self.world,
+                             seed=self.config["seed"], epoch=epoch)
+        loader = torch.utils.data.DataLoader(stream, batch_size=self.per_rank, drop_last=True,
+                                             num_workers=self.config["loader_workers"])
         for x, _ in loader:
-            if config["cache_in_memory"]:
-                cached.append(x)
+            if keep is not None:
+                keep.append(x)
             yield x
-        epoch += 1
-    data = torch.cat(cached)
-    generator = torch.Generator().manual_seed(config["seed"] * 7919 + rank)
-    while True:
-        order = torch.randperm(len(data), generator=generator)
-        yield from (data[order[i:i + per_rank]] for i in range(0, len(data) - per_rank + 1, per_rank))
+
+    def _reshuffled(self, data: torch.Tensor):
+        entropy = [self.config["seed"], self.rank, self.epoch]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        order, n = torch.randperm(len(data), generator=generator), self.per_rank
+        return (data[order[i:i + n]] for i in range(0, len(data) - n + 1, n))
+
+    def _from_index(self, batches):
+        """The epoch's batches from self.index on, moving the position past each one given."""
+        for i, x in enumerate(batches):
+            if i >= self.index:
+                self.index = i + 1
+                yield x
 
 
-def _past_time_limit(start: float, limit_s: float | None) -> bool:
+# -- what the loop carries from step to step ---------------------------------------------------
+
+def _past_time_limit(started: float, limit_s: float | None) -> bool:
     """Whether the optional safety cap on the loop's wall time has passed, as rank 0 measures
     it and tells the others, so every rank stops at the same step."""
-    if limit_s is None:
-        return False
-    past = torch.tensor([time.time() - start > limit_s], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast(past, src=0)
-    return bool(past.item())
+    return limit_s is not None and _from_rank_zero(time.time() - started > limit_s)
 
 
 class _Progress:
@@ -98,6 +210,15 @@ class _Progress:
     def add(self, examples: int, loss: float) -> None:
         self.seen, self.loss_sum, self.steps = self.seen + examples, self.loss_sum + loss, self.steps + 1
 
+    def state_dict(self) -> dict:
+        """The window's losses, so the first line after a restart averages the same steps as
+        an uninterrupted run's (throughput is measured afresh)."""
+        return {"loss_sum": self.loss_sum, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+        self.loss_sum, self.steps = float(state["loss_sum"]), int(state["steps"])
+
     def flush(self, config: dict, rank: int, step: int, extra: dict) -> None:
         """Rank 0 logs the window's figures to MLflow and prints the progress line."""
         metrics = {"loss": self.loss_sum / max(1, self.steps),
@@ -107,18 +228,6 @@ class _Progress:
             print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
                   f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
         self.reset()
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training met a non-finite loss or gradient and train.nonfinite says to stop."""
-
-
-def _on_every_rank(flag: bool) -> bool:
-    """True only if `flag` holds on every rank, so all ranks take the same decision."""
-    value = torch.tensor([float(flag)])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
 
 
 class _NonFinitePolicy:
@@ -138,23 +247,140 @@ class _NonFinitePolicy:
         return False
 
 
-def _build(config: dict, rank: int):
-    """The model, its DDP-wrapped training denoiser (Ray touch point), Adam, EMA and the step
-    to start from (0, or a restored checkpoint's)."""
+@dataclass
+class _Loop:
+    """What the loop carries from one step to the next, which a checkpoint keeps so that a
+    restarted worker goes on as if it had never stopped: the step (the learning rate follows
+    from it), per rank the loss's noise generator and the data position, the loop time spent
+    (`started` is time.time() less it), the progress window, the skipped batches, the last loss."""
+
+    step: int
+    generator: torch.Generator
+    batches: _Batches
+    progress: _Progress
+    nonfinite: _NonFinitePolicy
+    started: float
+    loss: float = float("nan")
+    resumed_from: int = 0
+
+    @classmethod
+    def fresh(cls, config: dict, rank: int, world: int) -> _Loop:
+        generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+        return cls(0, generator, _Batches(config, rank, world), _Progress(),
+                   _NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"]), time.time())
+
+    def state_dict(self) -> dict:
+        """The loop's state with every rank's generator and data position; a collective call."""
+        positions = _gather(torch.tensor(self.batches.position(), dtype=torch.int64))
+        ranks = [{"generator": g, "epoch": int(p[0]), "batch": int(p[1])}
+                 for g, p in zip(_gather(self.generator.get_state()), positions)]
+        return {"step": self.step, "elapsed_s": time.time() - self.started, "loss": self.loss,
+                "skipped": self.nonfinite.skipped, "progress": self.progress.state_dict(), "ranks": ranks}
+
+    def load_state_dict(self, state: dict, rank: int, world: int) -> None:
+        if len(state["ranks"]) != world:
+            raise ValueError(f"the checkpoint at step {state['step']} was written by {len(state['ranks'])} "
+                             f"workers, this run has {world}: ray.num_workers must stay as the run began")
+        mine = state["ranks"][rank]
+        self.generator.set_state(mine["generator"])
+        self.batches.seek(mine["epoch"], mine["batch"])
+        self.step = self.resumed_from = int(state["step"])
+        self.started, self.loss = time.time() - float(state["elapsed_s"]), float(state["loss"])
+        self.nonfinite.skipped = int(state["skipped"])
+        self.progress.load_state_dict(state["progress"])
+
+
+class _Parts(NamedTuple):
+    model: DiffusionModel
+    denoiser: object  # the one the gradient flows through: model.denoiser, or its DDP wrap
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+def _build(config: dict, rank: int) -> _Parts:
+    """The model, its DDP-wrapped training denoiser (Ray touch point), Adam and the EMA."""
     import ray.train.torch
 
     torch.manual_seed(config["seed"] + rank)
     model = DiffusionModel(config["model"])
     net = ray.train.torch.prepare_model(model.denoiser.net)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
-    ema = EMA(model.denoiser.net, config["ema_gamma"])
-    return model, model.wrap(net), optimizer, ema, _restore(model, optimizer, ema, config, rank)
+    return _Parts(model, model.wrap(net), optimizer, EMA(model.denoiser.net, config["ema_gamma"]))
+
+
+def _restore(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int) -> None:
+    """Ray touch point: continue from the run's latest checkpoint, if it has one (a restarted
+    worker group, or a run continued under the same name)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    parts.model.denoiser.net.load_state_dict(state["net"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.ema.load_state_dict(state["ema"])
+    loop.load_state_dict(state["loop"], rank, world)
+    if rank == 0:
+        tracking.log_metrics(config["run_id"], {"resumed_from_step": loop.step}, loop.step)
+        print(f"[{config['framework']}] resumed from the checkpoint at step {loop.step} (epoch "
+              f"{loop.batches.epoch}, batch {loop.batches.index}; {time.time() - loop.started:.1f} s "
+              f"of loop time spent)", flush=True)
+
+
+def _report(parts: _Parts, loop: _Loop, metrics: dict, rank: int) -> None:
+    """Ray touch point: report metrics with a checkpoint of all a restart needs (every rank
+    takes part in gathering the per-rank state; rank 0 writes it, the others report None)."""
+    import ray.train
+
+    state = {"net": parts.model.denoiser.net.state_dict(), "optimizer": parts.optimizer.state_dict(),
+             "ema": parts.ema.state_dict(), "loop": loop.state_dict()}
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            torch.save(state, Path(directory) / STATE_FILE)
+            parts.model.save(Path(directory) / "ema", parts.ema.model.state_dict())
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report({**metrics, "step": loop.step}, checkpoint=checkpoint)
+
+
+def _take_steps(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int, device,
+                stop: _StopRequest) -> str:
+    """Steps up to the planned number, unless the time cap, a non-finite step (train.nonfinite)
+    or the driver's stop request ends the run first; returns what ended it."""
+    batches = iter(loop.batches)
+    while loop.step < config["steps"]:
+        if stop():
+            return "interrupted"
+        x = next(batches)
+        lr = config["lr"] * lr_factor(loop.step, config["steps"], config["warmup_steps"],
+                                      config["lr_schedule"])
+        loss, grad_norm = training_step(parts.model, parts.denoiser, parts.optimizer, parts.ema,
+                                        x.to(device), loop.generator, lr, config["grad_clip"])
+        if not loop.nonfinite.counts(is_finite(loss, grad_norm), loop.step):
+            if loop.nonfinite.stopped_at:
+                return "nonfinite"
+            continue
+        loop.step, loop.loss = loop.step + 1, loss.item()
+        loop.progress.add(x.shape[0] * world, loop.loss)
+        if loop.step % config["log_every"] == 0 or loop.step == config["steps"]:
+            loop.progress.flush(config, rank, loop.step, {"grad_norm": float(grad_norm), "lr": lr})
+            if _past_time_limit(loop.started, config["time_limit_s"]):
+                return "time_limit"
+        if loop.step % config["checkpoint_every"] == 0 and loop.step < config["steps"]:
+            _report(parts, loop, {"loss": loop.loss}, rank)
+    return "steps"
 
 
 def train_loop_per_worker(config: dict) -> None:
     """`steps` steps of the shared recipe (diffusion_core.training), the learning rate decaying
     to the last one, checkpoints along the way: the same params and data give the same weights
-    on any machine. The optional time limit is a safety cap; a run it stops says so."""
+    on any machine, interrupted or not. The optional time limit is a safety cap; a run it stops
+    says so. The last report always carries a checkpoint (Ray Train V2 keeps Result.metrics
+    only from reports with one)."""
     import ray.train
     import ray.train.torch
 
@@ -162,55 +388,74 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config["threads"])
     os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]  # the driver's store, made absolute
-    model, denoiser, optimizer, ema, step = _build(config, rank)
-    device = ray.train.torch.get_device()
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank + step)
-    start, progress, time_limited = time.time(), _Progress(), False
-    nonfinite = _NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"])
-    loss = torch.tensor(float("nan"))  # stays NaN only if a restored run had no steps left
-    for x in _batches(config, rank, world):
-        if step >= config["steps"] or nonfinite.stopped_at:
-            break
-        lr = config["lr"] * lr_factor(step, config["steps"], config["warmup_steps"], config["lr_schedule"])
-        loss, grad_norm = training_step(model, denoiser, optimizer, ema, x.to(device), generator, lr,
-                                        config["grad_clip"])
-        if not nonfinite.counts(is_finite(loss, grad_norm), step):
-            continue
-        step += 1
-        progress.add(x.shape[0] * world, loss.item())
-        if step % config["log_every"] == 0 or step == config["steps"]:
-            progress.flush(config, rank, step, {"grad_norm": float(grad_norm), "lr": lr})
-            time_limited = _past_time_limit(start, config["time_limit_s"])
-            if time_limited:
-                break
-        if step % config["checkpoint_every"] == 0 and step < config["steps"]:
-            _report(model, optimizer, ema, step, {"loss": loss.item()}, rank)
-    _report(model, optimizer, ema, step, {"loss": loss.item(), "loop_seconds": time.time() - start,
-                                            "world_size": world, "time_limited": float(time_limited),
-                                            "nonfinite_step": nonfinite.stopped_at,
-                                            "skipped_batches": nonfinite.skipped}, rank)
+    parts, loop = _build(config, rank), _Loop.fresh(config, rank, world)
+    _restore(parts, loop, config, rank, world)
+    ended_by = _take_steps(parts, loop, config, rank, world, ray.train.torch.get_device(),
+                           _StopRequest(config["stop_uri"], rank))
+    _report(parts, loop, {"loss": loop.loss, "loop_seconds": time.time() - loop.started, "world_size": world,
+                          "time_limited": float(ended_by == "time_limit"),
+                          "interrupted": float(ended_by == "interrupted"),
+                          "nonfinite_step": loop.nonfinite.stopped_at,
+                          "skipped_batches": loop.nonfinite.skipped,
+                          "resumed_from_step": loop.resumed_from}, rank)
 
 
-def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
-    """Run the TorchTrainer and copy the final EMA model to out_dir; returns the last metrics."""
-    connect()
-    require_resources(ray_params)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+# -- the driver --------------------------------------------------------------------------------
 
-    path = ray_params.storage_path  # a URI (s3://...) as it is; a local folder made absolute
-    storage = path if "://" in path else os.path.abspath(path)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=ray_params.num_workers, use_gpu=ray_params.use_gpu,
-                                     resources_per_worker={"CPU": ray_params.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=ray_params.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
+@contextlib.contextmanager
+def _signals_request_stop(stop: str, run_name: str):
+    """While the block runs, SIGTERM or SIGINT asks the workers to checkpoint and end at the next
+    step boundary (the stop file); a second signal stops at once, without a checkpoint. The
+    handlers that were there before come back afterwards."""
+    received = []
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) > 1:
+            raise TrainingInterrupted(f"{run_name}: {name} again: stopped at once, without a checkpoint; "
+                                      f"run the same command again to resume from the last one")
+        request_stop(stop)
+        print(f"[{run_name}] {name}: stopping at the next step boundary with a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _fit_watching_signals(trainer, stop: str, run_name: str):
+    """trainer.fit(), with SIGTERM and SIGINT asking for a checkpointed stop. fit() runs in a
+    helper thread so that the main thread catches the signals (Ray Train's fit() in the main
+    thread takes SIGINT to abort the run without a checkpoint). Off the main thread (a Prefect
+    task's), where no handler can be installed, fit() runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 -- raised again in the main thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name=f"fit-{run_name}", daemon=True)
+    with _signals_request_stop(stop, run_name):
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _check_outcome(metrics: dict, result, loop_config: dict, run_name: str) -> None:
+    """Raise when the workers ended before the planned steps for a non-finite loss
+    (NonFiniteLoss) or a stop request (TrainingInterrupted); a run the time cap ended is whole
+    (the summary says what stopped it)."""
     if metrics.get("nonfinite_step"):
         raise NonFiniteLoss(
             f"{run_name}: the loss or its gradient was not finite at step {metrics['nonfinite_step']} "
@@ -218,6 +463,41 @@ def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
             f"skipped); no model was written. The last good state, step {metrics.get('step')}, is "
             f"the checkpoint {result.checkpoint.path}; lower the learning rate or set "
             f"train.nonfinite: skip")
+    if metrics.get("interrupted"):
+        raise TrainingInterrupted(
+            f"{run_name}: interrupted at step {metrics.get('step')} of {loop_config['steps']}; its "
+            f"checkpoint is {result.checkpoint.path}. Run the same command again to resume; the "
+            f"model in place was left as it was")
+
+
+def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
+    """Run, or continue, the Ray Train run `run_name` and copy its final EMA model to out_dir;
+    returns the last metrics. Ray Train V2 finds a run by RunConfig(storage_path, name): with
+    the same pair, fit() loads the run's checkpoint_manager_snapshot.json from
+    storage_path/name and hands its latest checkpoint to the workers (ray.train.get_checkpoint()),
+    so calling fit again with the same name continues the run."""
+    connect()
+    require_resources(ray_params)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    path = ray_params.storage_path  # a URI (s3://...) as it is; a local folder made absolute
+    storage = path if "://" in path else os.path.abspath(path)
+    stop = stop_uri(storage, run_name)
+    clear_stop(stop)  # a stop asked of an earlier call must not end this one
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_config, "stop_uri": stop},
+        scaling_config=ScalingConfig(num_workers=ray_params.num_workers, use_gpu=ray_params.use_gpu,
+                                     resources_per_worker={"CPU": ray_params.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=ray_params.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = _fit_watching_signals(trainer, stop, run_name)
+    clear_stop(stop)  # asked too late to matter: the run had ended
+    metrics = dict(result.metrics or {})
+    _check_outcome(metrics, result, loop_config, run_name)
     with result.checkpoint.as_directory() as directory:
         shutil.copytree(Path(directory) / "ema", out_dir, dirs_exist_ok=True)
     return metrics

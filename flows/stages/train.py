@@ -1,14 +1,22 @@
-"""The train stage: one framework on Ray Train, its MLflow run created before the first step."""
+"""The train stage: one framework on Ray Train, its MLflow run created before the first step.
+
+A run under way has a record beside its model folder (`models/.<run>.in-progress.json`): its
+MLflow run id, its Ray Train run name and the fingerprint of what fixes its result. A train call
+whose inputs match continues that run (after a kill, a signal, a failed Prefect try); a changed
+config starts a new one and says what changed. The record goes once the model is in place."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from diffusion_core.data.atomic import replacing_folder, write_json
 from diffusion_core.training.lr_schedule import warmup_steps
 from flows.config.params import Params, as_dict
 from flows.config.recipes import recipe_of, split_run
-from flows.distributed.train_ray import fit
+from flows.distributed.train_ray import NonFiniteLoss, fit
 from flows.stages.data import dataset_meta, manifest_hash
 from flows.tracking import runs as tracking
 
@@ -31,22 +39,11 @@ def model_config(params: Params, framework: str, meta: dict) -> dict:
             "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
-def train(params: Params, framework: str) -> dict:
-    """Train one framework with Ray Train; the MLflow run exists before fit()."""
-
-    meta = dataset_meta(params)
-    profile = params.profile(meta["kind"])
-    out = Path(params.train.out_dir) / framework
-    experiment = tracking.experiment_name(params.data.source)
-    model = model_config(params, framework, meta)  # bad params stop here, before the run exists
-    run_id = tracking.start_run(experiment, f"{framework}", as_dict(params),
-                                {"framework": split_run(framework)[0], "run": framework,
-                                 "recipe": recipe_of(framework), "data_manifest_sha256": manifest_hash(params),
-                                 "dataset": params.data.source})
-    loop_config = {
-        "framework": framework, "model": model, "run_id": run_id,
-        "tracking_uri": tracking.tracking_uri(),
-        "data_dir": str(Path(params.data.out_dir).resolve()), "seed": params.train.seed,
+def _loop_config(params: Params, framework: str, profile, model: dict) -> dict:
+    """The training loop's settings, each of which bears on the trained weights (train adds
+    where the loop reads the data and which MLflow run it logs to)."""
+    return {
+        "framework": framework, "model": model, "seed": params.train.seed,
         "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,
         "warmup_steps": warmup_steps(profile.steps), "grad_clip": params.train.grad_clip,
         "ema_gamma": params.train.ema_gamma,
@@ -57,14 +54,108 @@ def train(params: Params, framework: str) -> dict:
         "loader_workers": params.train.loader_workers, "cache_in_memory": params.train.cache_in_memory,
         "threads": max(1, int(params.ray.cpus_per_worker)),
     }
+
+
+def _run_inputs(params: Params, loop_config: dict) -> dict:
+    """What fixes a run's result, as JSON values: the loop's settings, the data (its manifest's
+    sha256) and the workers' layout (each rank draws its own shards and noise)."""
+    inputs = {**loop_config, "data_manifest_sha256": manifest_hash(params),
+              "num_workers": params.ray.num_workers, "use_gpu": params.ray.use_gpu}
+    return json.loads(json.dumps(inputs))
+
+
+def _fingerprint(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def in_progress_path(params: Params, framework: str) -> Path:
+    """The record of the run of `framework` under way: written when the run starts, removed
+    once its model is in place, so that a train call after a crash, a kill, a signal or a
+    failed Prefect try finds the run to continue."""
+    return Path(params.train.out_dir) / f".{framework}.in-progress.json"
+
+
+def _run_exists(run_id: str) -> bool:
+    """Whether the MLflow run is still there to log into (not deleted, store not replaced)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.client().get_run(run_id).info.lifecycle_stage != "deleted"
+    except MlflowException:
+        return False
+
+
+def _unfinished_run(path: Path, inputs: dict, framework: str) -> dict | None:
+    """The in-progress record at `path` if it is a run of the same inputs whose MLflow run is
+    still there; otherwise None, saying why a record there is not used."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        fingerprint, run_id, name = record["fingerprint"], record["run_id"], record["ray_run_name"]
+    except (ValueError, KeyError) as err:
+        print(f"train {framework}: ignoring the unreadable record {path} ({err}); starting a new run")
+        return None
+    if fingerprint != _fingerprint(inputs):
+        old = record.get("inputs", {})
+        changed = sorted(key for key in old.keys() | inputs.keys() if old.get(key) != inputs.get(key))
+        print(f"train {framework}: {', '.join(changed) or 'the params'} changed since the unfinished run "
+              f"{run_id} began (Ray run {name}); starting a new run, the old one stays as it is")
+        return None
+    if not _run_exists(run_id):
+        print(f"train {framework}: the unfinished run {run_id} is no longer in MLflow; starting a new run")
+        return None
+    print(f"train {framework}: continuing the unfinished run {run_id} (Ray run {name}) from its "
+          f"latest checkpoint")
+    return record
+
+
+def _start_or_continue(params: Params, framework: str, experiment: str, inputs: dict) -> dict:
+    """The in-progress record of the run to train: the unfinished run of the same inputs, or a
+    new MLflow run (created before any step) with its Ray Train run name."""
+    path = in_progress_path(params, framework)
+    record = _unfinished_run(path, inputs, framework)
+    if record is not None:
+        return record
+    run_id = tracking.start_run(experiment, framework, as_dict(params),
+                                {"framework": split_run(framework)[0], "run": framework,
+                                 "recipe": recipe_of(framework), "dataset": params.data.source,
+                                 "data_manifest_sha256": inputs["data_manifest_sha256"]})
+    record = {"run_id": run_id, "experiment": experiment,
+              "ray_run_name": f"{experiment}-{framework}-{run_id[:8]}",
+              "fingerprint": _fingerprint(inputs), "inputs": inputs,
+              "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json(path, record)
+    return record
+
+
+def train(params: Params, framework: str) -> dict:
+    """Train one framework with Ray Train; the MLflow run exists before fit(). An unfinished
+    run of the same params and data is continued: the same MLflow run and Ray Train run, from
+    its latest checkpoint. An interrupted run (TrainingInterrupted) leaves the model in place
+    as it was; a diverged one (NonFiniteLoss) has ended, and a new call starts afresh."""
+    meta = dataset_meta(params)
+    profile = params.profile(meta["kind"])
+    out = Path(params.train.out_dir) / framework
+    experiment = tracking.experiment_name(params.data.source)
+    model = model_config(params, framework, meta)  # bad params stop here, before the run exists
+    loop_config = _loop_config(params, framework, profile, model)
+    run = _start_or_continue(params, framework, experiment, _run_inputs(params, loop_config))
+    loop_config.update(run_id=run["run_id"], tracking_uri=tracking.tracking_uri(),
+                       data_dir=str(Path(params.data.out_dir).resolve()))
     start = time.time()
-    with replacing_folder(out) as staging:  # the last good model stays until the new one is whole
-        metrics = fit(loop_config, params.ray, f"{experiment}-{framework}-{run_id[:8]}", staging)
-        summary = _summary(metrics, profile.steps, params.train.time_limit_s, time.time() - start)
-        tracking.save_run_id(staging, run_id, experiment)
-        write_json(staging / "train_summary.json", summary)
-    tracking.log_metrics(run_id, {"train_seconds": summary["train_seconds"]})
-    tracking.set_tags(run_id, {"stopped_by": summary["stopped_by"], "steps": summary["steps"]})
+    try:
+        with replacing_folder(out) as staging:  # the last good model stays until the new one is whole
+            metrics = fit(loop_config, params.ray, run["ray_run_name"], staging)
+            summary = _summary(metrics, profile.steps, params.train.time_limit_s, time.time() - start)
+            tracking.save_run_id(staging, run["run_id"], experiment)
+            write_json(staging / "train_summary.json", summary)
+    except NonFiniteLoss:
+        in_progress_path(params, framework).unlink(missing_ok=True)
+        raise
+    in_progress_path(params, framework).unlink(missing_ok=True)  # the model is in place: done
+    tracking.log_metrics(run["run_id"], {"train_seconds": summary["train_seconds"]})
+    tracking.set_tags(run["run_id"], {"stopped_by": summary["stopped_by"], "steps": summary["steps"]})
     if summary["stopped_by"] == "time_limit":
         print(f"train {framework}: the safety cap train.time_limit_s={params.train.time_limit_s:g} s "
               f"stopped the run at step {summary['steps']} of {profile.steps}")
@@ -78,5 +169,6 @@ def _summary(metrics: dict, planned_steps: int, time_limit_s: float | None, seco
             "stopped_by": stopped_by, "time_limit_s": time_limit_s,
             "final_loss": metrics.get("loss"), "world_size": metrics.get("world_size"),
             "skipped_batches": int(metrics.get("skipped_batches", 0)),
-            "loop_seconds": metrics.get("loop_seconds"),  # the training loop alone
-            "train_seconds": seconds}  # with Ray's worker start-up
+            "resumed_from_step": int(metrics.get("resumed_from_step", 0)),
+            "loop_seconds": metrics.get("loop_seconds"),  # the training loop alone, across restarts
+            "train_seconds": seconds}  # this call's, with Ray's worker start-up
