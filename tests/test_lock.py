@@ -74,3 +74,14 @@ def test_the_cli_refuses_a_held_workspace_and_writes_nothing(tmp_path, monkeypat
     assert main(["prepare"]) == 1
     assert f"pid {other_process.pid}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [lock.LOCK_NAME, "params.yaml"]
+
+
+def test_the_flow_does_not_retry_what_a_retry_cannot_mend():
+    from prefect.states import Failed
+
+    from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
+    from flows.entry.pipeline import retry_unless_final
+
+    for error in (TrainingInterrupted("stop"), NonFiniteLoss("nan"), lock.WorkspaceLocked("held")):
+        assert not retry_unless_final(None, None, Failed(data=error))
+    assert retry_unless_final(None, None, Failed(data=RuntimeError("a Ray worker died")))

@@ -199,9 +199,11 @@ def _past_time_limit(started: float, limit_s: float | None) -> bool:
 
 
 class _Progress:
-    """Loss and throughput over the steps since the last progress line."""
+    """Loss and throughput over the steps since the last progress line, logged through a
+    MetricLog: training never waits on MLflow, and what could not be sent is sent later."""
 
     def __init__(self):
+        self.log: tracking.MetricLog | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -224,10 +226,15 @@ class _Progress:
         metrics = {"loss": self.loss_sum / max(1, self.steps),
                    "samples_per_s": self.seen / max(time.time() - self.start, 1e-9), **extra}
         if rank == 0:
-            tracking.log_metrics(config["run_id"], metrics, step)
+            self.log = self.log or tracking.MetricLog(config["run_id"])
+            self.log.log(metrics, step)
             print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
                   f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
         self.reset()
+
+    def close(self) -> int:
+        """Send what is still pending; the number of metrics that never reached MLflow."""
+        return self.log.close() if self.log else 0
 
 
 class _NonFinitePolicy:
@@ -397,7 +404,8 @@ def train_loop_per_worker(config: dict) -> None:
                           "interrupted": float(ended_by == "interrupted"),
                           "nonfinite_step": loop.nonfinite.stopped_at,
                           "skipped_batches": loop.nonfinite.skipped,
-                          "resumed_from_step": loop.resumed_from}, rank)
+                          "resumed_from_step": loop.resumed_from,
+                          "metrics_lost": loop.progress.close()}, rank)
 
 
 # -- the driver --------------------------------------------------------------------------------

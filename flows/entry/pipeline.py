@@ -11,12 +11,30 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.config.params import Params, as_dict, load_params, parse_params
-from flows.entry.lock import workspace_lock
+from flows.config.validation import ConfigError
+from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
+from flows.entry.lock import WorkspaceLocked, workspace_lock
 from flows.stages import data, evaluate, sample, train
 from flows.stages.compare import compare_and_publish
 from flows.tracking.registry import register
 
-RETRY = dict(retries=2, retry_delay_seconds=5)
+# Failures that a retry cannot mend, or that a person asked for: not retried.
+FINAL = (TrainingInterrupted, NonFiniteLoss, ConfigError, WorkspaceLocked)
+
+
+def retry_unless_final(task, task_run, state) -> bool:
+    """Retry a failed task unless its error is final (a stop asked for, a diverging run, bad
+    params, a held workspace); a retried train task resumes its own run."""
+    try:
+        state.result()
+    except FINAL:
+        return False
+    except Exception:  # transient: a Ray worker lost, a server briefly away
+        return True
+    return True
+
+
+RETRY = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_final)
 
 
 @task(name="prepare", cache_policy=NO_CACHE)

@@ -75,14 +75,6 @@ def in_progress_path(params: Params, framework: str) -> Path:
     return Path(params.train.out_dir) / f".{framework}.in-progress.json"
 
 
-def _run_exists(run_id: str) -> bool:
-    """Whether the MLflow run is still there to log into (not deleted, store not replaced)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return tracking.client().get_run(run_id).info.lifecycle_stage != "deleted"
-    except MlflowException:
-        return False
 
 
 def _unfinished_run(path: Path, inputs: dict, framework: str) -> dict | None:
@@ -102,7 +94,7 @@ def _unfinished_run(path: Path, inputs: dict, framework: str) -> dict | None:
         print(f"train {framework}: {', '.join(changed) or 'the params'} changed since the unfinished run "
               f"{run_id} began (Ray run {name}); starting a new run, the old one stays as it is")
         return None
-    if not _run_exists(run_id):
+    if not tracking.run_exists(run_id):
         print(f"train {framework}: the unfinished run {run_id} is no longer in MLflow; starting a new run")
         return None
     print(f"train {framework}: continuing the unfinished run {run_id} (Ray run {name}) from its "
@@ -170,5 +162,6 @@ def _summary(metrics: dict, planned_steps: int, time_limit_s: float | None, seco
             "final_loss": metrics.get("loss"), "world_size": metrics.get("world_size"),
             "skipped_batches": int(metrics.get("skipped_batches", 0)),
             "resumed_from_step": int(metrics.get("resumed_from_step", 0)),
+            "metrics_lost": int(metrics.get("metrics_lost", 0)),  # MLflow away for good: counted
             "loop_seconds": metrics.get("loop_seconds"),  # the training loop alone, across restarts
             "train_seconds": seconds}  # this call's, with Ray's worker start-up

@@ -168,6 +168,16 @@ class MetricLog:
         return len(self.pending)
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether the MLflow run is still there to log into (not deleted, store not replaced)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_run(run_id).info.lifecycle_stage != "deleted"
+    except MlflowException:
+        return False
+
+
 def log_artifacts(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     path = Path(path)
     if path.is_dir():
