@@ -25,14 +25,14 @@ from diffusion_core.noise import NoiseSource
 from diffusion_core.objectives import ncsn
 from diffusion_core.objectives.continuous_dsm import continuous_dsm_loss
 from diffusion_core.objectives.denoising import ddpm_loss, lognormal_loss
+from diffusion_core.processes.build import build_process
 from diffusion_core.processes.ddpm_chain import DDPMChain
-from diffusion_core.processes.sde import SDE, VESDE, VPSDE, SubVPSDE
+from diffusion_core.processes.sde import VPSDE
 from diffusion_core.samplers import registry as sampling
 
 # The three frameworks. What each trains and samples with (process, parameterization, loss,
 # sampler) is its section of the params, written into the model's JSON config below.
 FRAMEWORKS = ("ddpm", "ncsn", "sde")
-PROCESSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
 def _ddpm_loss(model, denoiser, x0, generator, weighting="network"):
@@ -53,15 +53,6 @@ def _dsm_loss(model, denoiser, x0, generator, eps=1e-5, weighting="sigma2", p_me
 LOSSES = {"ddpm": _ddpm_loss, "lognormal": _lognormal_loss, "dsm": _dsm_loss}
 LOSSES.update(ncsn=ncsn.dsm_objective, ncsn_ssm=ncsn.ssm_objective, ncsn_exact=ncsn.exact_objective)
 MODEL_KINDS = {"score": Denoiser, "energy": EnergyDenoiser}
-
-
-def build_process(config: dict) -> SDE:
-    """The process named by config["kind"], built from the remaining keys."""
-    config = dict(config)
-    kind = config.pop("kind", "vp")
-    if kind not in PROCESSES:
-        raise ValueError(f"process.kind must be one of {sorted(PROCESSES)}, got {kind!r}")
-    return PROCESSES[kind](**config)
 
 
 class DiffusionModel:

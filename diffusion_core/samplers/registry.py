@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from diffusion_core.models.denoiser import score_of_noise_level, score_of_time
+from diffusion_core.processes.build import build_process
 from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import noise_ladder
 from diffusion_core.samplers import ddpm as samplers
@@ -56,8 +57,6 @@ def check_fits(settings: dict, process) -> dict:
     offending setting ("name", "predictor", "steps", ...) otherwise."""
     settings = resolve_settings(settings)
     if isinstance(process, dict):
-        # imported here: frameworks imports this module
-        from diffusion_core.frameworks import build_process
         process = build_process(process)
     name, kind = settings["name"], process.kind
     if not fits_process(name, kind):

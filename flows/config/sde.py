@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diffusion_core.frameworks import PROCESSES
 from diffusion_core.likelihood.pf_ode import DIVERGENCES, PROBES
 from diffusion_core.likelihood.vlb import MODEL_VARIANCES
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.continuous_dsm import DSM_WEIGHTINGS
+from diffusion_core.processes.build import PROCESSES
 from diffusion_core.samplers.registry import (
     fits_process,
     resolve_settings,
