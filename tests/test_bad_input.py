@@ -465,7 +465,7 @@ def test_non_string_keys_are_named(text, field):
     (["nosuch"], "invalid choice: 'nosuch'"),
     (["train"], "the following arguments are required: --framework"),
     (["sample", "--params", "params.yaml"], "the following arguments are required: --framework"),
-    (["prepare", "--wait", "abc"], "argument --wait: invalid float value: 'abc'"),
+    (["prepare", "--wait", "abc"], "argument --wait: invalid seconds value: 'abc'"),
     (["check-params", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "the following arguments are required: command"),
 ])
