@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs the test suite with telemetry off and services bound to loopback.
+# Runs the test suite with telemetry off and services bound to loopback: both tiers in one
+# pytest call by default (one closing line for CI); arguments pass through, so
+# `bash scripts/test.sh -m "not slow"` runs the fast tier alone and `-m slow` the service tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1

@@ -1,14 +1,25 @@
-"""Shared test set-up."""
+"""Shared test set-up.
+
+Tiers: unmarked = fast (the math, params, data and shards, the local sqlite MLflow registry: seconds each); `slow` = the service tier (Ray, an MLflow or Prefect server, DVC, the CLI in a process of its own, a pipeline, or a training run or stage of more than ~5 s).
+"""
 import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """The math tests run thousands of ops on small tensors; with intra-op threads on a loaded
     2-core machine they run tens of times slower (threads wait on each other), so use one.
-    Ray Train workers set their own thread count."""
+    Session-wide, so module-scoped fixtures (test_vlb's bound: 1000 steps of small ops) run
+    with one thread too. Ray Train workers set their own thread count."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_again(_one_thread):
+    """Back to one thread after a test that changed it, before the next test's fixtures."""
+    yield
+    torch.set_num_threads(1)

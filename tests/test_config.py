@@ -3,15 +3,60 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from flows.config.params import ConfigError, parse_params
+from diffusion_core.processes.sde import VPSDE
+from diffusion_core.samplers.registry import fits_process, resolve_settings
+from flows.config.params import ConfigError, as_dict, load_params, parse_params
 from flows.entry.cli import main
-from tests.tiny import tiny_params, write_params
+from tests.tiny import ROOT, tiny_params, write_params
+
+
+def _assert_kept(written: dict, parsed: dict, where: str = "") -> None:
+    """Every value written in a params mapping is the parsed value: none dropped, renamed,
+    retyped beyond int -> float, or replaced by a default."""
+    for key, value in written.items():
+        assert key in parsed, f"{where}{key}: missing after parsing"
+        if isinstance(value, dict):
+            _assert_kept(value, parsed[key], f"{where}{key}.")
+        else:
+            assert parsed[key] == value, f"{where}{key}: wrote {value!r}, parsed {parsed[key]!r}"
+
+
+def _assert_samplers_fit(params) -> None:
+    """Every run train.frameworks names has a section whose sampler draws from its process."""
+    for run in params.train.frameworks:
+        section = params.framework(run)
+        process = section.model_parts(params.image)["process"]["kind"]
+        sampler = resolve_settings(section.sampler)["name"]
+        assert fits_process(sampler, process), f"{run}: sampler {sampler} cannot draw from {process}"
 
 
 def test_defaults_and_repo_params_are_valid():
-    parse_params({})
-    parse_params(tiny_params())
+    defaults = parse_params({})
+    assert defaults.train.frameworks == ["ddpm"] and defaults.ddpm.sampler["name"] == "ddim"
+    process = defaults.ddpm.model_parts(defaults.vector)["process"]
+    assert process["kind"] == "vp"  # Ho et al.'s chain: beta = linspace(1e-4, 0.02) over 1000 steps
+    betas = VPSDE(process["beta_min"], process["beta_max"], process["N"]).discrete_betas
+    assert betas.numel() == 1000 and float(betas[0]) == pytest.approx(1e-4) and float(betas[-1]) == pytest.approx(0.02)
+    assert defaults.ncsn.model_parts()["process"]["kind"] == "ve"
+    assert fits_process(defaults.ncsn.sampler["name"], "ve")
+    assert fits_process(defaults.sde.sampler["name"], defaults.sde.process)
+    _assert_samplers_fit(defaults)
+
+    written = yaml.safe_load((ROOT / "params.yaml").read_text())
+    repo = load_params(ROOT / "params.yaml")
+    _assert_kept(written, as_dict(repo))
+    assert repo.train.frameworks == written["train"]["frameworks"] and len(repo.train.frameworks) >= 2
+    _assert_samplers_fit(repo)
+    assert parse_params(as_dict(repo)) == repo  # the dict form (stored with a registered model) re-parses
+
+    tiny = parse_params(tiny_params())
+    _assert_kept(tiny_params(), as_dict(tiny))
+    assert tiny.data.source == "toy:checkerboard" and tiny.vector.steps == 60 and tiny.ray.num_workers == 2
+    assert tiny.ddpm.sampler == {"name": "ddim", "steps": 9, "spacing": "karras"}
+    assert tiny.vector.clip is None and tiny.image.clip == written["image"]["clip"]
+    _assert_samplers_fit(tiny)
 
 
 @pytest.mark.parametrize("section, change, field", [
@@ -53,6 +98,13 @@ def test_cli_exits_2_and_touches_nothing(tmp_path, capsys):
     assert not (tmp_path / "shards").exists()
 
 
+def test_cli_reports_a_missing_params_file(tmp_path, capsys):
+    assert main(["prepare", "--params", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a fresh interpreter importing the CLI with Ray, MLflow and Prefect: ~7 s here
 def test_console_script_reports_missing_params_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flows.entry.cli", "prepare", "--params",
                              str(tmp_path / "absent.yaml")], capture_output=True, text=True)

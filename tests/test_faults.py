@@ -87,6 +87,7 @@ def _crash_in(workspace: Path, target: str, after_calls: int, argv: list[str]) -
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # the CLI killed in a process of its own, then prepare twice: ~10-25 s here
 def test_prepare_killed_halfway_keeps_the_old_shards(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params())
@@ -205,6 +206,7 @@ def evaluated(tmp_path_factory):
         yield root
 
 
+@pytest.mark.slow  # the evaluate stage three times (fixture, killed CLI process, rerun)
 def test_evaluate_killed_while_writing_keeps_the_old_metrics(evaluated):
     path = evaluated / "metrics/ddpm.json"
     before = path.read_bytes()
@@ -224,6 +226,7 @@ def test_evaluate_killed_while_writing_keeps_the_old_metrics(evaluated):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # the CLI killed in a process of its own; its fixture runs the evaluate stage
 def test_register_killed_halfway_is_completed_by_the_rerun(evaluated):
     from flows.entry.cli import main
     from flows.tracking import runs as tracking

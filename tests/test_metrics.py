@@ -1,6 +1,7 @@
 """Checks of the sample-quality statistics and the FD feature classifier against closed forms."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -207,6 +208,7 @@ def trained(digits):
     return clf.train_classifier(x_tr, y_tr, seed=0)
 
 
+@pytest.mark.slow  # a full training run of the FD classifier (30 epochs): ~7 s here
 def test_classifier_reaches_95_percent_on_digits(digits, trained):
     _, _, x_te, y_te = digits
     assert clf.accuracy(trained, x_te, y_te) >= 0.95
@@ -226,8 +228,9 @@ def test_training_is_deterministic_and_leaves_global_rng_alone(digits):
         assert torch.equal(v1, v2), k
 
 
-def test_save_load_round_trip_gives_identical_logits(tmp_path, digits, trained):
-    _, _, x_te, _ = digits
+def test_save_load_round_trip_gives_identical_logits(tmp_path, digits):
+    x_tr, y_tr, x_te, _ = digits
+    trained = clf.train_classifier(x_tr[:256], y_tr[:256], epochs=2, seed=7)  # weights of its own
     clf.save_classifier(trained, tmp_path / "clf")
     config = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert config["feature_dim"] == 64 and config["n_classes"] == 10
@@ -235,8 +238,25 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, digits, trained):
     x = torch.from_numpy(x_te)
     with torch.no_grad():
         assert torch.equal(trained.eval()(x), loaded(x))
-    digest = clf.classifier_hash(tmp_path / "clf")
-    assert len(digest) == 64 and digest == clf.classifier_hash(tmp_path / "clf")
+
+
+def test_classifier_hash_is_the_sha256_of_the_weights_and_follows_them(tmp_path):
+    """The hash that names the feature extractor in every FD record: the sha256 of model.pt's
+    bytes, the same after a load/save round trip, another one for other weights."""
+    torch.manual_seed(0)
+    folder = clf.save_classifier(clf.DigitClassifier(1, 8, 10), tmp_path / "a")
+    digest = clf.classifier_hash(folder)
+    assert digest == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+    again = clf.save_classifier(clf.load_classifier(folder), tmp_path / "b")
+    assert clf.classifier_hash(again) == digest
+    (again / "config.json").write_text((again / "config.json").read_text() + "\n")
+    assert clf.classifier_hash(again) == digest  # the weights alone
+    nudged = clf.load_classifier(folder)
+    with torch.no_grad():
+        next(nudged.parameters()).view(-1)[0] += 1e-3
+    assert clf.classifier_hash(clf.save_classifier(nudged, tmp_path / "c")) != digest
+    with pytest.raises(ValueError, match="has no model.pt"):
+        clf.classifier_hash(tmp_path)
 
 
 def test_fd_floor_of_a_resampled_training_set_is_higher():

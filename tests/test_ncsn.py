@@ -237,6 +237,7 @@ def test_short_run_langevin_and_replay_buffer():
     assert (buffer.data[index] == 5.0).all()
 
 
+@pytest.mark.slow  # two 2000-step training runs, the benchmark's comparison: ~26 s here
 def test_energy_models_by_sliced_score_matching_and_mcmc_ml():
     """Same data (gmm8 at noise S0), network, optimiser budget (2000 Adam steps, batch 256).
     Measured (single thread): SSM mse 0.17-0.72 over seeds, MCMC ML 0.94-1.36, against

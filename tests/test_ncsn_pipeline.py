@@ -243,6 +243,7 @@ def runs(tmp_path_factory):
         yield root, {"score": score, "energy": energy}, summary
 
 
+@pytest.mark.slow  # the Prefect flow, Ray Train, Ray sampling and evaluation
 @pytest.mark.parametrize("tag", ["score", "energy"])
 def test_tiny_runs_train_sample_evaluate_and_track(runs, tag):
     root, results, _ = runs
@@ -263,6 +264,7 @@ def test_tiny_runs_train_sample_evaluate_and_track(runs, tag):
     assert run.data.metrics["eval_nfe"] == 21 and "eval_swd_floor" in run.data.metrics
 
 
+@pytest.mark.slow  # Ray Train
 def test_energy_model_trained_on_two_ddp_workers(runs):
     _, _, summary = runs
     assert summary["world_size"] == 2 and summary["steps"] == 60

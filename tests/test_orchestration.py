@@ -1,5 +1,6 @@
 """The Prefect flow under its test harness (digits: the image path), and `dvc repro` in a
 temporary copy of the repo (the checkerboard), both on tiny configurations."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.tiny import ROOT, tiny_params, write_params
+
+pytestmark = pytest.mark.slow  # the Prefect flow, `dvc repro`: the service tier
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,8 @@ def test_prefect_flow_runs_the_dag_and_publishes_a_summary(prefect_harness, tmp_
     metrics = results["ddpm"]
     assert metrics["fd"] > 0 and metrics["fd_floor"] > 0 and metrics["num_samples"] == 64
     assert 0 < metrics["class_coverage"] <= 1
-    assert len(metrics["feature_extractor_sha256"]) == 64
+    weights = tmp_path / "models/classifier/model.pt"  # the FD features' extractor, named by its sha256
+    assert metrics["feature_extractor_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert (tmp_path / "metrics/ddpm.json").is_file()
     artifact = Artifact.get("diffusion-pipeline-summary")
     assert artifact is not None and "| ddpm |" in artifact.data

@@ -1,6 +1,7 @@
 """The stages against the real services: Ray Train on loopback with 2 workers, MLflow's sqlite
 store, webdataset shards on disk."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from flows.stages import sample as sample_stage
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
 from tests.tiny import tiny_params
+from tests.waiting import registered_checkpoint_step, wait_for
+
+pytestmark = pytest.mark.slow  # Ray Train, Ray actors, the stages: the service tier
 
 
 @pytest.fixture(scope="module")
@@ -93,27 +97,49 @@ def _kill_one_train_worker(started_after: float) -> int:
     raise AssertionError("no Ray Train worker process found")
 
 
+def test_the_registered_sampler_draws_the_sample_stages_samples(trained):
+    """Sample i of seed s from the registry's pyfunc is sample i the sample stage drew on its Ray
+    actors with sample.seed = s (same seed scheme, sampler and weights)."""
+    from flows.tracking import registry
+
+    root, params, _, _, _ = trained
+    name = registry.register(params, "ddpm")["name"]
+    x = registry.load_sampler(name).predict(None, params={"num_samples": 8, "seed": params.sample.seed})
+    stage = np.load(root / "samples/ddpm/samples.npz")["x"]
+    assert x.shape == (8, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x, stage[:8], rtol=0, atol=1e-4)
+    other = registry.load_sampler(name).predict(None, params={"num_samples": 8, "seed": params.sample.seed + 1})
+    assert not np.isclose(other, stage[:8], rtol=0, atol=1e-4).all(axis=1).any()
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint(trained, tmp_path, monkeypatch):
-    """Ray restarts the worker group (FailureConfig) and the loop resumes via get_checkpoint()."""
+    """Ray restarts the worker group (FailureConfig) and the loop resumes via get_checkpoint()
+    from the checkpoint the controller had registered when the worker was killed (or a later one)."""
     import threading
-    import time
 
     monkeypatch.chdir(tmp_path)
-    steps = 1000  # the kill comes after 2 checkpoints (100 steps), a few seconds in
+    steps = 1000  # the kill comes at the first registered checkpoint (step 50): mid-run
     params = parse_params(tiny_params(vector={"steps": steps}, train={"checkpoint_every": 50}))
     stages.prepare(params)
     result, started = {}, time.time()
-    thread = threading.Thread(target=lambda: result.update(train_stage.train(params, "ddpm")))
+
+    def run():
+        try:
+            result.update(train_stage.train(params, "ddpm"))
+        except Exception as err:  # noqa: BLE001 -- reported below, not lost in the thread
+            result["error"] = err
+
+    thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.time() + 120
-    # Checkpoints land on disk before the controller registers them: wait for several, then
-    # give the controller a moment, so the kill comes after at least one is registered.
-    while len(list(tmp_path.glob("ray_results/*/checkpoint_*"))) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(3)
+    registered = wait_for(lambda: registered_checkpoint_step(tmp_path / "ray_results"),
+                          "a checkpoint registered by Ray Train's controller", alive=thread,
+                          detail=lambda: repr(result.get("error")))
     _kill_one_train_worker(started)
     thread.join(timeout=600)
+    assert not thread.is_alive(), "training did not finish within 600 s of the kill"
+    assert "error" not in result, result.get("error")
     assert result["steps"] == steps
     run_id = tracking.load_run_id(tmp_path / "models/ddpm")
     resumed = tracking.client().get_metric_history(run_id, "resumed_from_step")
-    assert resumed and 50 <= resumed[0].value < steps
+    assert resumed, "no resume from a checkpoint was logged"
+    assert registered <= resumed[0].value < steps, (registered, resumed[0].value)

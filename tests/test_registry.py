@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from diffusion_core.frameworks import DiffusionModel
-from flows.config import sampling
 from flows.config.params import ConfigError, parse_params
+from flows.distributed import sample_ray
 from flows.stages import data as stages
 from flows.stages import train as train_stage
 from flows.tracking import registry
@@ -49,20 +49,29 @@ def test_register_names_the_model_and_gives_champion(registered):
     assert registry.champion_uri("digits") == "models:/digits-ddpm@champion"
 
 
-def test_the_champion_draws_samples_of_the_right_shape_and_range(registered):
-    _, params, _, _ = registered
+def test_the_champion_draws_the_sample_stages_samples_seed_by_seed(registered):
+    root, _, _, _ = registered
     sampler = registry.load_sampler("digits-ddpm")
     x = sampler.predict(None, params={"num_samples": 5, "seed": 3})
     assert x.shape == (5, 1, 8, 8) and x.dtype == np.float32
     assert x.min() >= -1 and x.max() <= 1 and np.isfinite(x).all()
-    # the pipeline's seed scheme: the same samples as the sample stage with sample.seed = 3
-    again = parse_params({**tiny_params("digits"), "sample": {**tiny_params("digits")["sample"], "seed": 3}})
-    model = DiffusionModel.load(registered[0] / "models" / "ddpm")
-    expected, _ = sampling.draw_samples(again, "ddpm", model, sampling.sample_seeds(again, 0, 5),
-                                      "image", (1, 8, 8))
-    np.testing.assert_allclose(x, expected, atol=1e-5)
-    other = sampler.predict(None, params={"num_samples": 2, "seed": 3, "sampler": "heun", "steps": 3})
-    assert other.shape == (2, 1, 8, 8) and not np.allclose(other, x[:2])
+    # sample i is fixed by (seed, i) alone: a smaller draw is a prefix, another seed other samples
+    np.testing.assert_array_equal(sampler.predict(None, params={"num_samples": 3, "seed": 3}), x[:3])
+    other_seed = sampler.predict(None, params={"num_samples": 5, "seed": 4})
+    assert len({row.tobytes() for row in np.concatenate([x, other_seed])}) == 10
+    # the sample stage with sample.seed = 3 draws samples 2..4 (one of its parts, as its Ray actors
+    # draw it, from models/ddpm) equal to the champion's samples 2..4
+    data = tiny_params("digits")
+    stage = parse_params({**data, "sample": {**data["sample"], "seed": 3}})
+    part = sample_ray.stage_callables(stage, "ddpm", root / "models" / "ddpm", "image", (1, 8, 8))
+    drawn, nfe = part["draw"](part["load_model"](), part["seeds_of"](2, 3))
+    assert nfe == stage.ddpm.sampler["steps"]
+    np.testing.assert_allclose(x[2:], drawn, rtol=0, atol=1e-5)
+    # the sampler and its number of steps are parameters of the draw
+    heun = sampler.predict(None, params={"num_samples": 2, "seed": 3, "sampler": "heun", "steps": 3})
+    fewer = sampler.predict(None, params={"num_samples": 2, "seed": 3, "steps": 2})
+    assert heun.shape == fewer.shape == (2, 1, 8, 8)
+    assert not np.allclose(heun, x[:2]) and not np.allclose(fewer, x[:2]) and not np.allclose(heun, fewer)
 
 
 def test_bad_predict_parameters_are_named(registered):

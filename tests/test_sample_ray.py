@@ -1,5 +1,6 @@
 """Distributed sampling on a local Ray: identical samples for 1 and 2 workers, resumption
 without duplicates or gaps, clear errors for damaged parts."""
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from flows.distributed import sample_ray
 from flows.stages import data as stages
 from flows.stages import train as train_stage
 from tests.tiny import tiny_params
+from tests.waiting import log_tail, wait_for
+
+pytestmark = pytest.mark.slow  # every test starts a local Ray (actor pools): the service tier
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +161,7 @@ def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypa
     assert result["fd_at_n_draws"] == 64  # random test-sized subsets of the samples, like the floor
     assert result["fd_ratio"] == pytest.approx(result["fd_at_n"] / result["fd_floor"])
     assert result["fd_floor_min"] <= result["fd_floor"] <= result["fd_floor_max"]
-    assert result["feature_extractor_sha256"] == clf.classifier_hash(folder)
+    assert result["feature_extractor_sha256"] == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
     assert result["fid"] is None and "nothing is downloaded" in result["fid_note"]
     assert result["copy_fraction"] > 0.9  # training images themselves: flagged as copies
     shards.write_shards(tmp_path / "wide", {"samples": (2 * x[:50], None)}, 100, {})
@@ -168,39 +172,58 @@ def test_image_fidelity_records_how_each_figure_was_made(job, tmp_path, monkeypa
         image_fidelity(tmp_path / "samples", params.data.out_dir, folder, inception_weights=str(tmp_path / "junk.pt"))
 
 
+# The killed run's script: the stage's drawing with its fifth part held back (the actor waits
+# for a gate that never opens), so the kill finds four parts written and one in progress
+# however fast or slow this machine is.
+KILLED_RUN = """
+import functools
+import threading
+
+from flows.config.params import parse_params
+from flows.distributed import sample_ray
+from tests.tiny import tiny_params
+
+def held_back(draw, first_held, model, seeds):
+    if seeds[0] >= first_held:
+        threading.Event().wait()  # never set: this part is in progress when the kill comes
+    return draw(model, seeds)
+
+params = parse_params(tiny_params('digits'))
+callables = sample_ray.stage_callables(params, 'ddpm', {model!r}, 'image', [1, 8, 8])
+callables['draw'] = functools.partial(held_back, callables['draw'], callables['seeds_of'](16, 1)[0])
+print('drawing', flush=True)
+sample_ray.draw_parts({parts!r}, sample_ray.SamplePlan(40, 4, 4, {{'kill': 1}}), num_workers=1, **callables)
+"""
+
+
 def test_a_stage_killed_halfway_completes_on_rerun_without_duplicates_or_gaps(job, drawn, tmp_path):
-    """Kill a drawing run (its whole process group) once some parts exist, then run again."""
+    """Kill a drawing run (its whole process group) while it draws a part, then run again: the
+    rerun reuses exactly the parts the killed run wrote and draws exactly the rest."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
-    root, params, callables = job
+    root, _, callables = job
     plan = sample_ray.SamplePlan(total=40, per_part=4, batch_size=4, fingerprint={"kill": 1})
-    script = (
-        "import sys; sys.path.insert(0, {root!r})\n"
-        "from flows import sample_ray\nfrom flows.config import parse_params\nfrom tests.tiny import tiny_params\n"
-        "params = parse_params(tiny_params('digits'))\n"
-        "callables = sample_ray.stage_callables(params, 'ddpm', {model!r}, 'image', [1, 8, 8])\n"
-        "plan = sample_ray.SamplePlan(40, 4, 4, {{'kill': 1}})\n"
-        "sample_ray.draw_parts({parts!r}, plan, num_workers=1, **callables)\n"
-    ).format(root=str(Path(__file__).resolve().parents[1]), model=str(root / "model"),
-             parts=str(tmp_path / "parts"))
-    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "RAY_ADDRESS": ""})
-    deadline = time.time() + 180
-    while len(list(tmp_path.glob("parts/part-*.npz"))) < 2 and time.time() < deadline:
-        assert child.poll() is None, "the drawing run ended before it could be interrupted"
-        time.sleep(0.2)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
-    done_before = len(list(tmp_path.glob("parts/part-*.npz")))
-    assert 2 <= done_before < 10
-    info = sample_ray.draw_parts(tmp_path / "parts", plan, num_workers=2, **callables)
-    assert info["reused"] == 4 * done_before and info["drawn"] == 40 - 4 * done_before
-    x, _ = sample_ray.collect(tmp_path / "parts", plan, callables["seeds_of"])
+    parts = tmp_path / "parts"
+    script = KILLED_RUN.format(model=str(root / "model"), parts=str(parts))
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=out,
+                                 stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+                                 env={**os.environ, "RAY_ADDRESS": ""})
+    try:  # Ray's start-up in a fresh process, then four parts
+        wait_for(lambda: len(list(parts.glob("part-*.npz"))) >= 4, "4 parts written by the drawing run",
+                 180, alive=child, detail=log_tail(log))
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    written = sorted(p.name for p in parts.glob("part-*.npz"))
+    assert written == [sample_ray.part_path(parts, first, first + 4).name for first in (0, 4, 8, 12)]
+    info = sample_ray.draw_parts(parts, plan, num_workers=2, **callables)
+    assert info["reused"] == 4 * len(written) and info["drawn"] == 40 - 4 * len(written)
+    x, _ = sample_ray.collect(parts, plan, callables["seeds_of"])
     assert len({row.tobytes() for row in x}) == 40
     np.testing.assert_allclose(x[:20], drawn[1][1], atol=1e-5)  # same seeds, other parts
 
@@ -225,7 +248,7 @@ def test_nfe_sweep_records_quality_against_nfe_per_sampler(job, monkeypatch):
     assert [(r["sampler"], r["steps"], r["nfe"]) for r in records] == [
         ("ddim", 2, 2), ("ddim", 4, 4), ("heun", 3, 3)]
     assert all(r["metric"] == "fd" and np.isfinite(r["value"]) and r["num_samples"] == 12 for r in records)
-    assert records[0]["feature_extractor_sha256"] == clf.classifier_hash(folder)
+    assert records[0]["feature_extractor_sha256"] == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
     path = nfe_sweep.save(records, "ddpm", root / "metrics")
     assert json.loads(path.read_text())["points"][2]["sampler"] == "heun"
     assert (root / "metrics" / "ddpm_nfe.png").stat().st_size > 1000

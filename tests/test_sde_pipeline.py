@@ -172,6 +172,7 @@ def pipeline(tmp_path_factory):
         yield root, params, out
 
 
+@pytest.mark.slow  # Ray Train, Ray sampling and evaluation
 def test_sde_runs_through_the_stages_and_records_the_nll(pipeline):
     root, params, out = pipeline
     trained, sampled, result = out["sde"]
@@ -194,6 +195,7 @@ def test_sde_runs_through_the_stages_and_records_the_nll(pipeline):
     assert {"eval_nll", "eval_nll_nfe", "eval_swd", "eval_vlb_total"} <= set(run.data.metrics)
 
 
+@pytest.mark.slow  # the sample stage on Ray
 def test_ddpm_model_is_sampled_by_the_vp_reverse_sde_and_pf_ode_in_the_sample_stage(pipeline):
     """The sampler is a parameter of the sample stage: ddpm.sampler = pc or ode."""
     root, params, _ = pipeline
@@ -208,6 +210,7 @@ def test_ddpm_model_is_sampled_by_the_vp_reverse_sde_and_pf_ode_in_the_sample_st
         assert np.isfinite(x).all() and np.abs(x).max() < 10
 
 
+@pytest.mark.slow  # its model comes from the Ray pipeline fixture
 def test_sde_model_is_sampled_through_ddpm_chain_and_per_sample_noise_fixes_it(pipeline):
     root, _, _ = pipeline
     model = DiffusionModel.load(root / "models/sde")
@@ -221,6 +224,7 @@ def test_sde_model_is_sampled_through_ddpm_chain_and_per_sample_noise_fixes_it(p
     assert nfe == 20 and torch.allclose(z[:3], w, atol=1e-5)
 
 
+@pytest.mark.slow  # the evaluate stage's NLL of a saved U-Net (PF-ODE solves, the 1000-term bound): ~7 s
 def test_image_nll_is_in_bits_per_dim_with_its_dequantization(tmp_path):
     """An untrained tiny U-Net's NLL of digit-like 17-level data, and the VLB beside it."""
     data = tiny_params(source="digits", train={"out_dir": str(tmp_path)},

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.test_services import (
@@ -20,6 +21,9 @@ from tests.test_services import (
     wait_http,
 )
 from tests.tiny import tiny_params, write_params
+from tests.waiting import log_tail, wait_for
+
+pytestmark = pytest.mark.slow  # Prefect and MLflow servers, a worker, a pipeline: the service tier
 
 POOL = "test-pool"
 ADHOC = "adhoc"  # the triggered runs' queue: the worker leaves scheduled runs alone
@@ -64,14 +68,14 @@ def prefect_client(servers):
             yield client
 
 
-def _wait_final(client, run_id, timeout_s: float):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
+def _wait_final(client, run_id, timeout_s: float, alive=None, detail=None):
+    """The flow run once it has reached a final state (whichever: the caller asserts which)."""
+    def final():
         run = client.read_flow_run(run_id)
-        if run.state and run.state.is_final():
-            return run
-        time.sleep(2)
-    raise AssertionError(f"flow run {run_id} not finished within {timeout_s} s: {run.state}")
+        return run if run.state and run.state.is_final() else None
+
+    return wait_for(final, f"flow run {run_id} to reach a final state", timeout_s, poll_s=1,
+                    alive=alive, detail=detail or (lambda: str(client.read_flow_run(run_id).state)))
 
 
 def _trigger(client, name: str, queue: str | None = None):
@@ -97,7 +101,7 @@ def retrained(servers, prefect_client, tmp_path_factory):
     worker = subprocess.run([BIN / "prefect", "worker", "start", "--pool", POOL, "--work-queue", ADHOC,
                              "--run-once"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     (logs / "worker.log").write_text(worker.stdout + worker.stderr)
-    run = _wait_final(prefect_client, run.id, 60)
+    run = _wait_final(prefect_client, run.id, 120)  # the worker has returned: the state follows
     assert run.state.is_completed(), f"{run.state}\n{(worker.stdout + worker.stderr)[-4000:]}"
     print(f"deploy {deployed_s:.0f} s, triggered run to completion {time.time() - began - deployed_s:.0f} s")
     return work, run
@@ -119,14 +123,12 @@ def test_deploy_creates_both_schedules_on_the_work_pool(retrained, prefect_clien
         assert [s.schedule.cron for s in deployment.schedules if s.active] == [cron]
         assert deployment.parameters == {"params_path": "params.yaml", "source": "toy:checkerboard",
                                          "frameworks": ["ddpm"]}
-        deadline, scheduled = time.time() + 60, []
-        while not scheduled and time.time() < deadline:  # the server's scheduler fills these in
-            scheduled = prefect_client.read_flow_runs(
+        scheduled = wait_for(  # the server's scheduler service fills these in (every 2 s here)
+            lambda deployment=deployment: prefect_client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
-            time.sleep(1)
-        assert scheduled, f"{name}: the scheduler made no run"
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))),
+            f"{name}: a run made by the scheduler", 120, poll_s=1)
         for run in scheduled:
             when = run.expected_start_time
             assert (when.hour, when.minute) == (hour, 0) and weekday in (None, when.weekday()), when
@@ -151,9 +153,9 @@ client = MlflowClient()
 version = client.get_model_version_by_alias("toy-checkerboard-ddpm", "champion")
 run = client.get_run(version.run_id)
 artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
-x = load_sampler("toy-checkerboard-ddpm").predict(None, params={"num_samples": 8, "seed": 3})
+x = load_sampler("toy-checkerboard-ddpm").predict(None, params={"num_samples": 8, "seed": int(sys.argv[1])})
 print(json.dumps({"version": version.version, "run_name": run.info.run_name, "tags": run.data.tags,
-                  "metrics": run.data.metrics, "artifacts": artifacts, "shape": list(x.shape)}))
+                  "metrics": run.data.metrics, "artifacts": artifacts, "x": x.tolist()}))
 """
 
 
@@ -161,14 +163,17 @@ def test_a_second_client_reads_the_run_the_model_and_its_alias_back(retrained, s
     """A fresh process that only knows MLFLOW_TRACKING_URI: run, registry, alias, artifacts."""
     env, _ = servers
     work, _ = retrained
-    out = subprocess.run([sys.executable, "-c", SECOND_CLIENT], cwd=work.parent, env=env,
+    seed = tiny_params()["sample"]["seed"]  # the seed the retrain's sample stage drew with
+    out = subprocess.run([sys.executable, "-c", SECOND_CLIENT, str(seed)], cwd=work.parent, env=env,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["tags"]["framework"] == "ddpm" and len(seen["tags"]["data_manifest_sha256"]) == 64
     assert seen["metrics"]["eval_swd"] > 0 and seen["metrics"]["samples_per_s"] > 0
     assert {"samples", "metrics"} <= set(seen["artifacts"])
-    assert seen["shape"] == [8, 2]
+    # the champion's samples are the sample stage's, seed by seed (same weights, sampler, seeds)
+    np.testing.assert_allclose(np.asarray(seen["x"], np.float32),
+                               np.load(work / "samples/ddpm/samples.npz")["x"][:8], rtol=0, atol=1e-4)
     run_id = json.loads((work / "models/ddpm/mlflow_run.json").read_text())["run_id"]
     assert run_id  # the run the worker created is the one the registry points at
     with pytest.MonkeyPatch.context() as patch:
@@ -186,11 +191,10 @@ def test_serve_runs_the_nightly_evaluation(retrained, servers, prefect_client):
     log = logs / "serve.log"
     server = start([BIN / "diffusion", "serve", "--frameworks", "ddpm"], log, env, cwd=work)
     try:
-        deadline = time.time() + 120
-        while "being served" not in log.read_text(errors="replace"):  # re-registered, polling
-            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        run = _wait_final(prefect_client, _trigger(prefect_client, NIGHTLY).id, 240)
+        wait_for(lambda: "being served" in log.read_text(errors="replace"),  # re-registered, polling
+                 f"'being served' in {log}", 120, alive=server, detail=log_tail(log))
+        run = _wait_final(prefect_client, _trigger(prefect_client, NIGHTLY).id, 300, alive=server,
+                          detail=log_tail(log))
         assert run.state.is_completed(), f"{run.state}\n{log.read_text()[-4000:]}"
     finally:
         stop(server)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.tiny import ROOT, tiny_params, write_params
+from tests.waiting import log_tail, wait_for
 
 BIN = Path(sys.executable).parent
 TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -62,16 +63,17 @@ def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> float:
     """Seconds until url answers 200; fails with the log's tail if the process exits first."""
-    start_time = time.time()
-    while time.time() - start_time < timeout_s:
-        assert proc.poll() is None, f"{url}: the server exited:\n{log.read_text()[-3000:]}"
+    began = time.monotonic()
+
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return time.time() - start_time
+                return reply.status == 200
         except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+            return False
+
+    wait_for(answers, f"{url} to answer 200", timeout_s, poll_s=0.5, alive=proc, detail=log_tail(log))
+    return time.monotonic() - began
 
 
 def diffusion(args: list, cwd, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -88,6 +90,7 @@ def _dvc(args: list, cwd: Path) -> str:
     return out.stdout
 
 
+@pytest.mark.slow  # dvc repro, push and pull
 def test_dvc_push_then_pull_into_a_wiped_checkout_restores_verified_shards(tmp_path):
     from diffusion_core.data import shards
 
@@ -213,6 +216,7 @@ def prepared(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # the `diffusion` command in a process of its own (train, the pipeline)
 @pytest.mark.parametrize("variable, value, command", [
     ("MLFLOW_TRACKING_URI", "http://127.0.0.1:{port}", ["train", "--framework", "ddpm"]),
     ("RAY_ADDRESS", "127.0.0.1:{port}", ["train", "--framework", "ddpm"]),
@@ -221,15 +225,21 @@ def prepared(tmp_path_factory):
 def test_an_unreachable_service_fails_fast_naming_it_and_writes_nothing(prepared, variable, value, command):
     address = value.format(port=free_port())  # nothing listens there
     before = sorted(p.relative_to(prepared) for p in prepared.rglob("*"))
-    began = time.time()
+    began = time.monotonic()
     out = diffusion(command, prepared, service_env(**{variable: address}), timeout=120)
-    elapsed = time.time() - began
+    elapsed = time.monotonic() - began
     assert out.returncode == 1, out.stdout + out.stderr
     assert address in out.stderr and variable in out.stderr, out.stderr
-    assert elapsed < 30, f"took {elapsed:.0f} s"
+    # the CLI's own probe (a 5 s connect) answered, before any client of the service retried
+    assert re.search(rf"cannot reach .*{re.escape(address)}.*\(set by {variable}\) within", out.stderr), out.stderr
+    # A generous bound, not a timing window: MLflow's client alone retries for about 4 minutes
+    # (7 retries, backoff doubling up to 2 min); the rest is the interpreter's start-up with
+    # Ray, MLflow and Prefect imported (~8 s of CPU, ~30 s when this machine's 2 cores are busy).
+    assert elapsed < 90, f"took {elapsed:.0f} s"
     assert sorted(p.relative_to(prepared) for p in prepared.rglob("*")) == before
 
 
+@pytest.mark.slow  # the train stage
 def test_a_stage_called_directly_checks_the_tracking_server_before_writing(tmp_path, monkeypatch):
     """The Prefect flow calls the stages without the CLI's checks: train still stops first."""
     from flows.config.params import parse_params
