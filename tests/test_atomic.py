@@ -121,3 +121,25 @@ def test_what_a_crashed_writer_left_is_removed_and_a_live_ones_kept(tmp_path):
     crashed_folder.mkdir()
     atomic.write_json(tmp_path / "metrics.json", {"fd": 1.0})
     assert _names(tmp_path) == sorted([live.name, "metrics.json"])
+
+
+def test_a_picture_is_replaced_whole(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from flows.stages.plots import save_figure
+
+    path = tmp_path / "samples.png"
+    fig, _ = plt.subplots()
+    save_figure(fig, path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    fig, _ = plt.subplots()
+
+    def crash(target, **kwargs):
+        open(target, "wb").write(b"\x89PNG half")
+        raise RuntimeError("killed while drawing")
+
+    monkeypatch.setattr(fig, "savefig", crash)
+    with pytest.raises(RuntimeError):
+        save_figure(fig, path)
+    assert path.read_bytes() == before and _names(tmp_path) == ["samples.png"]

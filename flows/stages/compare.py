@@ -236,9 +236,7 @@ def plot_quality_vs_nfe(sweep: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     if sweep:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def plot_side_by_side(samples: dict, real: np.ndarray, path: Path) -> None:
@@ -254,9 +252,7 @@ def plot_side_by_side(samples: dict, real: np.ndarray, path: Path) -> None:
             ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3)
             ax.set_aspect("equal")
         ax.set_title(framework)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def _sweep(params: Params, framework: str) -> list[dict]:

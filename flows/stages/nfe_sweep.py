@@ -22,6 +22,7 @@ from flows.config.params import Params  # noqa: E402
 from flows.config.sampling import params_with_sampler  # noqa: E402
 from flows.config.sweep import sweep_points  # noqa: E402
 from flows.distributed import sample_ray  # noqa: E402
+from flows.stages import plots  # noqa: E402
 
 
 class _Quality:
@@ -107,7 +108,5 @@ def save(records: list[dict], framework: str, out_dir) -> Path:
     ax.set_ylabel(f"{metric}/floor (1 = real data)" if over_floor else f"{metric} (lower is better)")
     ax.set_title(f"{framework}: quality against NFE")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / f"{framework}_nfe.png", dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, out / f"{framework}_nfe.png")
     return path

@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from diffusion_core.data.atomic import atomic_path  # noqa: E402
+
 
 def image_grid(x: np.ndarray, columns: int = 16) -> np.ndarray:
     """N x C x H x W in [-1, 1] -> one H' x W' x C array in [0, 1], one-pixel gaps."""
@@ -34,6 +36,12 @@ def save_picture(samples: np.ndarray, real: np.ndarray, path: Path, title: str) 
         ax.legend(loc="upper right", markerscale=8)
         ax.set_aspect("equal")
     ax.set_title(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A figure as a PNG, written atomically like every stage output, then closed."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
