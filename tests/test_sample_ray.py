@@ -1,6 +1,8 @@
 """Distributed sampling on a local Ray: identical samples for 1 and 2 workers, resumption
 without duplicates or gaps, clear errors for damaged parts."""
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +78,14 @@ def test_an_interrupted_run_draws_only_the_missing_parts(job, drawn, capsys):
     assert len(parts) == 4
     for lost in parts[1:3]:  # an interrupted run: two parts never finished, one write half done
         lost.unlink()
-    (folder / f".{parts[1].name}.tmp").write_bytes(b"half a part")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a writer that died mid-write
+    (folder / f".{parts[1].name}.tmp-{dead}-0123abcd").write_bytes(b"half a part")
     info, again, _ = _run(job, "resume", 2)
     assert info["drawn"] == 12 and info["reused"] == 8
     assert "sample: 12/12 samples (100%)" in capsys.readouterr().out
     np.testing.assert_array_equal(again, drawn[1][1])
-    assert not list(folder.glob(".*.tmp"))
+    assert not list(folder.glob(".*.tmp-*"))  # its temporary was swept when the part was redrawn
 
 
 def test_a_changed_plan_starts_afresh(job, drawn):

@@ -100,9 +100,7 @@ def _prepare(parts_dir: Path, plan: SamplePlan) -> None:
             same = json.loads(path.read_text()) == json.loads(json.dumps(wanted))
         except ValueError:
             same = False
-        if same:
-            for stale in parts_dir.glob(".part-*.npz.tmp-*"):  # left by an interrupted write
-                stale.unlink()
+        if same:  # a crashed writer's temporaries go when their parts are drawn again
             return
     if parts_dir.exists():
         shutil.rmtree(parts_dir)
