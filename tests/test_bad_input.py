@@ -199,7 +199,8 @@ def _kind(path: tuple) -> str:
 def _values_of_another_type(path: tuple):
     """Values no field of the kind at `path` accepts: ints stand for floats, so a float never
     gets one; a swept list of an NFE-sweep entry takes a single value, so it never gets an int;
-    None is valid for optional scalars, so only containers get it."""
+    None is valid for optional scalars, so only containers get it; a field that is None may be
+    an optional number or string, so it gets neither (nor an int, which stands for a float)."""
     current = _kind(path)
     swept = len(path) == 4 and path[:2] == ("evaluate", "nfe_sweep") and path[3] != "frameworks"
     strategies = {"bool": st.booleans(), "int": st.integers(-10**6, 10**6),
@@ -209,7 +210,7 @@ def _values_of_another_type(path: tuple):
                   "none": st.none()}
     refused = {current, "none"} | ({"int"} if current == "float" or swept else set())
     if current in ("dict", "list", "none"):
-        refused = {current} | ({"int"} if swept else set()) | ({"str", "float"} if current == "none" else set())
+        refused = {current} | ({"int"} if swept else set()) | ({"str", "float", "int"} if current == "none" else set())
     return st.one_of([strategies[k] for k in strategies if k not in refused])
 
 

@@ -102,7 +102,8 @@ def test_dvc_push_then_pull_into_a_wiped_checkout_restores_verified_shards(tmp_p
         shutil.copy(ROOT / name, repo / name)
     write_params(repo, tiny_params(source="toy:checkerboard"))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    assert str(tmp_path / "dvc-remote") in _dvc(["remote", "list"], repo)  # beside the checkout
+    # beside the checkout (`dvc config` prints the resolved path unwrapped, unlike `remote list`)
+    assert _dvc(["config", "remote.local.url"], repo).strip() == str(tmp_path / "dvc-remote")
     _dvc(["repro", "prepare", "train-classifier"], repo)
     pushed = _dvc(["push", "prepare", "train-classifier"], repo)
     assert re.search(r"\d+ files? pushed", pushed), pushed
