@@ -107,10 +107,13 @@ class DiffusionModel:
         # to a file object: torch.save names the archive after a path it is given, and the
         # temporary name would make the bytes (and their sha256) differ between equal saves
         with atomic_path(directory / "weights.pt") as tmp, open(tmp, "wb") as fh:
-            torch.save(state_dict or self.denoiser.net.state_dict(), fh)
+            weights = state_dict or self.denoiser.net.state_dict()
+            torch.save({name: tensor.detach().cpu() for name, tensor in weights.items()}, fh)  # any device loads it
 
     @classmethod
-    def load(cls, directory: Path) -> "DiffusionModel":
+    def load(cls, directory: Path, device: str | torch.device = "cpu") -> "DiffusionModel":
+        """The model saved in `directory`, its network on `device` (samplers keep their own
+        arithmetic where they create it; the denoiser moves what the network sees)."""
         directory = Path(directory)
         if not (directory / "model.json").is_file():
             raise FileNotFoundError(f"no model.json in {directory}")
@@ -122,4 +125,5 @@ class DiffusionModel:
             network = model.config["network"]
             raise ValueError(f"{directory / 'weights.pt'} does not fit the network of its "
                              f"model.json ({network}): {err}") from err
+        model.denoiser.net.to(device)
         return model

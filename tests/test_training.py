@@ -23,12 +23,12 @@ def test_training_step_sets_the_lr_clips_and_updates_the_ema():
     losses = [training_step(model, model.denoiser, optimizer, ema, x, generator, 3e-3, grad_clip=0.5)
               for _ in range(200)]
     assert optimizer.param_groups[0]["lr"] == 3e-3
-    assert all(loss.grad_fn is None for loss, _ in losses)
+    assert all(loss.grad_fn is None and status == "taken" for loss, _, status in losses)
     # the returned norm is the one before clipping; the gradients the step used are clipped
-    assert max(float(norm) for _, norm in losses) > 0.5
-    _, norm = training_step(model, model.denoiser, optimizer, ema, x * 10, generator, 3e-3, grad_clip=0.5)
+    assert max(float(norm) for _, norm, _ in losses) > 0.5
+    _, norm, _ = training_step(model, model.denoiser, optimizer, ema, x * 10, generator, 3e-3, grad_clip=0.5)
     clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters()]))
     assert float(norm) > 0.5 and float(clipped) <= 0.5 + 1e-5
-    first, last = (torch.stack([loss for loss, _ in part]).mean() for part in (losses[:20], losses[-20:]))
+    first, last = (torch.stack([loss for loss, _, _ in part]).mean() for part in (losses[:20], losses[-20:]))
     assert last < 0.8 * first
     assert any(not torch.equal(b, p) for b, p in zip(before, ema.model.parameters()))

@@ -242,8 +242,8 @@ def to_uint8_rgb(x) -> torch.Tensor:
 @torch.no_grad()
 def inception_features(model: FIDInceptionV3, x, batch_size: int = 64) -> np.ndarray:
     """Pool-3 features (float64, N×2048) of images in [-1, 1]."""
-    images = to_uint8_rgb(x)
-    return torch.cat([model(b) for b in images.split(int(batch_size))]).double().numpy()
+    images, device = to_uint8_rgb(x), next(model.parameters()).device
+    return torch.cat([model(b.to(device)).cpu() for b in images.split(int(batch_size))]).double().numpy()
 
 
 def weights_sha256(path) -> str:

@@ -53,12 +53,15 @@ class Denoiser(nn.Module):
         return self.sigma_data**2 / total, s * self.sigma_data / total.sqrt(), total.rsqrt()
 
     def raw(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        """Network output F, with the rescaled input x_tilde and noise level s it was given."""
+        """Network output F, with the rescaled input x_tilde and noise level s it was given.
+        The network may live on another device than x (a sampler on the CPU driving a network
+        on a GPU): its input goes there and its output comes back to x's device."""
         s = sigma / alpha
         x_tilde = x / append_dims(alpha, x.ndim)
         _, _, c_in = self.coefficients(s)
-        out = self.net(append_dims(c_in, x.ndim) * x_tilde, torch.log(s) / 4)
-        return out, x_tilde, s
+        device = _device_of(self.net, x.device)
+        out = self.net((append_dims(c_in, x.ndim) * x_tilde).to(device), (torch.log(s) / 4).to(device))
+        return out.to(x.device), x_tilde, s
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> Prediction:
         out, x_tilde, s = self.raw(x, alpha, sigma)
@@ -86,6 +89,12 @@ class Denoiser(nn.Module):
         c_skip, c_out, _ = self.coefficients(s)
         x_tilde = x0 + append_dims(s, x0.ndim) * noise
         return (x0 - append_dims(c_skip, x0.ndim) * x_tilde) / append_dims(c_out, x0.ndim)
+
+
+def _device_of(net: nn.Module, default: torch.device) -> torch.device:
+    """Where the network's weights are (`default` for a network without any)."""
+    parameter = next(net.parameters(), None)
+    return parameter.device if parameter is not None else default
 
 
 def predict_x0(denoiser: Denoiser, x: torch.Tensor, alpha, sigma, clip: float | None):

@@ -1,34 +1,64 @@
 """One optimisation step of the training recipe every framework shares, so the distributed
-loop (flows/train_ray.py) and in-process experiments (benchmarks/) cannot drift apart."""
+loop (flows/distributed/train_ray.py) and in-process experiments (benchmarks/) cannot drift apart."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from diffusion_core.training.ema import EMA
+from diffusion_core.training.precision import Precision
+
+TAKEN, NONFINITE, OVERFLOW = "taken", "nonfinite", "overflow"
+
+
+class StepResult(NamedTuple):
+    """The step's detached mean loss, its gradient norm (before clipping) and what happened:
+    TAKEN; NONFINITE (the loss or the gradient is not a finite number: the step is not taken);
+    OVERFLOW (fp16 only: the loss is finite but its scaled gradient overflowed, so the loss
+    scale was lowered and the step not taken, as mixed-precision training expects now and then)."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    status: str
 
 
 def training_step(model, denoiser, optimizer: torch.optim.Optimizer, ema: EMA, x: torch.Tensor,
-                  generator: torch.Generator, lr: float, grad_clip: float):
-    """Set the learning rate, take the framework's loss on the batch x, clip the gradient norm
-    to grad_clip, step the optimiser and update the EMA of model's own network.
+                  generator: torch.Generator, lr: float, grad_clip: float,
+                  precision: Precision | None = None) -> StepResult:
+    """Set the learning rate, take the framework's loss on the batch x (under `precision`'s
+    autocast), clip the gradient norm to grad_clip, step the optimiser and update the EMA of
+    model's own network.
 
     `denoiser` is the one the gradient flows through: model.denoiser, or a wrap of its
-    network in DistributedDataParallel. Returns the (detached) mean loss and the gradient norm.
-    A step whose loss or gradient is not finite is not taken (no optimizer step, no EMA update),
-    so the weights stay those of the last good step; the caller sees it in what is returned.
+    network in DistributedDataParallel. A step that is not TAKEN changes no weight and no EMA,
+    so the weights stay those of the last good step.
     """
+    precision = precision or Precision()
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = model.loss(x, generator, denoiser=denoiser).mean()
+    with precision.autocast():
+        loss = model.loss(x, generator, denoiser=denoiser).float().mean()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    precision.scaler.scale(loss).backward()
+    precision.scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(), grad_clip)
-    if not is_finite(loss, grad_norm):
+    status = _status(loss, grad_norm, precision)
+    if status == TAKEN:
+        precision.scaler.step(optimizer)
+        ema.update(model.denoiser.net)
+    else:
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), grad_norm
-    optimizer.step()
-    ema.update(model.denoiser.net)
-    return loss.detach(), grad_norm
+    precision.scaler.update()  # fp16: lower the scale after an overflow, grow it after good steps
+    return StepResult(loss.detach(), grad_norm, status)
+
+
+def _status(loss: torch.Tensor, grad_norm: torch.Tensor, precision: Precision) -> str:
+    if is_finite(loss, grad_norm):
+        return TAKEN
+    if precision.scaler.is_enabled() and is_finite(loss, loss):
+        return OVERFLOW
+    return NONFINITE
 
 
 def is_finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:

@@ -25,6 +25,7 @@ from diffusion_core.data.sources import (
 from diffusion_core.frameworks import FRAMEWORKS
 from diffusion_core.samplers.registry import check_fits, resolve_settings
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from diffusion_core.training.precision import PRECISIONS
 from flows.config.ddpm import DDPMParams
 from flows.config.ncsn import NCSNParams
 from flows.config.recipes import check_recipes, split_run, with_recipe
@@ -86,6 +87,11 @@ class RayParams:
     max_failures: int = 2
     storage_path: str = "ray_results"
 
+    @property
+    def gpus_per_actor(self) -> float:
+        """GPUs each sampling and feature actor asks for: one with use_gpu, else none."""
+        return 1.0 if self.use_gpu else 0.0
+
     def check(self, name: str) -> None:
         require(self.num_workers >= 1, f"{name}.num_workers", "must be >= 1")
         require(self.cpus_per_worker > 0, f"{name}.cpus_per_worker", "must be positive")
@@ -145,6 +151,9 @@ class TrainParams:
     log_every: int = 100
     loader_workers: int = 0
     cache_in_memory: bool = True  # after the first streamed epoch, reshuffle in memory
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a dynamic loss scale)
+    channels_last: bool = False  # images: channels-last weights and batches (GPU tensor cores)
+    compile: bool = False  # torch.compile the network (needs a C compiler on every worker)
     out_dir: str = "models"
 
     def check(self, name: str) -> None:
@@ -162,6 +171,8 @@ class TrainParams:
         require(self.nonfinite_limit >= 0, f"{name}.nonfinite_limit", "must be >= 0")
         require(self.loader_workers >= 0, f"{name}.loader_workers", "must be >= 0")
         require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule", f"must be one of {LR_SCHEDULES}")
+        require(self.precision in PRECISIONS, f"{name}.precision",
+                f"must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

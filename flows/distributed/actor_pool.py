@@ -13,9 +13,9 @@ from flows.distributed.ray_cluster import connect, require_resources
 
 def map_actors(actor_cls: type, init_args: tuple, calls: list[tuple], num_workers: int,
                cpus_per_worker: float, on_result: Callable[[object], None],
-               resources_timeout_s: float = 60.0) -> dict:
+               resources_timeout_s: float = 60.0, gpus_per_worker: float = 0.0) -> dict:
     """Start min(num_workers, len(calls)) actors ``actor_cls(*init_args)`` of
-    ``cpus_per_worker`` CPUs each, run ``actor.run(*call)`` for every call (a free actor takes
+    ``cpus_per_worker`` CPUs (and ``gpus_per_worker`` GPUs) each, run ``actor.run(*call)`` for every call (a free actor takes
     the next one) and hand each result to ``on_result`` as it arrives; the actors are ended
     afterwards, also on failure. Returns the seconds spent starting the actors (Ray, process
     start, ``__init__``) and running the calls."""
@@ -28,8 +28,8 @@ def map_actors(actor_cls: type, init_args: tuple, calls: list[tuple], num_worker
 
     workers = min(int(num_workers), len(calls))
     require_resources(SimpleNamespace(num_workers=workers, cpus_per_worker=cpus_per_worker,
-                                      use_gpu=False, resources_timeout_s=resources_timeout_s))
-    remote_cls = ray.remote(num_cpus=cpus_per_worker)(actor_cls)
+                                      use_gpu=gpus_per_worker > 0, resources_timeout_s=resources_timeout_s))
+    remote_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(actor_cls)
     actors = [remote_cls.remote(*init_args) for _ in range(workers)]
     try:
         ray.get([actor.__ray_ready__.remote() for actor in actors])
@@ -43,6 +43,14 @@ def map_actors(actor_cls: type, init_args: tuple, calls: list[tuple], num_worker
         for actor in actors:
             ray.kill(actor)
     return {"startup_seconds": ready - start, "run_seconds": time.perf_counter() - ready}
+
+
+def actor_device():
+    """The device an actor computes on: the GPU Ray gave it (Ray sets CUDA_VISIBLE_DEVICES to the
+    actor's GPUs, and to none for an actor that asked for none), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def progress_printer(label: str, total: int, unit: str = "samples") -> Callable[[int], None]:

@@ -23,7 +23,7 @@ from diffusion_core.data.atomic import save_npz, write_json
 from diffusion_core.features.inception import weights_sha256
 from diffusion_core.frameworks import DiffusionModel
 from flows.config.sampling import draw_samples, sample_seeds
-from flows.distributed.actor_pool import chunk_ranges, map_actors, progress_printer
+from flows.distributed.actor_pool import actor_device, chunk_ranges, map_actors, progress_printer
 
 PLAN_FILE = "plan.json"
 
@@ -80,6 +80,7 @@ class PartWriter:
 
         torch.set_num_threads(max(1, int(threads)))
         self.model, self.seeds_of = load_model(), seeds_of
+        self.model.denoiser.net.to(actor_device())  # samplers stay on the CPU; the network moves
 
     def run(self, parts_dir: str, first: int, stop: int, batch_size: int, draw: Callable) -> dict:
         start, chunks, nfe = time.perf_counter(), [], 0
@@ -110,7 +111,7 @@ def _prepare(parts_dir: Path, plan: SamplePlan) -> None:
 
 def draw_parts(parts_dir, plan: SamplePlan, load_model: Callable, seeds_of: Callable,
                draw: Callable, num_workers: int = 2, cpus_per_worker: float = 1.0,
-               label: str = "sample") -> dict:
+               label: str = "sample", gpus_per_worker: float = 0.0) -> dict:
     """Draw every part of ``plan`` not already in ``parts_dir`` on a pool of Ray actors.
 
     ``load_model()`` builds the model (once per actor), ``seeds_of(first, count)`` gives the
@@ -118,11 +119,11 @@ def draw_parts(parts_dir, plan: SamplePlan, load_model: Callable, seeds_of: Call
     NFE). Returns counts and the wall time and throughput of the drawing.
     """
     return draw_many([(parts_dir, plan, draw)], load_model, seeds_of, num_workers,
-                     cpus_per_worker, label)
+                     cpus_per_worker, label, gpus_per_worker)
 
 
 def draw_many(jobs: list[tuple], load_model: Callable, seeds_of: Callable, num_workers: int = 2,
-              cpus_per_worker: float = 1.0, label: str = "sample") -> dict:
+              cpus_per_worker: float = 1.0, label: str = "sample", gpus_per_worker: float = 0.0) -> dict:
     """``draw_parts`` for several ``(parts_dir, plan, draw)`` jobs of one model on one pool
     (several samplers of a quality-against-NFE sweep, say)."""
     todo, total = [], 0
@@ -140,7 +141,8 @@ def draw_many(jobs: list[tuple], load_model: Callable, seeds_of: Callable, num_w
     advance = progress_printer(label, drawn) if drawn else None
     threads = max(1, int(cpus_per_worker))
     times = map_actors(PartWriter, (load_model, seeds_of, threads), todo, num_workers,
-                       cpus_per_worker, lambda r: advance(r["stop"] - r["first"]))
+                       cpus_per_worker, lambda r: advance(r["stop"] - r["first"]),
+                       gpus_per_worker=gpus_per_worker)
     total_s = times["startup_seconds"] + times["run_seconds"]
     return {"drawn": drawn, "reused": total - drawn, "parts": sum(len(j[1].ranges()) for j in jobs),
             "workers": min(int(num_workers), len(todo)), **times,
@@ -179,6 +181,7 @@ def draw_stage(params, framework: str, meta: dict, parts_dir) -> tuple[np.ndarra
     plan = stage_plan(params, framework, meta, params.profile(meta["kind"]).num_samples)
     info = draw_parts(parts_dir, plan, num_workers=params.sample.num_workers,
                       cpus_per_worker=params.sample.cpus_per_worker, label=f"sample {framework}",
+                      gpus_per_worker=params.ray.gpus_per_actor,
                       **callables)
     x, nfe = collect(parts_dir, plan, callables["seeds_of"])
     return x, nfe, info

@@ -13,7 +13,7 @@ import numpy as np
 from diffusion_core.data import shards
 from diffusion_core.evaluation.fidelity import merge_stats
 from diffusion_core.evaluation.metrics import FeatureStats
-from flows.distributed.actor_pool import map_actors
+from flows.distributed.actor_pool import actor_device, map_actors
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class FeatureWorker:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        self.extractor, self.model = extractor, extractor.load()
+        self.extractor, self.model = extractor, extractor.load().to(actor_device())
 
     def run(self, name: str, data_dir: str, shard: str, first: int, keep: int) -> dict:
         x, _ = shards.read_shard(data_dir, shard)
@@ -101,7 +101,8 @@ def _merge(results: list[dict], n_classes: int | None) -> SplitFeatures:
 
 
 def features_of(sources: dict, extractor: Extractor, keep: int, num_workers: int = 2,
-                cpus_per_worker: float = 1.0, n_classes: int | None = None) -> dict:
+                cpus_per_worker: float = 1.0, n_classes: int | None = None,
+                gpus_per_worker: float = 0.0) -> dict:
     """Feature statistics of several splits, ``{name: (data_dir, split)}``, computed shard by
     shard on one pool of Ray actors and merged in shard order; ``keep`` bounds the features
     returned per split for pairwise metrics (KID, P&R). Returns ``{name: SplitFeatures}``."""
@@ -109,7 +110,7 @@ def features_of(sources: dict, extractor: Extractor, keep: int, num_workers: int
              for call in _shard_calls(name, Path(data_dir).absolute(), split, int(keep))]
     results = {name: [] for name in sources}
     map_actors(FeatureWorker, (extractor, max(1, int(cpus_per_worker))), calls, num_workers,
-               cpus_per_worker, lambda r: results[r["name"]].append(r))
+               cpus_per_worker, lambda r: results[r["name"]].append(r), gpus_per_worker=gpus_per_worker)
     return {name: _merge(found, n_classes) for name, found in results.items()}
 
 

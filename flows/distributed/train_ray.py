@@ -11,14 +11,9 @@ boundary and end; `fit` then raises `TrainingInterrupted`.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,110 +21,33 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.training.ema import EMA
 from diffusion_core.training.lr_schedule import lr_factor
-from diffusion_core.training.step import is_finite, training_step
+from diffusion_core.training.precision import Precision, as_channels_last, tune_network
+from diffusion_core.training.step import NONFINITE, TAKEN, training_step
 from flows.distributed.ray_cluster import connect, require_resources
+from flows.distributed.stop_request import (
+    StopRequest,
+    TrainingInterrupted,
+    clear_stop,
+    fit_watching_signals,
+    from_rank_zero,
+    gather,
+    on_every_rank,
+    stop_uri,
+)
 from flows.tracking import runs as tracking
 
 STATE_FILE = "state.pt"
-STOP_FILE = "stop-requested"  # in the run's storage folder: the driver asks the workers to stop
-STOP_POLL_S = 1.0  # how often rank 0 looks for the stop file
+
+__all__ = ["NonFiniteLoss", "TrainingInterrupted", "fit", "train_loop_per_worker"]
 
 
 class NonFiniteLoss(RuntimeError):
     """Training met a non-finite loss or gradient and train.nonfinite says to stop."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM or SIGINT stopped the run before its last step; the same call again resumes it."""
-
-
-# -- collectives: every rank takes the same decision -------------------------------------------
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _from_rank_zero(flag: bool) -> bool:
-    """Rank 0's `flag` on every rank, so all ranks stop at the same step."""
-    value = torch.tensor([float(flag)])
-    if _distributed():
-        dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
-def _on_every_rank(flag: bool) -> bool:
-    """True only if `flag` holds on every rank, so all ranks take the same decision."""
-    value = torch.tensor([float(flag)])
-    if _distributed():
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
-def _gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's `tensor` (same shape and dtype on all), in rank order."""
-    if not _distributed():
-        return [tensor]
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor)
-    return gathered
-
-
-# -- the stop request: a file in the run's storage folder ------------------------------------
-
-def stop_uri(storage: str, run_name: str) -> str:
-    """Where the driver asks run `run_name` to stop: a file in its folder of Ray's storage
-    (a local path or a URI every worker reaches, as Ray Train's checkpoints need anyway)."""
-    return f"{storage.rstrip('/')}/{run_name}/{STOP_FILE}"
-
-
-def _filesystem(uri: str):
-    """The pyarrow file system and path of a local path or a URI, as Ray Train's storage uses."""
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
-def request_stop(uri: str) -> None:
-    """Ask the run to stop at its next step boundary (what SIGTERM and SIGINT do at the driver)."""
-    fs, path = _filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(f"stop asked at {time.time():.3f} by pid {os.getpid()}\n".encode())
-
-
-def stop_requested(uri: str) -> bool:
-    """Whether a stop request is there."""
-    import pyarrow.fs
-
-    fs, path = _filesystem(uri)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
-def clear_stop(uri: str) -> None:
-    """Remove a stop request, so that one asked of an earlier call does not end this one."""
-    if stop_requested(uri):
-        fs, path = _filesystem(uri)
-        fs.delete_file(path)
-
-
-class _StopRequest:
-    """Whether the driver asked to stop: rank 0 looks for the stop file at most every
-    STOP_POLL_S (a file system call per step would slow small models), every rank hears its
-    answer at every step, so all stop at the same step boundary."""
-
-    def __init__(self, uri: str, rank: int):
-        self.uri, self.rank, self.looked, self.seen = uri, rank, -math.inf, False
-
-    def __call__(self) -> bool:
-        if self.rank == 0 and not self.seen and time.monotonic() - self.looked >= STOP_POLL_S:
-            self.seen, self.looked = stop_requested(self.uri), time.monotonic()
-        return _from_rank_zero(self.seen)
 
 
 # -- the data, with its position ---------------------------------------------------------------
@@ -195,7 +113,7 @@ class _Batches:
 def _past_time_limit(started: float, limit_s: float | None) -> bool:
     """Whether the optional safety cap on the loop's wall time has passed, as rank 0 measures
     it and tells the others, so every rank stops at the same step."""
-    return limit_s is not None and _from_rank_zero(time.time() - started > limit_s)
+    return limit_s is not None and from_rank_zero(time.time() - started > limit_s)
 
 
 class _Progress:
@@ -237,17 +155,22 @@ class _Progress:
         return self.log.close() if self.log else 0
 
 
-class _NonFinitePolicy:
+class NonFinitePolicy:
     """train.nonfinite: a step whose loss or gradient is not finite is not taken (training_step
-    skips it); "stop" ends the run there, "skip" goes on past at most `limit` such batches."""
+    skips it); "stop" ends the run there, "skip" goes on past at most `limit` such batches.
+    An fp16 loss-scale overflow is not a fault: the scaler lowered the scale, the batch is
+    counted in `overflows` and the step taken again on the next one."""
 
     def __init__(self, policy: str, limit: int):
-        self.policy, self.limit, self.skipped, self.stopped_at = policy, limit, 0, 0
+        self.policy, self.limit, self.skipped, self.overflows, self.stopped_at = policy, limit, 0, 0, 0
 
-    def counts(self, finite: bool, step: int) -> bool:
-        """Whether the step was taken; records the step where the run must stop."""
-        if _on_every_rank(finite):
+    def counts(self, status: str, step: int) -> bool:
+        """Whether the step was taken (on every rank); records the step where the run must stop."""
+        if on_every_rank(status == TAKEN):
             return True
+        if on_every_rank(status != NONFINITE):
+            self.overflows += 1
+            return False
         self.skipped += 1
         if self.policy == "stop" or self.skipped > self.limit:
             self.stopped_at = step + 1
@@ -265,7 +188,7 @@ class _Loop:
     generator: torch.Generator
     batches: _Batches
     progress: _Progress
-    nonfinite: _NonFinitePolicy
+    nonfinite: NonFinitePolicy
     started: float
     loss: float = float("nan")
     resumed_from: int = 0
@@ -274,15 +197,16 @@ class _Loop:
     def fresh(cls, config: dict, rank: int, world: int) -> _Loop:
         generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
         return cls(0, generator, _Batches(config, rank, world), _Progress(),
-                   _NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"]), time.time())
+                   NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"]), time.time())
 
     def state_dict(self) -> dict:
         """The loop's state with every rank's generator and data position; a collective call."""
-        positions = _gather(torch.tensor(self.batches.position(), dtype=torch.int64))
+        positions = gather(torch.tensor(self.batches.position(), dtype=torch.int64))
         ranks = [{"generator": g, "epoch": int(p[0]), "batch": int(p[1])}
-                 for g, p in zip(_gather(self.generator.get_state()), positions)]
+                 for g, p in zip(gather(self.generator.get_state()), positions)]
         return {"step": self.step, "elapsed_s": time.time() - self.started, "loss": self.loss,
-                "skipped": self.nonfinite.skipped, "progress": self.progress.state_dict(), "ranks": ranks}
+                "skipped": self.nonfinite.skipped, "overflows": self.nonfinite.overflows,
+                "progress": self.progress.state_dict(), "ranks": ranks}
 
     def load_state_dict(self, state: dict, rank: int, world: int) -> None:
         if len(state["ranks"]) != world:
@@ -293,7 +217,7 @@ class _Loop:
         self.batches.seek(mine["epoch"], mine["batch"])
         self.step = self.resumed_from = int(state["step"])
         self.started, self.loss = time.time() - float(state["elapsed_s"]), float(state["loss"])
-        self.nonfinite.skipped = int(state["skipped"])
+        self.nonfinite.skipped, self.nonfinite.overflows = int(state["skipped"]), int(state.get("overflows", 0))
         self.progress.load_state_dict(state["progress"])
 
 
@@ -302,19 +226,24 @@ class _Parts(NamedTuple):
     denoiser: object  # the one the gradient flows through: model.denoiser, or its DDP wrap
     optimizer: torch.optim.Optimizer
     ema: EMA
+    precision: Precision
 
 
 # -- the worker --------------------------------------------------------------------------------
 
-def _build(config: dict, rank: int) -> _Parts:
-    """The model, its DDP-wrapped training denoiser (Ray touch point), Adam and the EMA."""
+def _build(config: dict, rank: int, device: torch.device) -> _Parts:
+    """The model on the worker's device, its training denoiser (DDP-wrapped by Ray: touch point;
+    then in channels-last order and compiled where train.channels_last and train.compile ask),
+    Adam, the EMA (on the same device) and the precision's autocast and loss scaler."""
     import ray.train.torch
 
     torch.manual_seed(config["seed"] + rank)
     model = DiffusionModel(config["model"])
     net = ray.train.torch.prepare_model(model.denoiser.net)
+    net = tune_network(net, config["channels_last"], config["compile"])
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
-    return _Parts(model, model.wrap(net), optimizer, EMA(model.denoiser.net, config["ema_gamma"]))
+    return _Parts(model, model.wrap(net), optimizer, EMA(model.denoiser.net, config["ema_gamma"]),
+                  Precision(config["precision"], device.type))
 
 
 def _restore(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int) -> None:
@@ -330,6 +259,7 @@ def _restore(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int) ->
     parts.model.denoiser.net.load_state_dict(state["net"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.ema.load_state_dict(state["ema"])
+    parts.precision.load_state_dict(state.get("precision", {}))
     loop.load_state_dict(state["loop"], rank, world)
     if rank == 0:
         tracking.log_metrics(config["run_id"], {"resumed_from_step": loop.step}, loop.step)
@@ -344,7 +274,8 @@ def _report(parts: _Parts, loop: _Loop, metrics: dict, rank: int) -> None:
     import ray.train
 
     state = {"net": parts.model.denoiser.net.state_dict(), "optimizer": parts.optimizer.state_dict(),
-             "ema": parts.ema.state_dict(), "loop": loop.state_dict()}
+             "ema": parts.ema.state_dict(), "precision": parts.precision.state_dict(),
+             "loop": loop.state_dict()}
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
@@ -355,7 +286,7 @@ def _report(parts: _Parts, loop: _Loop, metrics: dict, rank: int) -> None:
 
 
 def _take_steps(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int, device,
-                stop: _StopRequest) -> str:
+                stop: StopRequest) -> str:
     """Steps up to the planned number, unless the time cap, a non-finite step (train.nonfinite)
     or the driver's stop request ends the run first; returns what ended it."""
     batches = iter(loop.batches)
@@ -365,9 +296,10 @@ def _take_steps(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int,
         x = next(batches)
         lr = config["lr"] * lr_factor(loop.step, config["steps"], config["warmup_steps"],
                                       config["lr_schedule"])
-        loss, grad_norm = training_step(parts.model, parts.denoiser, parts.optimizer, parts.ema,
-                                        x.to(device), loop.generator, lr, config["grad_clip"])
-        if not loop.nonfinite.counts(is_finite(loss, grad_norm), loop.step):
+        x = as_channels_last(x.to(device), config["channels_last"])
+        loss, grad_norm, status = training_step(parts.model, parts.denoiser, parts.optimizer, parts.ema,
+                                                x, loop.generator, lr, config["grad_clip"], parts.precision)
+        if not loop.nonfinite.counts(status, loop.step):
             if loop.nonfinite.stopped_at:
                 return "nonfinite"
             continue
@@ -395,70 +327,21 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config["threads"])
     os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]  # the driver's store, made absolute
-    parts, loop = _build(config, rank), _Loop.fresh(config, rank, world)
+    device = ray.train.torch.get_device()
+    parts, loop = _build(config, rank, device), _Loop.fresh(config, rank, world)
     _restore(parts, loop, config, rank, world)
-    ended_by = _take_steps(parts, loop, config, rank, world, ray.train.torch.get_device(),
-                           _StopRequest(config["stop_uri"], rank))
+    ended_by = _take_steps(parts, loop, config, rank, world, device, StopRequest(config["stop_uri"], rank))
     _report(parts, loop, {"loss": loop.loss, "loop_seconds": time.time() - loop.started, "world_size": world,
                           "time_limited": float(ended_by == "time_limit"),
                           "interrupted": float(ended_by == "interrupted"),
                           "nonfinite_step": loop.nonfinite.stopped_at,
                           "skipped_batches": loop.nonfinite.skipped,
+                          "overflow_batches": loop.nonfinite.overflows,
                           "resumed_from_step": loop.resumed_from,
                           "metrics_lost": loop.progress.close()}, rank)
 
 
 # -- the driver --------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _signals_request_stop(stop: str, run_name: str):
-    """While the block runs, SIGTERM or SIGINT asks the workers to checkpoint and end at the next
-    step boundary (the stop file); a second signal stops at once, without a checkpoint. The
-    handlers that were there before come back afterwards."""
-    received = []
-
-    def handler(signum, frame):
-        name = signal.Signals(signum).name
-        received.append(name)
-        if len(received) > 1:
-            raise TrainingInterrupted(f"{run_name}: {name} again: stopped at once, without a checkpoint; "
-                                      f"run the same command again to resume from the last one")
-        request_stop(stop)
-        print(f"[{run_name}] {name}: stopping at the next step boundary with a checkpoint "
-              f"(send it again to stop at once)", file=sys.stderr, flush=True)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-
-def _fit_watching_signals(trainer, stop: str, run_name: str):
-    """trainer.fit(), with SIGTERM and SIGINT asking for a checkpointed stop. fit() runs in a
-    helper thread so that the main thread catches the signals (Ray Train's fit() in the main
-    thread takes SIGINT to abort the run without a checkpoint). Off the main thread (a Prefect
-    task's), where no handler can be installed, fit() runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        return trainer.fit()
-    outcome = {}
-
-    def run():
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as err:  # noqa: BLE001 -- raised again in the main thread below
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, name=f"fit-{run_name}", daemon=True)
-    with _signals_request_stop(stop, run_name):
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
 
 def _check_outcome(metrics: dict, result, loop_config: dict, run_name: str) -> None:
     """Raise when the workers ended before the planned steps for a non-finite loss
@@ -502,7 +385,7 @@ def fit(loop_config: dict, ray_params, run_name: str, out_dir: Path) -> dict:
                              failure_config=FailureConfig(max_failures=ray_params.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    result = _fit_watching_signals(trainer, stop, run_name)
+    result = fit_watching_signals(trainer, stop, run_name)
     clear_stop(stop)  # asked too late to matter: the run had ended
     metrics = dict(result.metrics or {})
     _check_outcome(metrics, result, loop_config, run_name)

@@ -61,7 +61,8 @@ def image_metrics(params: Params, sample_dir: Path) -> dict:
                                      keep=e.max_pairwise, num_workers=e.num_workers,
                                      cpus_per_worker=e.cpus_per_worker, seed=e.seed, pr_k=e.pr_k,
                                      inception_weights=e.inception_weights,
-                                     floor_sizes=(e.nfe_sweep_samples,) if e.nfe_sweep else ())
+                                     floor_sizes=(e.nfe_sweep_samples,) if e.nfe_sweep else (),
+                                     gpus_per_worker=params.ray.gpus_per_actor)
 
 
 def _sweep_floor(params: Params, metric: str, n: int, result: dict) -> float | None:

@@ -80,13 +80,14 @@ def fd_floors_at(train, test, sizes, seed: int) -> dict:
             for n in sorted(set(sizes)) if 2 <= int(n) <= len(train.kept_features)}
 
 
-def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: float) -> dict:
+def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: float, gpus: float) -> dict:
     if weights is None:
         note = (f"FID not computed: no Inception-v3 weights (set evaluate.inception_weights or "
                 f"${WEIGHTS_ENV} to a local copy of pt_inception-2015-12-05; nothing is downloaded)")
         print(f"evaluate: {note}")
         return {"fid": None, "fid_note": note}
-    found = features_of(sources, Extractor("inception", str(weights), 64), keep, workers, cpus)
+    found = features_of(sources, Extractor("inception", str(weights), 64), keep, workers, cpus,
+                        gpus_per_worker=gpus)
     return {"fid": fidelity.frechet_distance_from_stats(found["samples"].stats, found["test"].stats),
             "fid_feature_extractor": "Inception-v3 pool-3 (2048-d, FID weights)",
             "fid_feature_extractor_sha256": weights_sha256(weights)}
@@ -94,7 +95,7 @@ def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: floa
 
 def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num_workers: int = 2,
                    cpus_per_worker: float = 1.0, seed: int = 0, pr_k: int = 3,
-                   inception_weights: str | None = None, floor_sizes=()) -> dict:
+                   inception_weights: str | None = None, floor_sizes=(), gpus_per_worker: float = 0.0) -> dict:
     """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
     the held-out ``test`` split, with floors from the ``train`` split; ``fd_floor_by_n`` holds
     the FD floor at each of ``floor_sizes`` too."""
@@ -110,7 +111,7 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
     sources = {"samples": (samples_dir, "samples"), "test": (data_dir, "test"), "train": (data_dir, "train")}
     n_classes = json.loads((classifier_dir / "config.json").read_text())["n_classes"]
     found = features_of(sources, Extractor("classifier", str(classifier_dir)), keep, num_workers,
-                        cpus_per_worker, n_classes)
+                        cpus_per_worker, n_classes, gpus_per_worker)
     fake, test, train = found["samples"], found["test"], found["train"]
     out = _fidelity_block(fake, test, train, seed, pr_k)
     out["fd_floor_by_n"] = fd_floors_at(train, test, floor_sizes, seed)
@@ -119,7 +120,7 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
                class_histogram=coverage["class_histogram"])
     out.update(fidelity.memorization(fake.kept_x, test.kept_x, train.kept_x))
     out.update(_fid({"samples": sources["samples"], "test": sources["test"]}, weights, keep,
-                    num_workers, cpus_per_worker))
+                    num_workers, cpus_per_worker, gpus_per_worker))
     out.update(num_samples=fake.stats.n, num_reference=test.stats.n, pairwise_num_samples=len(fake.kept_features),
                classifier_test_accuracy=summary["test_accuracy"],
                feature_extractor="in-domain CNN classifier (penultimate layer)",

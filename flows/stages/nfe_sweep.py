@@ -69,7 +69,8 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
         folders.append(_scratch(params, framework) / "-".join(str(v) for v in settings.values()))
         jobs.append((folders[-1], plan, callables["draw"]))
     sample_ray.draw_many(jobs, callables["load_model"], callables["seeds_of"], params.sample.num_workers,
-                         params.sample.cpus_per_worker, label=f"nfe sweep {framework}")
+                         params.sample.cpus_per_worker, label=f"nfe sweep {framework}",
+                         gpus_per_worker=params.ray.gpus_per_actor)
     quality, records = _Quality(params), []
     for settings, folder, (_, plan, _) in zip(points, folders, jobs):
         x, nfe = sample_ray.collect(folder, plan, callables["seeds_of"])

@@ -52,6 +52,8 @@ def _loop_config(params: Params, framework: str, profile, model: dict) -> dict:
         "checkpoint_every": params.train.checkpoint_every, "time_limit_s": params.train.time_limit_s,
         "nonfinite": params.train.nonfinite, "nonfinite_limit": params.train.nonfinite_limit,
         "loader_workers": params.train.loader_workers, "cache_in_memory": params.train.cache_in_memory,
+        "precision": params.train.precision, "channels_last": params.train.channels_last,
+        "compile": params.train.compile,
         "threads": max(1, int(params.ray.cpus_per_worker)),
     }
 
