@@ -53,7 +53,7 @@ def gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     if not distributed():
         return [tensor]
     gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.allgather(gathered, tensor)
+    dist.all_gather(gathered, tensor)
     return gathered
 
 # -- the stop request: a file in the run's storage folder ------------------------------------
