@@ -13,3 +13,26 @@ def test_network_throughput_compares_equal_sized_networks(capsys):
     assert result["ratio"] == pytest.approx(project["steps_per_s"] / diffusers["steps_per_s"])
     assert 0 < project["peak_fraction"] < 1 and 0 < diffusers["peak_fraction"] < 1
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # starts Ray and two DDP workers
+def test_gpu_throughput_runs_on_the_cpu_at_its_tiny_size(tmp_path, capsys):
+    from benchmarks import gpu_throughput
+
+    result = gpu_throughput.main(["--size", "tiny", "--workers", "1", "2", "--steps", "2", "--warmup", "1",
+                                  "--precision", "bf16", "--channels-last", "--storage", str(tmp_path)])
+    one, two = result["rows"]
+    assert (one["workers"], two["workers"]) == (1, 2) and one["scaling_efficiency"] == 1.0
+    assert one["images_per_s"] > 0 and two["images_per_s"] > 0 and result["step_flops"] > 0
+    assert 0 < one["peak_fraction"] < float("inf")  # bf16 matmul on a CPU sets no meaningful ceiling
+    assert "2 worker(s)" in capsys.readouterr().out
+
+
+def test_sampler_overhead_times_the_sampler_against_its_forward_passes(capsys):
+    from benchmarks import sampler_overhead
+
+    [ddim, langevin] = sampler_overhead.main(["--batch", "4", "--repeats", "1",
+                                              "--samplers", "ddim-50", "annealed-langevin"])
+    assert ddim["nfe"] == 50 and langevin["nfe"] > 0
+    assert ddim["ratio"] == pytest.approx(ddim["seconds"] / ddim["reference_seconds"])
+    assert "NFE x forward" in capsys.readouterr().out

@@ -64,8 +64,10 @@ def test_channels_last_changes_the_memory_order_not_the_denoiser():
     x = torch.randn(4, 1, 8, 8)
     alpha, sigma = torch.full((4,), 0.8), torch.full((4,), 0.6)
     plain = model.denoiser(x, alpha, sigma).x0
-    net = tune_network(model.denoiser.net, channels_last=True)
-    first_conv = next(p for p in net.parameters() if p.dim() == 4)
+    seen_by_wrap = []  # DDP sizes its gradient buckets by the strides it sees when it wraps
+    net = tune_network(model.denoiser.net, channels_last=True,
+                       wrap=lambda net: seen_by_wrap.append(net) or net)
+    first_conv = next(p for p in seen_by_wrap[0].parameters() if p.dim() == 4)
     assert first_conv.is_contiguous(memory_format=torch.channels_last)
     batch = as_channels_last(x, True)
     assert batch.is_contiguous(memory_format=torch.channels_last) and torch.equal(batch, x)

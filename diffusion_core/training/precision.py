@@ -8,6 +8,8 @@ run of good steps). Weights, Adam's moments and the EMA stay fp32 in every case.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -37,13 +39,17 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def tune_network(net: nn.Module, channels_last: bool = False, compile: bool = False) -> nn.Module:
+def tune_network(net: nn.Module, channels_last: bool = False, compile: bool = False,
+                 wrap: Callable[[nn.Module], nn.Module] = lambda net: net) -> nn.Module:
     """The network as the training step should call it: with its 4-D weights in channels-last
     memory order (faster convolutions on GPUs with tensor cores; inputs follow, see
-    `as_channels_last`) and, optionally, compiled by torch.compile. The returned module shares
-    its parameters with `net`, so saving `net` saves what was trained."""
+    `as_channels_last`), then wrapped by `wrap` (DDP, say: it sizes its gradient buckets by the
+    parameters' strides when it wraps, so the memory order comes first), then optionally compiled
+    by torch.compile. The result shares its parameters with `net`, so saving `net` saves what
+    was trained."""
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    net = wrap(net)
     return torch.compile(net) if compile else net
 
 

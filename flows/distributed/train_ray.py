@@ -239,8 +239,8 @@ def _build(config: dict, rank: int, device: torch.device) -> _Parts:
 
     torch.manual_seed(config["seed"] + rank)
     model = DiffusionModel(config["model"])
-    net = ray.train.torch.prepare_model(model.denoiser.net)
-    net = tune_network(net, config["channels_last"], config["compile"])
+    net = tune_network(model.denoiser.net, config["channels_last"], config["compile"],
+                       wrap=ray.train.torch.prepare_model)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
     return _Parts(model, model.wrap(net), optimizer, EMA(model.denoiser.net, config["ema_gamma"]),
                   Precision(config["precision"], device.type))
