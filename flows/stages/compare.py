@@ -27,6 +27,7 @@ from flows.config.recipes import split_run  # noqa: E402
 from flows.stages import plots  # noqa: E402
 from flows.tracking import registry  # noqa: E402
 from flows.tracking import runs as tracking  # noqa: E402
+from flows.tracking.costs import read_costs  # noqa: E402
 
 # the wide table, in this order; a column shows when some run has it
 COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fd_ratio_sem", "fid", "kid", "kid_floor", "precision",
@@ -205,14 +206,24 @@ def _registry_lines(champion: str | None, not_ranked) -> list[str]:
     return lines
 
 
-def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, not_ranked=()) -> str:
+def cost_table(costs: list[dict]) -> list[str]:
+    """One line per stage run: wall time and peak resident memory on the driver's node."""
+    lines = ["| stage | run | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
+    return lines + [f"| {c['stage']} | {c.get('run') or '-'} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} |"
+                    for c in costs]
+
+
+def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, not_ranked=(),
+             costs=()) -> str:
     """The report: the at-a-glance table, the verdict and the champion, then every metric,
-    then quality against NFE and the figures."""
+    quality against NFE, what each stage cost, and the figures."""
     lines = [f"# Framework comparison on `{dataset}`", "", *summary_table(rows), "",
              f"**Verdict:** {verdict(rows)}", "", *_registry_lines(champion, not_ranked), "",
              "## Every metric", "", *wide_table(rows)]
     if sweep:
         lines += ["", "## Quality against NFE", "", *sweep_table(sweep)]
+    if costs:
+        lines += ["", "## What each stage cost", "", *cost_table(costs)]
     lines += ["", "![quality against NFE](quality_vs_nfe.png)", "",
               "![samples side by side](samples_side_by_side.png)"]
     return "\n".join(lines) + "\n"
@@ -285,19 +296,22 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     sweep = {key: points for key in keys if (points := _sweep(params, key))}
     samples = {key: np.load(Path(params.sample.out_dir) / key / "samples.npz")["x"] for key in keys}
     champion, not_ranked = _registry_view(dataset)
+    costs = read_costs(keys)
     real, _ = shards.load_split(params.data.out_dir, "test")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_quality_vs_nfe(sweep, out / "quality_vs_nfe.png", f"{dataset}: quality against cost")
     plot_side_by_side(samples, real, out / "samples_side_by_side.png")
-    report = markdown(dataset, rows, sweep, champion, not_ranked)
+    report = markdown(dataset, rows, sweep, champion, not_ranked, costs)
     write_text(out / "compare.md", report)
     summary = {"dataset": dataset, "rows": rows, "verdict": verdict(rows), "quality_vs_nfe": sweep,
-               "champion": champion, "not_ranked": not_ranked}
+               "champion": champion, "not_ranked": not_ranked, "stage_costs": costs}
     write_json(out / "compare.json", summary)
     run_id = tracking.start_run(dataset, "compare", {"frameworks": list(keys)},
                                 {"kind": "compare", "dataset": params.data.source})
     tracking.log_metrics(run_id, {f"{r['framework']}_{k}": v for r in rows for k, v in r.items()})
+    tracking.log_metrics(run_id, {f"cost_{c['stage']}{'_' + c['run'] if c.get('run') else ''}_{k}": c[k]
+                                  for c in costs for k in ("seconds", "peak_rss_mb")})
     tracking.log_artifacts(run_id, out, "report")
     return {**summary, "markdown": report, "run_id": run_id, "report_dir": str(out)}
 

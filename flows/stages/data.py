@@ -10,8 +10,10 @@ from diffusion_core.data import shards, sources
 from diffusion_core.data.atomic import replacing_folder
 from diffusion_core.features import classifier as clf
 from flows.config.params import ConfigError, Params
+from flows.tracking.costs import measured
 
 
+@measured("prepare")
 def prepare(params: Params) -> dict:
     """Load the source, split it (seeded) and write webdataset shards plus the manifest. Every
     check comes before the first write, and write_shards swaps a finished folder in, so a
@@ -66,6 +68,7 @@ def manifest_hash(params: Params) -> str:
     return hashlib.sha256((Path(params.data.out_dir) / "manifest.parquet").read_bytes()).hexdigest()
 
 
+@measured("train-classifier")
 def train_classifier(params: Params) -> dict:
     """The in-domain feature extractor for FD: a small CNN on the real training split."""
     meta = dataset_meta(params)

@@ -16,6 +16,7 @@ from flows.config.params import Params
 from flows.stages import image_eval, nfe_sweep
 from flows.stages.likelihood_eval import nll_metrics
 from flows.tracking import runs as tracking
+from flows.tracking.costs import measured
 from flows.tracking.registry import headline, headline_text, measurement
 
 
@@ -132,6 +133,7 @@ def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict
     return path
 
 
+@measured("evaluate")
 def evaluate(params: Params, framework: str) -> dict:
     """Compute every metric (and the quality-against-NFE sweep) first, then write
     metrics/<framework>.json and log to the framework's MLflow run: bad input changes nothing."""

@@ -12,8 +12,10 @@ from flows.distributed.sample_ray import draw_stage
 from flows.stages import plots
 from flows.stages.data import dataset_meta
 from flows.tracking import runs as tracking
+from flows.tracking.costs import measured
 
 
+@measured("sample")
 def sample(params: Params, framework: str) -> dict:
     """Draw the profile's number of samples on Ray actors (flows.distributed.sample_ray: one seed per
     sample, resumable parts) and write shards, an .npz and a picture."""

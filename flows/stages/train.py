@@ -19,6 +19,7 @@ from flows.config.recipes import recipe_of, split_run
 from flows.distributed.train_ray import NonFiniteLoss, fit
 from flows.stages.data import dataset_meta, manifest_hash
 from flows.tracking import runs as tracking
+from flows.tracking.costs import measured
 
 
 def model_config(params: Params, framework: str, meta: dict) -> dict:
@@ -123,6 +124,7 @@ def _start_or_continue(params: Params, framework: str, experiment: str, inputs: 
     return record
 
 
+@measured("train")
 def train(params: Params, framework: str) -> dict:
     """Train one framework with Ray Train; the MLflow run exists before fit(). An unfinished
     run of the same params and data is continued: the same MLflow run and Ray Train run, from

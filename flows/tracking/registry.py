@@ -32,6 +32,7 @@ from diffusion_core.data import shards
 from flows.config.params import Params, as_dict
 from flows.tracking import runs as tracking
 from flows.tracking import sampler_model
+from flows.tracking.costs import measured
 
 ALIAS = "champion"
 ARTIFACT = "sampler"
@@ -191,6 +192,7 @@ def _save_pyfunc(params: Params, framework: str, model_dir: Path, meta: dict, ou
                           "pyyaml", "webdataset", "pyarrow"])
 
 
+@measured("register")
 def register(params: Params, framework: str) -> dict:
     """Log the pyfunc into the run's MLflow run, register it as a new version of
     ``<dataset>-<key>`` with its figure and how it was measured, and settle ``champion``."""
