@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray.cloudpickle
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -163,6 +164,9 @@ def main(argv=None) -> dict:
                 "warmup": args.warmup, "channels_last": args.channels_last, "compile": args.compile,
                 "cpus": args.cpus_per_worker}
     connect()
+    # Ray's workers cannot import benchmarks/ (only the project's packages travel with a job), so
+    # worker_loop travels by value when this file is imported as a module (as its test does)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     rows = []
     for workers in args.workers:
         rates = [run_workers(workers, settings, use_gpu, Path(args.storage))["images_per_s"]

@@ -1,7 +1,7 @@
 """`ncsn` as a framework of the pipeline: the model's ladder, score, energy and objectives
 checked against independent computations, its samplers against the exact score of a
 two-mode mixture, bad params stopped before any work, and tiny real runs (Ray Train with 2
-workers, MLflow, the Prefect flow) of a score and an energy model."""
+workers, MLflow) of a score and an energy model."""
 import json
 
 import numpy as np
@@ -19,6 +19,7 @@ from diffusion_core.processes.sde import noise_ladder
 from diffusion_core.samplers.langevin import annealed_langevin_dynamics
 from flows.config.params import ConfigError, parse_params
 from flows.entry.cli import main
+from flows.stages import data as stages
 from flows.stages import evaluate
 from flows.stages import sample as sample_stage
 from flows.stages import train as train_stage
@@ -221,29 +222,31 @@ def _tiny_ncsn(tag: str, **ncsn_params) -> dict:
     return data
 
 
+def _run_stages(params) -> tuple[dict, dict]:
+    """Train (Ray Train, 2 workers), sample and evaluate: the training summary and the metrics."""
+    summary = train_stage.train(params, "ncsn")
+    sample_stage.sample(params, "ncsn")
+    return summary, evaluate.evaluate(params, "ncsn")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The score model through the Prefect flow; an energy model (sliced score matching)
-    through the stages themselves; each on the tiny checkerboard with 2 Ray workers."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.entry.pipeline import pipeline_flow
-
+    """A score model and an energy model (sliced score matching) through the stages, each on the
+    tiny checkerboard with 2 Ray workers (the Prefect flow that chains the same stages is
+    tests/test_orchestration.py's)."""
     root = tmp_path_factory.mktemp("ncsn")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("RAY_ADDRESS", raising=False)
-        with prefect_test_harness(server_startup_timeout=120):
-            score = pipeline_flow(params=parse_params(_tiny_ncsn("score")))["ncsn"]
-        params = parse_params(_tiny_ncsn("energy", model="energy", objective="ssm"))
-        summary = train_stage.train(params, "ncsn")
-        sample_stage.sample(params, "ncsn")
-        energy = evaluate.evaluate(params, "ncsn")
+        score_params = parse_params(_tiny_ncsn("score"))
+        stages.prepare(score_params)
+        _, score = _run_stages(score_params)
+        summary, energy = _run_stages(parse_params(_tiny_ncsn("energy", model="energy", objective="ssm")))
         yield root, {"score": score, "energy": energy}, summary
 
 
-@pytest.mark.slow  # the Prefect flow, Ray Train, Ray sampling and evaluation
+@pytest.mark.slow  # Ray Train, Ray sampling and evaluation
 @pytest.mark.parametrize("tag", ["score", "energy"])
 def test_tiny_runs_train_sample_evaluate_and_track(runs, tag):
     root, results, _ = runs
