@@ -33,6 +33,7 @@ SAMPLERS = {  # name -> (model config, settings): the pipeline's default sampler
     "heun-35": (VP, {"name": "heun", "steps": 35}),
     "pc-100": (VP, {"name": "pc", "steps": 100, "predictor": "euler_maruyama"}),
     "ode-heun-25": (VP, {"name": "ode", "solver": "heun", "steps": 25}),
+    "dpmpp-2m-20": (VP, {"name": "dpmpp_2m", "steps": 20}),
     "annealed-langevin": (VE, {"name": "annealed_langevin", "steps_per_sigma": 1}),
 }
 

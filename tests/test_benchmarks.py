@@ -36,3 +36,15 @@ def test_sampler_overhead_times_the_sampler_against_its_forward_passes(capsys):
     assert ddim["nfe"] == 50 and langevin["nfe"] > 0
     assert ddim["ratio"] == pytest.approx(ddim["seconds"] / ddim["reference_seconds"])
     assert "NFE x forward" in capsys.readouterr().out
+
+
+def test_few_step_samplers_scores_every_sampler_against_the_reference(capsys):
+    from benchmarks import few_step_samplers
+
+    result = few_step_samplers.main(["--nfe", "5", "20", "--samples", "300", "--seeds", "1"])
+    assert set(result["samplers"]) == {"dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "diffusers_dpm_solver"}
+    assert result["reference"]["nfe"] == 1000 and result["floor"] > 0
+    for name, sampler in result["samplers"].items():
+        assert [row["nfe"] for row in sampler["rows"]] == ([5, 19] if name == "heun" else [5, 20])
+        assert all(row["median"] > 0 for row in sampler["rows"])
+    assert "fewest NFE within 10%" in capsys.readouterr().out

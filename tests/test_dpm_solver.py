@@ -80,3 +80,14 @@ def test_every_process_reaches_the_data_in_20_steps(process):
     k = m.nearest_component(x)
     for c in range(len(m.weights)):  # and each mode's spread
         assert abs(float((x[k == c].double() - m.means[c]).std(0).mean()) - m.std) < 0.1 * m.std
+
+
+def test_log_snr_spacing_is_geometric_and_both_spacings_are_checked():
+    from diffusion_core.samplers.registry import resolve_settings
+
+    levels = edm.log_snr_sigmas(0.01, 80.0, 5)
+    assert levels[-1] == 0 and torch.allclose(levels[1:-1] / levels[:-2], (levels[1] / levels[0]).expand(4))
+    assert float(levels[0]) == pytest.approx(80.0) and float(levels[-2]) == pytest.approx(0.01)
+    assert resolve_settings({"name": "dpmpp_2m"})["spacing"] == "logsnr"
+    with pytest.raises(ValueError, match="^spacing: must be one of"):
+        resolve_settings({"name": "dpmpp_2m", "spacing": "uniform"})

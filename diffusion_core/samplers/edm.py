@@ -32,6 +32,18 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
+def log_snr_sigmas(sigma_min: float, sigma_max: float, steps: int):
+    """Noise levels uniform in lambda = -log s (half the log-SNR) from sigma_max to sigma_min, then
+    0: the spacing Lu et al. (2022, section 3.3) recommend for DPM-Solver; Karras' with rho -> inf."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = sigma_max * (sigma_min / sigma_max) ** ramp
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
 @torch.no_grad()
 def heun_pf_ode(denoiser, x, sigmas: torch.Tensor, progress: Progress = None):
     """Heun's 2nd-order solver of the probability-flow ODE dx/ds = (x - D(x; s)) / s

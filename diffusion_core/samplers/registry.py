@@ -23,7 +23,7 @@ SAMPLER_SETTINGS = {
     "ancestral": {},
     "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
     "heun": {"steps": 35, "rho": 7.0},
-    "dpmpp_2m": {"steps": 20, "rho": 7.0, "eps": 1e-3},
+    "dpmpp_2m": {"steps": 20, "spacing": "logsnr", "rho": 7.0, "eps": 1e-3},
     "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
            "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
     "ode": {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
@@ -32,6 +32,8 @@ SAMPLER_SETTINGS = {
     "langevin": {"steps": 1000, "step_size": 2e-5, "denoise": True},
 }
 
+
+DPMPP_SPACINGS = ("logsnr", "karras")
 
 # The processes each sampler draws from: DDPM's chain is the vp discretization, the NCSN ladder
 # the ve one; the reverse SDE and the probability-flow ODE exist for every process.
@@ -100,6 +102,12 @@ def _check_eps(eps: float) -> None:
                          f"(0, 1), got {eps}")
 
 
+def _check_dpmpp(settings: dict) -> None:
+    _check_eps(settings["eps"])
+    if settings["spacing"] not in DPMPP_SPACINGS:
+        raise ValueError(f"spacing: must be one of {sorted(DPMPP_SPACINGS)}, got {settings['spacing']!r}")
+
+
 def _check_langevin(settings: dict) -> None:
     for key in ("eps", "step_size"):
         if key in settings and not settings[key] > 0:
@@ -109,7 +117,7 @@ def _check_langevin(settings: dict) -> None:
 # Checks of a sampler's setting values beyond their types; each raises "key: message".
 SAMPLER_CHECKS = {"pc": _check_pc, "ode": _check_ode, "annealed_langevin": _check_langevin,
                   "langevin": _check_langevin,
-                  "dpmpp_2m": lambda settings: _check_eps(settings["eps"])}
+                  "dpmpp_2m": _check_dpmpp}
 
 
 def _same_kind(value, default) -> bool:
@@ -161,16 +169,18 @@ def _heun(model, x, settings, noise, clip, progress):
 
 
 def _dpmpp_2m(model, x, settings, noise, clip, progress):
-    """DPM-Solver++(2M) (Lu et al., 2022) on Karras-spaced noise levels of the model's process,
-    from min(its level at T, EDM's 80) down to its level at `eps`, then to 0: `steps` NFE, for
-    VP, sub-VP and VE models alike. x_T / alpha(T) has noise level s(T); scaling its std from
+    """DPM-Solver++(2M) (Lu et al., 2022) on noise levels of the model's process spaced uniformly
+    in log-SNR (`spacing: logsnr`, the paper's choice; with few steps it beats Karras' spacing,
+    see benchmarks/few_step_samplers.py) or by Karras' rho, from min(its level at T, EDM's 80)
+    down to its level at `eps`, then to 0: `steps` NFE, for VP, sub-VP and VE models alike. x_T / alpha(T) has noise level s(T); scaling its std from
     sqrt(1 + s(T)^2) to sqrt(1 + s^2) starts it at the grid's top level s."""
     process = model.process
     s_top, s_min = (float(process.noise_level(t)) for t in (process.T, settings["eps"]))
     s_max = min(s_top, edm.SIGMA_MAX)
     alpha_T = float(process.alpha_sigma(torch.tensor(process.T, dtype=torch.float64))[0])
     x = x / alpha_T * ((1 + s_max**2) / (1 + s_top**2)) ** 0.5
-    sigmas = edm.karras_sigmas(s_min, s_max, settings["steps"], settings["rho"])
+    sigmas = (edm.log_snr_sigmas(s_min, s_max, settings["steps"]) if settings["spacing"] == "logsnr"
+              else edm.karras_sigmas(s_min, s_max, settings["steps"], settings["rho"]))
     return dpm_solver.dpm_solver_pp_2m(model.denoiser, x, sigmas, progress)
 
 
