@@ -48,3 +48,23 @@ def test_few_step_samplers_scores_every_sampler_against_the_reference(capsys):
         assert [row["nfe"] for row in sampler["rows"]] == ([5, 19] if name == "heun" else [5, 20])
         assert all(row["median"] > 0 for row in sampler["rows"])
     assert "fewest NFE within 10%" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a train stage on Ray
+def test_pipeline_overhead_sets_the_train_stage_beside_the_plain_loop(capsys):
+    from benchmarks import pipeline_overhead
+
+    result = pipeline_overhead.main(["--run", "ddpm", "--steps", "4", "--repeats", "1"])
+    assert result["plain"]["ratio"] == 1.0
+    assert 0 < result["stage"]["median"] <= result["loop"]["median"]
+    assert "train stage end to end" in capsys.readouterr().out
+
+
+def test_data_path_sets_shards_beside_memory_and_the_training_step(capsys):
+    from benchmarks import data_path
+
+    result = data_path.main(["--examples", "64", "--shape", "1", "8", "8", "--per-shard", "16",
+                             "--batch", "8", "--batches", "3", "--repeats", "1"])
+    assert result["write_mb_s"] > 0 and result["read_mb_s"] > 0 and result["memory_mb_s"] > 0
+    assert 0 < result["loader_share"] < 1
+    assert "memory copy (reference)" in capsys.readouterr().out
