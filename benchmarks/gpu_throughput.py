@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray.cloudpickle
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -163,7 +162,9 @@ def main(argv=None) -> dict:
     settings = {"config": config, "batch": batch, "precision": args.precision, "steps": args.steps,
                 "warmup": args.warmup, "channels_last": args.channels_last, "compile": args.compile,
                 "cpus": args.cpus_per_worker}
-    connect()
+    connect()  # before ray is imported: it keeps a local instance on loopback
+    import ray.cloudpickle
+
     # Ray's workers cannot import benchmarks/ (only the project's packages travel with a job), so
     # worker_loop travels by value when this file is imported as a module (as its test does)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
