@@ -13,10 +13,8 @@ the digits U-Net's training step at the same batch, on the same threads. Medians
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import median_time  # noqa: E402
+
 from diffusion_core.data.shards import ShardStream, load_split, write_shards  # noqa: E402
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.training.ema import EMA  # noqa: E402
 from diffusion_core.training.step import training_step  # noqa: E402
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def loader_batches(folder: Path, batch: int, workers: int, count: int) -> None:
@@ -64,7 +55,7 @@ def step_seconds(shape: tuple, batch: int, repeats: int) -> float:
     def step():
         training_step(model, model.denoiser, optimizer, ema, x, generator, 1e-4, 1.0)
     step()
-    return _median_seconds(step, repeats)
+    return median_time(step, repeats)[0]
 
 
 def main(argv=None) -> dict:
@@ -83,11 +74,11 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "shards"
         splits = {"train": (x, None), "test": (x[: args.per_shard], None)}
-        write_s = _median_seconds(lambda: write_shards(out, splits, args.per_shard, {"source": "bench"}), args.repeats)
-        read_s = _median_seconds(lambda: load_split(out, "train"), args.repeats)
-        loader_s = _median_seconds(lambda: loader_batches(out, args.batch, args.loader_workers, args.batches),
-                                   args.repeats) / args.batches
-    memory_s = _median_seconds(lambda: x.copy(), args.repeats)
+        write_s = median_time(lambda: write_shards(out, splits, args.per_shard, {"source": "bench"}), args.repeats)[0]
+        read_s = median_time(lambda: load_split(out, "train"), args.repeats)[0]
+        loader_s = median_time(lambda: loader_batches(out, args.batch, args.loader_workers, args.batches),
+                           args.repeats)[0] / args.batches
+    memory_s = median_time(lambda: x.copy(), args.repeats)[0]
     step_s = step_seconds(shape, args.batch, args.repeats)
     result = {"megabytes": megabytes, "memory_mb_s": megabytes / memory_s, "write_mb_s": megabytes / write_s,
               "read_mb_s": megabytes / read_s, "loader_batch_s": loader_s, "step_s": step_s,

@@ -10,14 +10,14 @@ noise. Medians of `--repeats` with the spread.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import median_time  # noqa: E402
 
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.noise import PerSampleNoise  # noqa: E402
@@ -38,22 +38,13 @@ SAMPLERS = {  # name -> (model config, settings): the pipeline's default sampler
 }
 
 
-def _median_time(fn, repeats: int) -> tuple[float, float, float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
-
-
 def forward_seconds(model: DiffusionModel, batch: int, repeats: int, calls: int = 20) -> float:
     """One bare forward of the denoiser at `batch` (median over repeats of `calls` calls)."""
     x = torch.randn(batch, *model.config["data_shape"])
     ones, sigma = torch.ones(batch), torch.full((batch,), 0.5)
     with torch.no_grad():
         model.denoiser(x, ones, sigma)
-        median, _, _ = _median_time(lambda: [model.denoiser(x, ones, sigma) for _ in range(calls)], repeats)
+        median, _, _ = median_time(lambda: [model.denoiser(x, ones, sigma) for _ in range(calls)], repeats)
     return median / calls
 
 
@@ -63,7 +54,7 @@ def measure(name: str, batch: int, repeats: int) -> dict:
     model = DiffusionModel(config)
     shape, noise = tuple(config["data_shape"]), lambda: PerSampleNoise(range(batch))
     _, nfe = model.sample(batch, shape, settings, noise())
-    median, low, high = _median_time(lambda: model.sample(batch, shape, settings, noise()), repeats)
+    median, low, high = median_time(lambda: model.sample(batch, shape, settings, noise()), repeats)
     reference = nfe * forward_seconds(model, batch, repeats)
     return {"sampler": name, "nfe": nfe, "seconds": median, "min": low, "max": high,
             "reference_seconds": reference, "ratio": median / reference}
