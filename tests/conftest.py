@@ -5,6 +5,8 @@ Tiers: unmarked = fast (the math, params, data and shards, the local sqlite MLfl
 import pytest
 import torch
 
+from tests.tiny import TINY_SDE, in_workspace, tiny_params
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
@@ -23,3 +25,21 @@ def _one_thread_again(_one_thread):
     """Back to one thread after a test that changed it, before the next test's fixtures."""
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_vp_runs(tmp_path_factory):
+    """prepare -> train (Ray Train, 2 workers) -> sample -> evaluate of ddpm and sde on the tiny
+    checkerboard, once for the session: each Ray Train run costs seconds of start-up, so the
+    modules that check these runs (stages, MLflow, registry, sde sampling, the planned steps)
+    share them. (root, params, {framework: (train summary, sample info, metrics)})."""
+    from flows.config.params import parse_params
+    from flows.stages import data, evaluate, sample, train
+
+    root = tmp_path_factory.mktemp("tiny_vp_runs")
+    with in_workspace(root):
+        params = parse_params(tiny_params(train={"frameworks": ["ddpm", "sde"]}, sde=TINY_SDE))
+        data.prepare(params)
+        out = {framework: (train.train(params, framework), sample.sample(params, framework),
+                           evaluate.evaluate(params, framework)) for framework in ("ddpm", "sde")}
+    return root, params, out

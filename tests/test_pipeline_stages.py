@@ -9,30 +9,21 @@ import pytest
 from flows.config.params import parse_params
 from flows.distributed.ray_cluster import RayUnavailable, connect, require_resources
 from flows.stages import data as stages
-from flows.stages import evaluate
-from flows.stages import sample as sample_stage
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
-from tests.tiny import tiny_params
+from tests.tiny import in_workspace, tiny_params
 from tests.waiting import registered_checkpoint_step, wait_for
 
 pytestmark = pytest.mark.slow  # Ray Train, Ray actors, the stages: the service tier
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """prepare -> train -> sample -> evaluate once on the tiny checkerboard."""
-    root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("RAY_ADDRESS", raising=False)
-        params = parse_params(tiny_params())
-        stages.prepare(params)
-        summary = train_stage.train(params, "ddpm")
-        sampled = sample_stage.sample(params, "ddpm")
-        result = evaluate.evaluate(params, "ddpm")
-        yield root, params, summary, sampled, result
+def trained(tiny_vp_runs):
+    """The session's tiny ddpm run (prepare -> train -> sample -> evaluate on the checkerboard),
+    worked on in its folder."""
+    root, params, out = tiny_vp_runs
+    with in_workspace(root):
+        yield (root, params, *out["ddpm"])
 
 
 def test_ray_train_ran_two_workers_and_checkpointed(trained):
@@ -118,7 +109,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(trained, tmp_path, mon
     import threading
 
     monkeypatch.chdir(tmp_path)
-    steps = 1000  # the kill comes at the first registered checkpoint (step 50): mid-run
+    steps = 400  # the kill comes at the first registered checkpoint (step 50 or soon after): mid-run
     params = parse_params(tiny_params(vector={"steps": steps}, train={"checkpoint_every": 50}))
     stages.prepare(params)
     result, started = {}, time.time()

@@ -4,6 +4,7 @@ so; a run that diverges stops at its first non-finite step and keeps the last go
 workers run at the driver's priority, so a busy neighbour does not starve them."""
 import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -12,7 +13,7 @@ from flows.distributed.train_ray import NonFiniteLoss
 from flows.stages import data as stages
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
-from tests.tiny import tiny_params
+from tests.tiny import in_workspace, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,30 +23,29 @@ def _weights_sha256(folder) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, tiny_vp_runs):
+    """Prepared data and, in models/ddpm, the session's tiny ddpm model (a good one)."""
     root = tmp_path_factory.mktemp("reproducible")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("RAY_ADDRESS", raising=False)
+    shutil.copytree(tiny_vp_runs[0] / "models/ddpm", root / "models/ddpm")
+    with in_workspace(root):
         params = parse_params(tiny_params())
         stages.prepare(params)
         yield root, params
 
 
-def test_training_runs_its_planned_steps(workspace):
+def test_training_runs_its_planned_steps(tiny_vp_runs):
     """A run's length is its step count (that two trainings with the same params give the same
     weights, interrupted or not, tests/test_resume.py checks by sha256)."""
-    root, params = workspace
-    summary = train_stage.train(params, "ddpm")
+    root, params, out = tiny_vp_runs
+    summary = out["ddpm"][0]
     assert summary["steps"] == summary["planned_steps"] == params.vector.steps
     assert summary["stopped_by"] == "steps" and summary["metrics_lost"] == 0
     assert (root / "models/ddpm/weights.pt").is_file()
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_model(workspace, capsys):
-    """After the first test the workspace holds a good model; a run with an absurd learning rate
-    must stop at its first non-finite step and leave that model as it was."""
+    """The workspace holds a good model; a run with an absurd learning rate must stop at its
+    first non-finite step and leave that model as it was."""
     from flows.entry.cli import main
     from tests.tiny import write_params
 
@@ -75,16 +75,20 @@ def test_a_run_stopped_by_the_time_cap_says_so(workspace):
     assert run.data.tags["stopped_by"] == "time_limit"
 
 
-def test_ray_workers_run_at_the_drivers_priority(workspace):
+def test_ray_workers_run_at_the_drivers_priority_with_the_local_settings(workspace):
+    """The local instance's settings reach the workers (and so Ray Train's controller): the
+    driver's priority, and the controller's short poll of its workers."""
     import ray
 
-    from flows.distributed.ray_cluster import connect
+    from flows.distributed.ray_cluster import LOCAL_ENV, connect
 
     ray.shutdown()  # an instance another test started may not be connect()'s
     connect()
 
     @ray.remote(num_cpus=0)
-    def niceness():
-        return os.nice(0)
+    def niceness_and_settings():
+        return os.nice(0), {key: os.environ.get(key) for key in LOCAL_ENV}
 
-    assert ray.get(niceness.remote()) == os.nice(0)
+    niceness, settings = ray.get(niceness_and_settings.remote())
+    assert niceness == os.nice(0)
+    assert settings == LOCAL_ENV

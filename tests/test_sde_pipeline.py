@@ -24,15 +24,13 @@ from diffusion_core.processes.sde import VESDE, VPSDE, SubVPSDE
 from diffusion_core.samplers import registry as sampling
 from flows.config.params import ConfigError, parse_params
 from flows.entry.cli import main
-from flows.stages import data as stages
-from flows.stages import evaluate, likelihood_eval
+from flows.stages import likelihood_eval
 from flows.stages import sample as sample_stage
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
-from tests.tiny import tiny_params, write_params
+from tests.tiny import TINY_SDE, in_workspace, tiny_params, write_params
 
 F64 = torch.float64
-TINY_SDE = {"sampler": {"name": "pc", "steps": 30}, "likelihood": {"rtol": 1e-4, "atol": 1e-4}}
 
 
 # --- the continuous DSM loss ------------------------------------------------------------------
@@ -158,18 +156,11 @@ def test_ladder_predictors_walk_the_coarser_discretization():
 
 # --- a tiny real pipeline run ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """prepare -> train ddpm and sde -> sample -> evaluate on the tiny checkerboard."""
-    root = tmp_path_factory.mktemp("sde_pipeline")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("RAY_ADDRESS", raising=False)
-        params = parse_params(tiny_params(train={"frameworks": ["ddpm", "sde"]}, sde=TINY_SDE))
-        stages.prepare(params)
-        out = {fw: (train_stage.train(params, fw), sample_stage.sample(params, fw), evaluate.evaluate(params, fw))
-               for fw in ("ddpm", "sde")}
-        yield root, params, out
+def pipeline(tiny_vp_runs):
+    """The session's tiny ddpm and sde runs (prepare -> train -> sample -> evaluate on the
+    checkerboard), worked on in their folder."""
+    with in_workspace(tiny_vp_runs[0]):
+        yield tiny_vp_runs
 
 
 @pytest.mark.slow  # Ray Train, Ray sampling and evaluation

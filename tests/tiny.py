@@ -1,12 +1,16 @@
 """A tiny configuration of the whole pipeline for tests: a few hundred steps on small data."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# the sde section of the shared tiny pipeline: PC sampling (30 predictor + 30 corrector steps)
+TINY_SDE = {"sampler": {"name": "pc", "steps": 30}, "likelihood": {"rtol": 1e-4, "atol": 1e-4}}
 
 
 def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
@@ -40,3 +44,14 @@ def write_params(directory: Path, data: dict) -> Path:
     path = Path(directory) / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def in_workspace(root: Path):
+    """Work in `root` as the stages do in a checkout: its own sqlite MLflow store, a local Ray
+    instance (no service addresses from the environment); cwd and environment restored after."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        yield patch
