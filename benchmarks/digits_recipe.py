@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.data import sources  # noqa: E402
-from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws  # noqa: E402
-from diffusion_core.features import classifier as clf  # noqa: E402
+from benchmarks.digits_fd import DigitsFD, train_for  # noqa: E402
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.noise import PerSampleNoise  # noqa: E402
-from diffusion_core.training.ema import EMA  # noqa: E402
-from diffusion_core.training.lr_schedule import StepBudget, lr_factor, warmup_steps  # noqa: E402
-from diffusion_core.training.step import training_step  # noqa: E402
 
 PIPELINE_STEP_CAP = yaml.safe_load((ROOT / "params.yaml").read_text())["image"]["steps"]
 RECIPES = {  # name: (U-Net base width, lr schedule, p_mean)
@@ -50,39 +43,6 @@ def model_config(base: int, p_mean: float) -> dict:
             "loss": {"kind": "lognormal", "p_mean": p_mean, "p_std": 1.2, "weighting": "network"}}
 
 
-def train(x_train: torch.Tensor, recipe: tuple, seconds: float, seed: int,
-          step_cap: int) -> tuple[DiffusionModel, int]:
-    """Adam 1e-3, batch 128, gradient clipping 1, power EMA (gamma 7), the learning rate decayed
-    to the end of the time budget at the pace measured so far: the pipeline's loop."""
-    base, schedule, p_mean = recipe
-    torch.manual_seed(seed)
-    model = DiffusionModel(model_config(base, p_mean))
-    net, generator = model.denoiser.net, torch.Generator().manual_seed(seed)
-    optimizer, ema = torch.optim.Adam(net.parameters(), lr=1e-3), EMA(net, 7.0)
-    start, step, budget, warmup = time.perf_counter(), 0, StepBudget(step_cap), warmup_steps(step_cap)
-    while step < step_cap:
-        batch = x_train[torch.randint(0, len(x_train), (128,), generator=generator)]
-        lr = 1e-3 * lr_factor(step, budget.planned, warmup, schedule)
-        training_step(model, model.denoiser, optimizer, ema, batch, generator, lr, grad_clip=1.0)
-        step += 1
-        if step % 100 == 0 and budget.check(step, (time.perf_counter() - start) / seconds):
-            break
-    net.load_state_dict(ema.model.state_dict())
-    return model, step
-
-
-def fd_ratio(model, classifier, test_features, floor: float, samples: int) -> tuple[float, float]:
-    """FD / floor and its standard error over the disjoint 500-draws of the samples (NaN below
-    two draws): with 2,000 samples the figure moves by about 0.15 between seed sets, hence
-    more by default."""
-    seeds = PerSampleNoise([7_000_003 + i for i in range(samples)])
-    x, _ = model.sample(samples, (1, 8, 8), {"name": "ddim", "steps": 50}, seeds, 1.0)  # no_grad inside
-    features = clf.extract_features(classifier, x.numpy())
-    fd_at_n = float(np.mean(fd_draws(features, test_features, 500, seed=1)))
-    sem = fd_chunks_sem(features, test_features, 500)
-    return fd_at_n / floor, (float("nan") if sem is None else sem / floor)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=280.0)
@@ -93,17 +53,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the recipes whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    x, y = sources.load_source("digits", 0, 0)
-    x_tr, y_tr, x_te, _ = sources.train_test_split(x, y, 500, 0)
-    classifier = clf.train_classifier(x_tr, y_tr, epochs=30, seed=0)
-    f_tr, f_te = clf.extract_features(classifier, x_tr), clf.extract_features(classifier, x_te)
-    floor = float(np.mean(fd_draws(f_tr, f_te, 500, seed=0)))  # evaluate's own floor
-    reference = None
-    for name, recipe in RECIPES.items():
+    digits, reference = DigitsFD.build(), None
+    for name, (base, schedule, p_mean) in RECIPES.items():
         if args.only not in name:
             continue
-        model, steps = train(torch.from_numpy(x_tr), recipe, args.seconds, args.seed, args.step_cap)
-        ratio, sem = fd_ratio(model, classifier, f_te, floor, args.samples)
+        torch.manual_seed(args.seed)
+        model = DiffusionModel(model_config(base, p_mean))
+        steps = train_for(model, digits.x_train, args.seconds, schedule, args.seed, args.step_cap)
+        seeds = PerSampleNoise([7_000_003 + i for i in range(args.samples)])
+        x, _ = model.sample(args.samples, (1, 8, 8), {"name": "ddim", "steps": 50}, seeds, 1.0)
+        ratio, sem = digits.ratio(x)
         reference = reference or ratio
         print(f"{name:42s} {steps:5d} steps  FD/floor {ratio:.2f} ± {sem:.2f}  "
               f"ratio to the first {ratio / reference:.3f}", flush=True)

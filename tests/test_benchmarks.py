@@ -68,3 +68,21 @@ def test_data_path_sets_shards_beside_memory_and_the_training_step(capsys):
     assert result["write_mb_s"] > 0 and result["read_mb_s"] > 0 and result["memory_mb_s"] > 0
     assert 0 < result["loader_share"] < 1
     assert "memory copy (reference)" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains the digits classifier, three tiny models and samples 1,000 digits each
+def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(capsys):
+    from benchmarks import same_compute
+
+    result = same_compute.main(["--seconds", "1", "--step-cap", "3", "--samples", "1000", "--nfe", "2",
+                                "--runs", "ddpm-paper", "sde-edm"])
+    rows = result["rows"]
+    assert set(rows) == {"ddpm-paper", "sde-edm", same_compute.BASELINE}
+    baseline = rows[same_compute.BASELINE]
+    assert baseline["steps"] == rows["ddpm-paper"]["steps"] == 3  # the same steps as the paper recipe
+    assert abs(baseline["params"] / rows["ddpm-paper"]["params"] - 1) <= 0.1
+    assert baseline["fd"][2] == min(baseline["by"]["ddim"][2], baseline["by"]["dpm_solver"][2])
+    verdict = result["verdict"][2]
+    assert verdict["best_improved"] == "sde-edm"
+    assert verdict["best_over_baseline"] == pytest.approx(rows["sde-edm"]["fd"][2][0] / baseline["fd"][2][0])
+    assert "diffusers DDPM" in capsys.readouterr().out

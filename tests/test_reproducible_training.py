@@ -77,18 +77,23 @@ def test_a_run_stopped_by_the_time_cap_says_so(workspace):
 
 def test_ray_workers_run_at_the_drivers_priority_with_the_local_settings(workspace):
     """The local instance's settings reach the workers (and so Ray Train's controller): the
-    driver's priority, and the controller's short poll of its workers."""
+    driver's priority, the controller's short poll of its workers, plain print(), and a placement
+    group cleaner that does not warn once a second that no dashboard answers."""
+    import logging
+
     import ray
 
     from flows.distributed.ray_cluster import LOCAL_ENV, connect
 
     ray.shutdown()  # an instance another test started may not be connect()'s
     connect()
+    cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
     @ray.remote(num_cpus=0)
-    def niceness_and_settings():
-        return os.nice(0), {key: os.environ.get(key) for key in LOCAL_ENV}
+    def worker_settings():
+        return os.nice(0), {key: os.environ.get(key) for key in LOCAL_ENV}, logging.getLogger(cleaner).level
 
-    niceness, settings = ray.get(niceness_and_settings.remote())
+    niceness, settings, cleaner_level = ray.get(worker_settings.remote())
     assert niceness == os.nice(0)
     assert settings == LOCAL_ENV
+    assert cleaner_level == logging.ERROR

@@ -1,6 +1,7 @@
 """Connecting to Ray: a local instance on 127.0.0.1 unless RAY_ADDRESS names a cluster."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -18,6 +19,9 @@ LOCAL_ENV = {
     # checkpoint's registration and its end each wait for polls: a 60-step run spent 6 of its
     # 17 s waiting. A local instance's handful of workers is cheap to poll often.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # Ray Train sends a worker's print() to its logger and, with stdout wrapped, to stdout as
+    # well: every progress line came out twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 
@@ -64,7 +68,16 @@ def connect() -> None:
             raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} "
                                  f"(set by RAY_ADDRESS): {err}") from err
         return
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True,
+             runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_local_worker.__name__}"})
+
+
+def quiet_local_worker() -> None:
+    """Run in each worker of the local instance as it starts. Ray Train's placement-group
+    cleaner asks the dashboard's state API every second whether the controller lives; a local
+    instance runs no dashboard (and needs no cleaner: its groups end with the driver), so each
+    ask logged a warning, 80 a minute into the training log."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def require_resources(ray_params, poll_s: float = 1.0) -> None:
