@@ -51,18 +51,20 @@ class DigitsFD:
 def train_for(model, x_train: torch.Tensor, seconds: float, schedule: str, seed: int,
               step_cap: int, lr: float = 1e-3, batch: int = 128) -> int:
     """The pipeline's loop (Adam, batch 128, gradient clipping 1, power EMA with gamma 7, the
-    learning rate decayed to where the time budget will end at the pace so far) until the
-    budget or `step_cap` steps; loads the EMA weights into the model, returns the steps taken."""
+    learning rate warmed up over 2% of the planned steps and decayed to where the time budget
+    will end at the pace so far) until the budget or `step_cap` steps; loads the EMA weights
+    into the model, returns the steps taken. The plan is first made at step 20, so a budget
+    without a step cap does not warm up towards the cap."""
     torch.manual_seed(seed)
     net, generator = model.denoiser.net, torch.Generator().manual_seed(seed)
     optimizer, ema = torch.optim.Adam(net.parameters(), lr=lr), EMA(net, 7.0)
-    start, step, budget, warmup = time.perf_counter(), 0, StepBudget(step_cap), warmup_steps(step_cap)
+    start, step, budget = time.perf_counter(), 0, StepBudget(step_cap)
     while step < step_cap:
         x = x_train[torch.randint(0, len(x_train), (batch,), generator=generator)]
-        rate = lr * lr_factor(step, budget.planned, warmup, schedule)
+        rate = lr * lr_factor(step, budget.planned, warmup_steps(budget.planned), schedule)
         training_step(model, model.denoiser, optimizer, ema, x, generator, rate, grad_clip=1.0)
         step += 1
-        if step % 100 == 0 and budget.check(step, (time.perf_counter() - start) / seconds):
+        if (step == 20 or step % 100 == 0) and budget.check(step, (time.perf_counter() - start) / seconds):
             break
     net.load_state_dict(ema.model.state_dict())
     return step
