@@ -12,12 +12,15 @@ all in one run; FD / floor of the same seeded samples at 10, 20 and 50 NFE.
   in its budget (the same steps: an independent check of that implementation; the baseline
   gets the slightly longer wall time its slower network needs) and is sampled by diffusers'
   DDIMScheduler and DPMSolverMultistepScheduler; its figure at an NFE is the better of the two.
+  `--baseline-lr constant` trains it with the paper recipe's constant learning rate instead,
+  so that ddpm-paper and the baseline share the schedule and differ in code, AdamW's settings
+  and the EMA's form.
 
 Targets: ddpm-paper within the estimator's error of the baseline; the best improved recipe at
-most 0.75x the baseline's FD / floor at every NFE. With 6,000 samples the error is about 0.05.
+most 0.75x the baseline's FD / floor at every NFE. With 6,000 samples the standard error is 0.06-0.12.
 
     .venv/bin/python benchmarks/same_compute.py [--seconds 120] [--samples 6000] [--nfe 10 20 50]
-        [--runs ddpm-paper ddpm-edm ...]
+        [--runs ddpm-paper ddpm-edm ...] [--baseline-lr cosine|constant]
 """
 from __future__ import annotations
 
@@ -65,8 +68,11 @@ def project_samples(model: DiffusionModel, n: int, nfe: int) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def diffusers_baseline(target_params: int, digits: DigitsFD, steps: int, lr: float, seed: int):
-    """(UNet2DModel with the EMA weights, its DDPMScheduler), trained `steps` steps."""
+def diffusers_baseline(target_params: int, digits: DigitsFD, steps: int, lr: float, seed: int,
+                       lr_schedule: str = "cosine"):
+    """(UNet2DModel with the EMA weights, its DDPMScheduler), trained `steps` steps with
+    diffusers' `lr_schedule` after its warm-up ("cosine": the example's; "constant": the
+    paper recipe's, for a check of that recipe alone)."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -76,7 +82,8 @@ def diffusers_baseline(target_params: int, digits: DigitsFD, steps: int, lr: flo
     unet, _ = diffusers_unet(SHAPE[1], target_params)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=warmup_steps(steps), num_training_steps=steps)
+    lr_schedule = get_scheduler(f"{lr_schedule}_with_warmup" if lr_schedule == "constant" else lr_schedule,
+                                optimizer, num_warmup_steps=warmup_steps(steps), num_training_steps=steps)
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -121,6 +128,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", nargs="+", default=RUNS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step-cap", type=int, default=10**9, help="a cap on top of the budget (tests)")
+    parser.add_argument("--baseline-lr", choices=["cosine", "constant"], default="cosine",
+                        help="the baseline's learning-rate schedule (constant: the ddpm paper recipe's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -134,12 +143,15 @@ def main(argv=None) -> dict:
         _print(run, rows[run])
     steps = rows.get("ddpm-paper", next(iter(rows.values())))["steps"]
     began = time.perf_counter()
-    unet, scheduler = diffusers_baseline(rows[args.runs[0]]["params"], digits, steps, params.image.lr, args.seed)
+    unet, scheduler = diffusers_baseline(rows[args.runs[0]]["params"], digits, steps, params.image.lr, args.seed,
+                                         args.baseline_lr)
     fd = {kind: {nfe: digits.ratio(diffusers_samples(unet, scheduler, kind, args.samples, nfe))
                  for nfe in args.nfe} for kind in ("ddim", "dpm_solver")}
     rows[BASELINE] = {"steps": steps, "params": parameters(unet), "seconds": time.perf_counter() - began,
                       "fd": {nfe: min(fd["ddim"][nfe], fd["dpm_solver"][nfe]) for nfe in args.nfe}, "by": fd}
     _print(BASELINE, rows[BASELINE])
+    for kind, figures in fd.items():
+        print(f"  {kind:>15}: " + ", ".join(f"NFE {nfe} {m:.2f} ± {e:.2f}" for nfe, (m, e) in figures.items()))
     return {"floor": digits.floor, "rows": rows, "verdict": verdict(rows, args.nfe)}
 
 
