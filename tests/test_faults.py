@@ -14,7 +14,7 @@ import pytest
 
 from diffusion_core.data import atomic, shards
 from flows.entry.lock import LOCK_NAME
-from tests.tiny import tiny_params, write_params
+from tests.tiny import in_workspace, tiny_params, write_params
 from tests.waiting import wait_for
 
 
@@ -187,9 +187,7 @@ def evaluated(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("evaluated")
     data = tiny_params(evaluate={"nfe_sweep": []}, vector={"nll_points": 16})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_workspace(root):
         write_params(root, data)
         params = parse_params(data)
         stages.prepare(params)
@@ -218,9 +216,7 @@ def test_evaluate_killed_while_writing_keeps_the_old_metrics(evaluated):
     assert leftovers  # the crashed writer's temporary, swept by the next write
     from flows.entry.cli import main
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(evaluated)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_workspace(evaluated):
         assert main(["evaluate", "--framework", "ddpm"]) == 0
     assert json.loads(path.read_text())["swd"] == json.loads(before)["swd"]  # deterministic
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -234,9 +230,7 @@ def test_register_killed_halfway_is_completed_by_the_rerun(evaluated):
     crashed = _crash_in(evaluated, "flows.tracking.registry:update_champion", 1,
                         ["register", "--framework", "ddpm"])  # after the version, before the alias
     assert crashed.returncode == 137, crashed.stderr
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(evaluated)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_workspace(evaluated):
         assert main(["register", "--framework", "ddpm"]) == 0
         versions = tracking.client().search_model_versions("name='toy-checkerboard-ddpm'")
         assert len(versions) == 1  # the same training run's version, updated, not a second one

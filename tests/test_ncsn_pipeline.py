@@ -24,7 +24,7 @@ from flows.stages import evaluate
 from flows.stages import sample as sample_stage
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
-from tests.tiny import tiny_params, write_params
+from tests.tiny import in_workspace, tiny_params, write_params
 
 F64 = torch.float64
 
@@ -235,10 +235,7 @@ def runs(tmp_path_factory):
     tiny checkerboard with 2 Ray workers (the Prefect flow that chains the same stages is
     tests/test_orchestration.py's)."""
     root = tmp_path_factory.mktemp("ncsn")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("RAY_ADDRESS", raising=False)
+    with in_workspace(root):
         score_params = parse_params(_tiny_ncsn("score"))
         stages.prepare(score_params)
         _, score = _run_stages(score_params)

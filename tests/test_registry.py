@@ -11,7 +11,7 @@ from flows.stages import data as stages
 from flows.stages import train as train_stage
 from flows.tracking import registry
 from flows.tracking import runs as tracking
-from tests.tiny import tiny_params
+from tests.tiny import in_workspace, tiny_params
 
 
 def _trained_run(root, params, fd: float) -> str:
@@ -30,9 +30,7 @@ def _trained_run(root, params, fd: float) -> str:
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_workspace(root):
         params = parse_params(tiny_params("digits"))
         stages.prepare(params)
         run_id = _trained_run(root, params, fd=5.0)

@@ -23,7 +23,7 @@ from flows.distributed.ray_cluster import RayUnavailable, connect, require_resou
 from flows.stages import data as stages
 from flows.stages import train as train_stage
 from flows.tracking import runs as tracking
-from tests.tiny import tiny_params, write_params
+from tests.tiny import in_workspace, tiny_params, write_params
 from tests.waiting import log_tail, registered_checkpoint_step, wait_for
 
 BIN = Path(sys.executable).parent
@@ -41,10 +41,7 @@ def cluster(tmp_path_factory):
     import ray
 
     root = tmp_path_factory.mktemp("resume")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("RAY_ADDRESS", raising=False)
+    with in_workspace(root):
         data = tiny_params(vector={"steps": STEPS}, train=TRAIN)
         write_params(root, data)
         stages.prepare(parse_params(data))

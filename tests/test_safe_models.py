@@ -14,7 +14,7 @@ from flows.stages import train as train_stage
 from flows.tracking import registry
 from flows.tracking import runs as tracking
 from flows.tracking.sampler_model import check_fits
-from tests.tiny import tiny_params
+from tests.tiny import in_workspace, tiny_params
 
 DIGITS = {"kind": "image", "shape": [1, 8, 8]}
 
@@ -22,9 +22,7 @@ DIGITS = {"kind": "image", "shape": [1, 8, 8]}
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("safe")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_workspace(root):
         params = parse_params(tiny_params("digits"))
         stages.prepare(params)
         model_dir = root / "models" / "ddpm"

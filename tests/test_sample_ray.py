@@ -14,7 +14,7 @@ from flows.config.params import parse_params
 from flows.distributed import sample_ray
 from flows.stages import data as stages
 from flows.stages import train as train_stage
-from tests.tiny import tiny_params
+from tests.tiny import in_workspace, tiny_params
 from tests.waiting import log_tail, wait_for
 
 pytestmark = pytest.mark.slow  # every test starts a local Ray (actor pools): the service tier
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.slow  # every test starts a local Ray (actor pools): th
 def job(tmp_path_factory):
     """Tiny digits data and an untrained tiny U-Net (sampling plumbing needs no training)."""
     root = tmp_path_factory.mktemp("sample_ray")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.delenv("RAY_ADDRESS", raising=False)
+    with in_workspace(root):
         params = parse_params(tiny_params("digits"))
         stages.prepare(params)
         meta = stages.dataset_meta(params)
