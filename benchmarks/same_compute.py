@@ -62,10 +62,14 @@ def project_run(params, run: str, digits: DigitsFD, seconds: float, seed: int,
     return model, train_for(model, digits.x_train, seconds, schedule, seed, step_cap)
 
 
+def in_chunks(n: int, draw) -> torch.Tensor:
+    """n samples as draw(first, count) gives them, CHUNK at a time (bounded memory)."""
+    return torch.cat([draw(first, min(CHUNK, n - first)) for first in range(0, n, CHUNK)])
+
+
 def project_samples(model: DiffusionModel, n: int, nfe: int) -> torch.Tensor:
-    chunks = [model.sample(min(CHUNK, n - i), SHAPE, {"name": "dpmpp_2m", "steps": nfe},
-                           noise_of(i, min(CHUNK, n - i)), clip=1.0)[0] for i in range(0, n, CHUNK)]
-    return torch.cat(chunks)
+    settings = {"name": "dpmpp_2m", "steps": nfe}
+    return in_chunks(n, lambda first, count: model.sample(count, SHAPE, settings, noise_of(first, count), clip=1.0)[0])
 
 
 def diffusers_baseline(target_params: int, digits: DigitsFD, steps: int, lr: float, seed: int,
@@ -108,16 +112,16 @@ def diffusers_samples(unet, train_scheduler, kind: str, n: int, nfe: int) -> tor
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     kinds = {"ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
-    chunks = []
-    for i in range(0, n, CHUNK):
+
+    def draw(first: int, count: int) -> torch.Tensor:
         scheduler = kinds[kind].from_config(train_scheduler.config)
         scheduler.set_timesteps(nfe)
-        count = min(CHUNK, n - i)
-        x = noise_of(i, count).normal((count, *SHAPE))
+        x = noise_of(first, count).normal((count, *SHAPE))
         for t in scheduler.timesteps:
             x = scheduler.step(unet(x, t).sample, t, x).prev_sample
-        chunks.append(x.clamp(-1, 1))
-    return torch.cat(chunks)
+        return x.clamp(-1, 1)
+
+    return in_chunks(n, draw)
 
 
 def main(argv=None) -> dict:
@@ -151,7 +155,7 @@ def main(argv=None) -> dict:
                       "fd": {nfe: min(fd["ddim"][nfe], fd["dpm_solver"][nfe]) for nfe in args.nfe}, "by": fd}
     _print(BASELINE, rows[BASELINE])
     for kind, figures in fd.items():
-        print(f"  {kind:>15}: " + ", ".join(f"NFE {nfe} {m:.2f} ± {e:.2f}" for nfe, (m, e) in figures.items()))
+        print(f"  {kind:>15}: {_figures(figures)}")
     return {"floor": digits.floor, "rows": rows, "verdict": verdict(rows, args.nfe)}
 
 
@@ -174,9 +178,13 @@ def verdict(rows: dict, nfes: list[int]) -> dict:
     return out
 
 
+def _figures(fd: dict) -> str:
+    return ", ".join(f"NFE {nfe} {m:.2f} ± {e:.2f}" for nfe, (m, e) in fd.items())
+
+
 def _print(name: str, row: dict) -> None:
-    figures = ", ".join(f"NFE {nfe} {m:.2f} ± {e:.2f}" for nfe, (m, e) in row["fd"].items())
-    print(f"  {name:>15}: {row['steps']:5d} steps, {row['params'] / 1e6:.2f}M parameters: {figures}", flush=True)
+    print(f"  {name:>15}: {row['steps']:5d} steps, {row['params'] / 1e6:.2f}M parameters: {_figures(row['fd'])}",
+          flush=True)
 
 
 if __name__ == "__main__":
