@@ -3,9 +3,10 @@ sampler's own arithmetic costs beyond the network (target: at most 1.1x).
 
 The reference is the denoiser's forward pass alone, timed at the same batch in the same run;
 each sampler runs through `DiffusionModel.sample` as the pipeline calls it, with per-sample
-noise. Medians of `--repeats` with the spread.
+noise. Each repeat times the sampler and its reference back to back, so that a machine whose
+speed drifts moves both alike; the median ratio of `--repeats` with its range.
 
-    .venv/bin/python benchmarks/sampler_overhead.py [--batch 250] [--repeats 3]
+    .venv/bin/python benchmarks/sampler_overhead.py [--batch 250] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import median_time  # noqa: E402
+from benchmarks.timing import paired_ratios  # noqa: E402
 
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.noise import PerSampleNoise  # noqa: E402
@@ -38,38 +39,40 @@ SAMPLERS = {  # name -> (model config, settings): the pipeline's default sampler
 }
 
 
-def forward_seconds(model: DiffusionModel, batch: int, repeats: int, calls: int = 20) -> float:
-    """One bare forward of the denoiser at `batch` (median over repeats of `calls` calls)."""
+def bare_forwards(model: DiffusionModel, batch: int, calls: int):
+    """The reference: `calls` bare forwards of the denoiser at `batch`, as a callable."""
     x = torch.randn(batch, *model.config["data_shape"])
     ones, sigma = torch.ones(batch), torch.full((batch,), 0.5)
-    with torch.no_grad():
-        model.denoiser(x, ones, sigma)
-        median, _, _ = median_time(lambda: [model.denoiser(x, ones, sigma) for _ in range(calls)], repeats)
-    return median / calls
+
+    @torch.no_grad()
+    def forwards():
+        for _ in range(calls):
+            model.denoiser(x, ones, sigma)
+    return forwards
 
 
 def measure(name: str, batch: int, repeats: int) -> dict:
+    """The sampler's time over NFE bare forwards, timed back to back in each repeat."""
     config, settings = SAMPLERS[name]
     torch.manual_seed(0)
     model = DiffusionModel(config)
     shape, noise = tuple(config["data_shape"]), lambda: PerSampleNoise(range(batch))
-    _, nfe = model.sample(batch, shape, settings, noise())
-    median, low, high = median_time(lambda: model.sample(batch, shape, settings, noise()), repeats)
-    reference = nfe * forward_seconds(model, batch, repeats)
-    return {"sampler": name, "nfe": nfe, "seconds": median, "min": low, "max": high,
-            "reference_seconds": reference, "ratio": median / reference}
+    _, nfe = model.sample(batch, shape, settings, noise())  # warm-up, and its NFE
+    timed = paired_ratios(lambda: model.sample(batch, shape, settings, noise()),
+                          bare_forwards(model, batch, nfe), repeats)
+    return {"sampler": name, "nfe": nfe, **timed}
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     args = parser.parse_args(argv)
     results = [measure(name, args.batch, args.repeats) for name in args.samplers]
     for r in results:
-        print(f"{r['sampler']:>18}: NFE {r['nfe']:4d}, {r['seconds']:.2f} s ({r['min']:.2f}-{r['max']:.2f}) "
-              f"against NFE x forward {r['reference_seconds']:.2f} s: {r['ratio']:.2f}x")
+        print(f"{r['sampler']:>18}: NFE {r['nfe']:4d}, {r['seconds']:.2f} s against NFE x forward "
+              f"{r['reference_seconds']:.2f} s: {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")
     return results
 
 

@@ -13,3 +13,20 @@ def median_time(fn, repeats: int) -> tuple[float, float, float]:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times), max(times)
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired_ratios(fn, reference, repeats: int) -> dict:
+    """fn's time over reference's, each repeat timing the two back to back so that a machine
+    whose speed drifts (a busy neighbour) moves both alike: the median ratio with its range,
+    and the median seconds of each."""
+    pairs = [(seconds(fn), seconds(reference)) for _ in range(repeats)]
+    ratios = [a / b for a, b in pairs]
+    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "seconds": statistics.median(a for a, _ in pairs),
+            "reference_seconds": statistics.median(b for _, b in pairs)}
