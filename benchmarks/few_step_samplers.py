@@ -10,7 +10,7 @@ the sliced Wasserstein distance (SWD) of `--samples` samples to a large draw fro
 over its floor (the SWD of as many real points); the median over `--seeds` noise seeds with
 its range. The fewest NFE within 10% of the reference is printed per sampler.
 
-    .venv/bin/python benchmarks/few_step_samplers.py [--nfe 5 10 20 50] [--samples 4000] [--seeds 3]
+    .venv/bin/python benchmarks/few_step_samplers.py [--nfe 5 10 20 50] [--samples 4000] [--seeds 10]
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--samples", type=int, default=4000)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args(argv)
     model, mixture = exact_model(), gmm8_mixture()
     real, _ = mixture.sample(20_000, torch.Generator().manual_seed(10_000))
