@@ -130,6 +130,23 @@ def test_two_pipelines_at_once_the_second_is_refused(tmp_path):
     assert third.returncode == 0, third.stderr
 
 
+def test_a_metric_log_makes_its_one_client_before_the_first_batch(tmp_path, monkeypatch):
+    """The training loop's MetricLog connects when it is made (before the loop's clock starts:
+    importing MLflow and opening the store take seconds) and keeps that client for every batch."""
+    from flows.tracking import runs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id, made, real = runs.start_run("clients", "train", {}, {}), [], runs.client
+    monkeypatch.setattr(runs, "client", lambda: made.append(1) or real())
+    log = runs.MetricLog(run_id)
+    assert made == [1]
+    for step in range(3):
+        log.log({"loss": float(step)}, step=step)
+    assert log.close() == 0 and made == [1]
+    assert [m.step for m in real().get_metric_history(run_id, "loss")] == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_metrics_logged_while_the_mlflow_server_is_away_arrive_once_it_is_back(tmp_path, monkeypatch):
     """Training logs through a MetricLog: with the server stopped, a log returns at once and

@@ -120,8 +120,10 @@ class _Progress:
     """Loss and throughput over the steps since the last progress line, logged through a
     MetricLog: training never waits on MLflow, and what could not be sent is sent later."""
 
-    def __init__(self):
-        self.log: tracking.MetricLog | None = None
+    def __init__(self, run_id: str | None):
+        """`run_id`: rank 0's MLflow run (the others log nothing); its client is made here,
+        before the loop's clock starts, not at the first progress line."""
+        self.log = tracking.MetricLog(run_id) if run_id else None
         self.reset()
 
     def reset(self) -> None:
@@ -144,7 +146,6 @@ class _Progress:
         metrics = {"loss": self.loss_sum / max(1, self.steps),
                    "samples_per_s": self.seen / max(time.time() - self.start, 1e-9), **extra}
         if rank == 0:
-            self.log = self.log or tracking.MetricLog(config["run_id"])
             self.log.log(metrics, step)
             print(f"[{config['framework']}] step {step}/{config['steps']} loss {metrics['loss']:.4f} "
                   f"{metrics['samples_per_s']:.0f} samples/s", flush=True)
@@ -196,7 +197,8 @@ class _Loop:
     @classmethod
     def fresh(cls, config: dict, rank: int, world: int) -> _Loop:
         generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
-        return cls(0, generator, _Batches(config, rank, world), _Progress(),
+        progress = _Progress(config["run_id"] if rank == 0 else None)
+        return cls(0, generator, _Batches(config, rank, world), progress,
                    NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"]), time.time())
 
     def state_dict(self) -> dict:

@@ -146,18 +146,28 @@ class MetricLog:
     metrics never arrived (the run reports them as lost)."""
 
     def __init__(self, run_id: str):
-        self.run_id, self.pending, self.last_error = run_id, [], None
+        self.run_id, self.pending, self.last_error, self._client = run_id, [], None, None
         for key, value in QUICK_REQUESTS.items():
             os.environ.setdefault(key, value)
+        self._connect()  # here, not in the first log: importing MLflow takes seconds
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         self.pending += _metric_batch(metrics, step)
         self._send()
 
+    def _connect(self) -> bool:
+        """One client for the log's life (making one per batch costs more than sending it)."""
+        try:
+            self._client = self._client or client()
+        except Exception as err:  # server away: probed again at the next send
+            _answered.discard(tracking_uri())
+            self.last_error = f"{type(err).__name__}: {err}"
+        return self._client is not None
+
     def _send(self) -> None:
         try:
-            while self.pending:
-                client().log_batch(self.run_id, metrics=self.pending[:MAX_BATCH])
+            while self.pending and self._connect():
+                self._client.log_batch(self.run_id, metrics=self.pending[:MAX_BATCH])
                 self.pending = self.pending[MAX_BATCH:]
         except Exception as err:  # server away: connection, HTTP or MLflow errors alike
             _answered.discard(tracking_uri())  # probe it again next time
