@@ -15,6 +15,9 @@ all in one run; FD / floor of the same seeded samples at 10, 20 and 50 NFE.
   `--baseline-lr constant` trains it with the paper recipe's constant learning rate instead,
   so that ddpm-paper and the baseline share the schedule and differ in code, AdamW's settings
   and the EMA's form.
+- The implementation check samples ddpm-paper's model by the baseline's own diffusers
+  schedulers too (its eps read at diffusers' timesteps), so that the two differ in training
+  alone; the samplers are compared in benchmarks/few_step_samplers.py.
 
 Targets: ddpm-paper within the estimator's error of the baseline; the best improved recipe at
 most 0.75x the baseline's FD / floor at every NFE. With 6,000 samples the standard error is 0.06-0.12.
@@ -46,6 +49,7 @@ from flows.stages.train import model_config  # noqa: E402
 RUNS = ["ddpm-paper", "ddpm-edm", "ncsn-paper", "ncsn-edm", "sde-paper", "sde-edm"]
 SHAPE, CHUNK, SEED0 = (1, 8, 8), 2000, 7_000_003
 BASELINE = "diffusers DDPM"
+PAPER_SAME_SAMPLERS = "ddpm-paper, diffusers' samplers"
 
 
 def noise_of(first: int, count: int) -> PerSampleNoise:
@@ -105,10 +109,26 @@ def diffusers_baseline(target_params: int, digits: DigitsFD, steps: int, lr: flo
     return unet.eval(), scheduler
 
 
+def unet_eps(unet):
+    """diffusers' U-Net as eps(x_t, t)."""
+    return lambda x, t: unet(x, t).sample
+
+
+def project_eps(model: DiffusionModel, train_scheduler):
+    """A project VP model as diffusers' eps(x_t, t): t in {0..999} is the chain's step t + 1,
+    whose alpha_bar the DDPMScheduler shares (beta = linspace(1e-4, 0.02))."""
+    alphas_cumprod = train_scheduler.alphas_cumprod
+
+    def eps(x, t):
+        abar = alphas_cumprod[int(t)].float().expand(len(x))
+        return model.denoiser(x, abar.sqrt(), (1 - abar).sqrt()).eps
+    return eps
+
+
 @torch.no_grad()
-def diffusers_samples(unet, train_scheduler, kind: str, n: int, nfe: int) -> torch.Tensor:
-    """n samples by diffusers' DDIM or DPM-Solver++ scheduler (its defaults, made from the
-    training scheduler's config), from the same seeded x_T as the project's runs."""
+def diffusers_samples(eps, train_scheduler, kind: str, n: int, nfe: int) -> torch.Tensor:
+    """n samples of eps(x_t, t) by diffusers' DDIM or DPM-Solver++ scheduler (its defaults,
+    made from the training scheduler's config), from the same seeded x_T as the project's runs."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     kinds = {"ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
@@ -118,7 +138,7 @@ def diffusers_samples(unet, train_scheduler, kind: str, n: int, nfe: int) -> tor
         scheduler.set_timesteps(nfe)
         x = noise_of(first, count).normal((count, *SHAPE))
         for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            x = scheduler.step(eps(x, t), t, x).prev_sample
         return x.clamp(-1, 1)
 
     return in_chunks(n, draw)
@@ -137,37 +157,47 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    digits, rows = DigitsFD.build(), {}
+    digits, rows, models = DigitsFD.build(), {}, {}
     print(f"digits, {args.seconds:g} s of training per run, {args.samples} samples; FD / floor ± "
           f"its standard error (floor {digits.floor:.2f})", flush=True)
     for run in args.runs:
         model, steps = project_run(params, run, digits, args.seconds, args.seed, args.step_cap)
         rows[run] = {"steps": steps, "params": parameters(model.denoiser.net), "seconds": args.seconds,
                      "fd": {nfe: digits.ratio(project_samples(model, args.samples, nfe)) for nfe in args.nfe}}
+        models[run] = model
         _print(run, rows[run])
     steps = rows.get("ddpm-paper", next(iter(rows.values())))["steps"]
     began = time.perf_counter()
     unet, scheduler = diffusers_baseline(rows[args.runs[0]]["params"], digits, steps, params.image.lr, args.seed,
                                          args.baseline_lr)
-    fd = {kind: {nfe: digits.ratio(diffusers_samples(unet, scheduler, kind, args.samples, nfe))
-                 for nfe in args.nfe} for kind in ("ddim", "dpm_solver")}
     rows[BASELINE] = {"steps": steps, "params": parameters(unet), "seconds": time.perf_counter() - began,
-                      "fd": {nfe: min(fd["ddim"][nfe], fd["dpm_solver"][nfe]) for nfe in args.nfe}, "by": fd}
+                      **diffusers_sampled(unet_eps(unet), scheduler, digits, args.samples, args.nfe)}
     _print(BASELINE, rows[BASELINE])
-    for kind, figures in fd.items():
-        print(f"  {kind:>15}: {_figures(figures)}")
+    if "ddpm-paper" in models:  # the implementation check: the same samplers as the baseline
+        rows[PAPER_SAME_SAMPLERS] = {**rows["ddpm-paper"], **diffusers_sampled(
+            project_eps(models["ddpm-paper"], scheduler), scheduler, digits, args.samples, args.nfe)}
+        _print(PAPER_SAME_SAMPLERS, rows[PAPER_SAME_SAMPLERS])
     return {"floor": digits.floor, "rows": rows, "verdict": verdict(rows, args.nfe)}
 
 
+def diffusers_sampled(eps, scheduler, digits: DigitsFD, n: int, nfes: list[int]) -> dict:
+    """FD / floor of eps's samples by diffusers' DDIM and DPM-Solver++ ("by"), and per NFE the
+    better of the two ("fd")."""
+    by = {kind: {nfe: digits.ratio(diffusers_samples(eps, scheduler, kind, n, nfe)) for nfe in nfes}
+          for kind in ("ddim", "dpm_solver")}
+    return {"fd": {nfe: min(by["ddim"][nfe], by["dpm_solver"][nfe]) for nfe in nfes}, "by": by}
+
+
 def verdict(rows: dict, nfes: list[int]) -> dict:
-    """Per NFE: ddpm-paper's gap to the baseline in standard errors, and the best improved
-    recipe's FD / floor over the baseline's."""
+    """Per NFE: ddpm-paper's gap to the baseline in standard errors, both drawn by diffusers'
+    samplers (so that the gap is the training's alone), and the best improved recipe's FD /
+    floor over the baseline's."""
     base, out = rows[BASELINE]["fd"], {}
     improved = [run for run in rows if run.endswith("-edm")]
     for nfe in nfes:
         row = {}
-        if "ddpm-paper" in rows:
-            (a, ea), (b, eb) = rows["ddpm-paper"]["fd"][nfe], base[nfe]
+        if PAPER_SAME_SAMPLERS in rows:
+            (a, ea), (b, eb) = rows[PAPER_SAME_SAMPLERS]["fd"][nfe], base[nfe]
             row["paper_gap_in_errors"] = (a - b) / (ea**2 + eb**2) ** 0.5
         if improved:
             best = min(improved, key=lambda run: rows[run]["fd"][nfe][0])
@@ -185,6 +215,8 @@ def _figures(fd: dict) -> str:
 def _print(name: str, row: dict) -> None:
     print(f"  {name:>15}: {row['steps']:5d} steps, {row['params'] / 1e6:.2f}M parameters: {_figures(row['fd'])}",
           flush=True)
+    for kind, figures in row.get("by", {}).items():
+        print(f"  {kind:>15}: {_figures(figures)}", flush=True)
 
 
 if __name__ == "__main__":
