@@ -5,20 +5,17 @@ import statistics
 import time
 
 
-def median_time(fn, repeats: int) -> tuple[float, float, float]:
-    """(median, min, max) seconds of `repeats` calls of fn()."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
-
-
 def seconds(fn) -> float:
+    """Wall-clock seconds of one call of fn()."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def median_time(fn, repeats: int) -> tuple[float, float, float]:
+    """(median, min, max) seconds of `repeats` calls of fn()."""
+    times = [seconds(fn) for _ in range(repeats)]
+    return statistics.median(times), min(times), max(times)
 
 
 def paired_ratios(fn, reference, repeats: int) -> dict:

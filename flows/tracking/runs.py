@@ -159,9 +159,8 @@ class MetricLog:
         """One client for the log's life (making one per batch costs more than sending it)."""
         try:
             self._client = self._client or client()
-        except Exception as err:  # server away: probed again at the next send
-            _answered.discard(tracking_uri())
-            self.last_error = f"{type(err).__name__}: {err}"
+        except Exception as err:  # server away
+            self._failed(err)
         return self._client is not None
 
     def _send(self) -> None:
@@ -170,8 +169,11 @@ class MetricLog:
                 self._client.log_batch(self.run_id, metrics=self.pending[:MAX_BATCH])
                 self.pending = self.pending[MAX_BATCH:]
         except Exception as err:  # server away: connection, HTTP or MLflow errors alike
-            _answered.discard(tracking_uri())  # probe it again next time
-            self.last_error = f"{type(err).__name__}: {err}"
+            self._failed(err)
+
+    def _failed(self, err: Exception) -> None:
+        _answered.discard(tracking_uri())  # probe the server again next time
+        self.last_error = f"{type(err).__name__}: {err}"
 
     def close(self) -> int:
         self._send()
