@@ -8,7 +8,9 @@ every difference is the sampler's own error. The process is DDPM's linear VP cha
 calls the same exact denoiser as an eps-prediction network at its integer timesteps. Figure:
 the sliced Wasserstein distance (SWD) of `--samples` samples to a large draw from the mixture,
 over its floor (the SWD of as many real points); the median over `--seeds` noise seeds with
-its range. The fewest NFE within 10% of the reference is printed per sampler.
+its range. The fewest NFE within 10% of the reference is printed per sampler. DPM-Solver++ runs
+on each of its grid spacings; benchmarks/few_step_digits.py sets them against diffusers on
+learned networks, which err where an exact denoiser does not.
 
     .venv/bin/python benchmarks/few_step_samplers.py [--nfe 5 10 20 50] [--samples 4000] [--seeds 10]
 """
@@ -28,7 +30,8 @@ from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.models.analytic import gmm8_mixture  # noqa: E402
 
 PROJECT = {  # name -> its settings at an NFE
-    "dpmpp_2m": lambda nfe: {"name": "dpmpp_2m", "steps": nfe},  # log-SNR spacing
+    "dpmpp_2m_logsnr": lambda nfe: {"name": "dpmpp_2m", "steps": nfe, "spacing": "logsnr"},
+    "dpmpp_2m_time": lambda nfe: {"name": "dpmpp_2m", "steps": nfe, "spacing": "time"},
     "dpmpp_2m_karras": lambda nfe: {"name": "dpmpp_2m", "steps": nfe, "spacing": "karras"},
     "ddim": lambda nfe: {"name": "ddim", "steps": nfe, "spacing": "karras"},
     "heun": lambda nfe: {"name": "heun", "steps": nfe},  # its NFE: steps, made odd

@@ -71,8 +71,9 @@ def in_chunks(n: int, draw) -> torch.Tensor:
     return torch.cat([draw(first, min(CHUNK, n - first)) for first in range(0, n, CHUNK)])
 
 
-def project_samples(model: DiffusionModel, n: int, nfe: int) -> torch.Tensor:
-    settings = {"name": "dpmpp_2m", "steps": nfe}
+def project_samples(model: DiffusionModel, n: int, nfe: int, sampler: dict | None = None) -> torch.Tensor:
+    """n samples of the model by `sampler`'s settings (DPM-Solver++(2M)'s defaults) at `nfe` steps."""
+    settings = {**(sampler or {"name": "dpmpp_2m"}), "steps": nfe}
     return in_chunks(n, lambda first, count: model.sample(count, SHAPE, settings, noise_of(first, count), clip=1.0)[0])
 
 

@@ -42,13 +42,14 @@ def test_few_step_samplers_scores_every_sampler_against_the_reference(capsys):
     from benchmarks import few_step_samplers
 
     result = few_step_samplers.main(["--nfe", "5", "20", "--samples", "2000", "--seeds", "1"])
-    assert set(result["samplers"]) == {"dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "diffusers_dpm_solver"}
+    assert set(result["samplers"]) == {"dpmpp_2m_logsnr", "dpmpp_2m_time", "dpmpp_2m_karras", "ddim", "heun",
+                                       "diffusers_dpm_solver"}
     assert result["reference"]["nfe"] == 1000 and result["floor"] > 0
     for name, sampler in result["samplers"].items():
         assert [row["nfe"] for row in sampler["rows"]] == ([5, 19] if name == "heun" else [5, 20])
         assert all(row["median"] > 0 for row in sampler["rows"])
     at_5 = {name: sampler["rows"][0]["median"] for name, sampler in result["samplers"].items()}
-    assert at_5["dpmpp_2m"] < at_5["diffusers_dpm_solver"]  # the grid ends at eps 1e-2 (1e-3 loses here)
+    assert at_5["dpmpp_2m_logsnr"] < at_5["diffusers_dpm_solver"]  # the grid ends at eps 1e-2 (1e-3 loses here)
     assert "fewest NFE within 10%" in capsys.readouterr().out
 
 
@@ -90,3 +91,15 @@ def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(capsys):
     assert verdict["best_improved"] == "sde-edm"
     assert verdict["best_over_baseline"] == pytest.approx(rows["sde-edm"]["fd"][2][0] / baseline["fd"][2][0])
     assert "diffusers DDPM" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains the digits classifier and two tiny models, samples 1,000 digits each
+def test_few_step_digits_pairs_each_spacing_with_diffusers_on_the_same_network(capsys):
+    from benchmarks import few_step_digits
+
+    result = few_step_digits.main(["--seeds", "0", "1", "--steps", "3", "--nfe", "2", "--samples", "1000"])
+    assert [set(figures) for figures in result["per_seed"]] == [{"logsnr", "time", "diffusers"}] * 2
+    gaps = [f["time"][2][0] - f["diffusers"][2][0] for f in result["per_seed"]]
+    mean, error = result["gaps"]["time"][2]
+    assert mean == pytest.approx(sum(gaps) / 2) and error == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
+    assert "time - diffusers over 2 seeds" in capsys.readouterr().out

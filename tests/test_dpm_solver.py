@@ -9,7 +9,7 @@ import torch
 from diffusion_core.evaluation.metrics import sliced_wasserstein
 from diffusion_core.models.analytic import two_mode_mixture
 from diffusion_core.processes.ddpm_chain import DDPMChain
-from diffusion_core.processes.sde import VPSDE
+from diffusion_core.processes.sde import VESDE, VPSDE
 from diffusion_core.samplers import ddpm, edm
 from diffusion_core.samplers.dpm_solver import dpm_solver_pp_2m, dpm_solver_pp_step
 
@@ -61,9 +61,10 @@ def test_few_steps_reach_the_data_and_beat_heun_at_equal_nfe():
     assert dpm < heun, (dpm, heun)
 
 
+@pytest.mark.parametrize("spacing", ["logsnr", "time"])
 @pytest.mark.parametrize("process", [{"kind": "vp"}, {"kind": "subvp"},
                                      {"kind": "ve", "sigma_min": 0.01, "sigma_max": 50.0}])
-def test_every_process_reaches_the_data_in_20_steps(process):
+def test_every_process_reaches_the_data_in_20_steps(process, spacing):
     """Through the registry, DPM-Solver++ serves VP, sub-VP and VE models alike: 20 NFE with
     the exact denoiser give the data's mode weights and spreads."""
     from diffusion_core.frameworks import DiffusionModel
@@ -74,7 +75,8 @@ def test_every_process_reaches_the_data_in_20_steps(process):
                                                    "emb_dim": 8}, "data_shape": [2]}
     model = DiffusionModel(config)
     model.denoiser = m
-    x, nfe = model.sample(3000, (2,), {"name": "dpmpp_2m", "steps": 20}, torch.Generator().manual_seed(4))
+    x, nfe = model.sample(3000, (2,), {"name": "dpmpp_2m", "steps": 20, "spacing": spacing},
+                          torch.Generator().manual_seed(4))
     assert nfe == 20
     assert float((m.component_fractions(x) - m.weights).abs().max()) < 0.03  # the modes' weights
     k = m.nearest_component(x)
@@ -88,6 +90,20 @@ def test_log_snr_spacing_is_geometric_and_both_spacings_are_checked():
     levels = edm.log_snr_sigmas(0.01, 80.0, 5)
     assert levels[-1] == 0 and torch.allclose(levels[1:-1] / levels[:-2], (levels[1] / levels[0]).expand(4))
     assert float(levels[0]) == pytest.approx(80.0) and float(levels[-2]) == pytest.approx(0.01)
-    assert resolve_settings({"name": "dpmpp_2m"})["spacing"] == "logsnr"
+    assert resolve_settings({"name": "dpmpp_2m"})["spacing"] == "time"
     with pytest.raises(ValueError, match="^spacing: must be one of"):
         resolve_settings({"name": "dpmpp_2m", "spacing": "uniform"})
+
+
+@pytest.mark.parametrize("process", [VPSDE(), VPSDE(schedule="cosine"), VESDE(sigma_min=0.01, sigma_max=50.0)])
+def test_time_spacing_is_uniform_in_t_down_to_t_over_steps(process):
+    """spacing: time puts the levels at t = T, T (1 - 1/n), ..., T / n (diffusers' "linspace"
+    timesteps), then 0; where s(T) exceeds EDM's 80 the grid starts at the time of 80."""
+    from diffusion_core.samplers.registry import dpmpp_sigmas
+
+    s_max = min(float(process.noise_level(process.T)), edm.SIGMA_MAX)
+    levels = dpmpp_sigmas(process, {"steps": 8, "spacing": "time"}, s_max)
+    assert len(levels) == 9 and levels[-1] == 0 and float(levels[0]) == pytest.approx(s_max, rel=1e-6)
+    t_top = float(process.time_of_noise_level(s_max))
+    times = process.time_of_noise_level(levels[:-1])
+    assert torch.allclose(times, torch.linspace(t_top, t_top / 8, 8, dtype=torch.float64), atol=1e-6)

@@ -23,7 +23,7 @@ SAMPLER_SETTINGS = {
     "ancestral": {},
     "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
     "heun": {"steps": 35, "rho": 7.0},
-    "dpmpp_2m": {"steps": 20, "spacing": "logsnr", "rho": 7.0, "eps": 1e-2},
+    "dpmpp_2m": {"steps": 20, "spacing": "time", "rho": 7.0, "eps": 1e-2},
     "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
            "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
     "ode": {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
@@ -33,7 +33,7 @@ SAMPLER_SETTINGS = {
 }
 
 
-DPMPP_SPACINGS = ("logsnr", "karras")
+DPMPP_SPACINGS = ("logsnr", "karras", "time")
 
 # The processes each sampler draws from: DDPM's chain is the vp discretization, the NCSN ladder
 # the ve one; the reverse SDE and the probability-flow ODE exist for every process.
@@ -169,22 +169,38 @@ def _heun(model, x, settings, noise, clip, progress):
 
 
 def _dpmpp_2m(model, x, settings, noise, clip, progress):
-    """DPM-Solver++(2M) (Lu et al., 2022) on noise levels of the model's process spaced uniformly
-    in log-SNR (`spacing: logsnr`, the paper's choice; with few steps it beats Karras' spacing,
-    see benchmarks/few_step_samplers.py) or by Karras' rho, from min(its level at T, EDM's 80)
-    down to its level at `eps`, then to 0: `steps` NFE, for VP, sub-VP and VE models alike.
-    eps = 1e-2 (s ~ 0.045 on the vp chain) spends no step where little is left to denoise: at
-    5 and 10 NFE it beats 1e-3 and diffusers' scheduler, and 20 NFE stay at the reference's
-    quality (docs/performance.md). x_T / alpha(T) has noise level s(T); scaling its std from
-    sqrt(1 + s(T)^2) to sqrt(1 + s^2) starts it at the grid's top level s."""
+    """DPM-Solver++(2M) (Lu et al., 2022) on noise levels of the model's process from
+    min(its level at T, EDM's 80) down, then to 0: `steps` NFE, for VP, sub-VP and VE models
+    alike. x_T / alpha(T) has noise level s(T); scaling its std from sqrt(1 + s(T)^2) to
+    sqrt(1 + s^2) starts it at the grid's top level s."""
     process = model.process
-    s_top, s_min = (float(process.noise_level(t)) for t in (process.T, settings["eps"]))
+    s_top = float(process.noise_level(process.T))
     s_max = min(s_top, edm.SIGMA_MAX)
     alpha_T = float(process.alpha_sigma(torch.tensor(process.T, dtype=torch.float64))[0])
     x = x / alpha_T * ((1 + s_max**2) / (1 + s_top**2)) ** 0.5
-    sigmas = (edm.log_snr_sigmas(s_min, s_max, settings["steps"]) if settings["spacing"] == "logsnr"
-              else edm.karras_sigmas(s_min, s_max, settings["steps"], settings["rho"]))
+    sigmas = dpmpp_sigmas(process, settings, s_max)
     return dpm_solver.dpm_solver_pp_2m(model.denoiser, x, sigmas, progress)
+
+
+def dpmpp_sigmas(process, settings: dict, s_max: float) -> torch.Tensor:
+    """DPM-Solver++'s `steps` noise levels from s_max down, then 0, by `spacing`:
+    - time (the default): uniform in t from s_max's time to 0, the last level at t_max / steps
+      (diffusers' "linspace" grid; `eps` unused). It spends few steps at low noise, where a
+      learned network errs most: on digits networks it beats logsnr at 10-50 NFE and matches or
+      beats diffusers' scheduler at every NFE (benchmarks/few_step_digits.py).
+    - logsnr: uniform in log-SNR down to the level at `eps` (Lu et al., 2022, section 3.3), the
+      best with an exact denoiser (benchmarks/few_step_samplers.py); eps = 1e-2 is s ~ 0.045
+      on the vp chain.
+    - karras: Karras et al.'s rho spacing between the same ends as logsnr."""
+    steps = settings["steps"]
+    if settings["spacing"] == "time":
+        t_top = min(process.T, float(process.time_of_noise_level(s_max)))
+        times = torch.linspace(t_top, 0, steps + 1, dtype=torch.float64)[:-1]
+        return torch.cat([process.noise_level(times), torch.zeros(1, dtype=torch.float64)])
+    s_min = float(process.noise_level(settings["eps"]))
+    if settings["spacing"] == "logsnr":
+        return edm.log_snr_sigmas(s_min, s_max, steps)
+    return edm.karras_sigmas(s_min, s_max, steps, settings["rho"])
 
 
 class _Rungs:

@@ -1,0 +1,90 @@
+"""Few-step samplers on learned networks: the project's DPM-Solver++(2M), with each of its grid
+spacings, against diffusers' DPMSolverMultistepScheduler on the same digits network and the
+same x_T, over several training seeds.
+
+benchmarks/few_step_samplers.py compares the samplers on an exact denoiser, where every error
+is the sampler's; a learned network errs most at low noise, which can reorder the grids. Each
+seed trains ddpm-paper's model (params.yaml, the pipeline's loop, `--steps` steps) on the
+digits split; every sampler then draws the same seeded x_T at each NFE. Figure: FD / floor
+(benchmarks/digits_fd.py) ± its standard error, and per spacing the paired difference to
+diffusers (mean over training seeds ± its standard error over them: the seeds move FD / floor
+by more than the estimator does, the sampler's effect much less).
+
+    .venv/bin/python benchmarks/few_step_digits.py [--seeds 0 1 2] [--steps 1900] [--nfe 10 20 50]
+        [--samples 3000] [--spacings logsnr time]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.digits_fd import DigitsFD  # noqa: E402
+from benchmarks.same_compute import diffusers_samples, project_eps, project_run, project_samples  # noqa: E402
+from flows.config.params import parse_params  # noqa: E402
+
+DIFFUSERS = "diffusers"
+
+
+def linear_chain_scheduler():
+    """diffusers' DDPMScheduler on ddpm-paper's chain (beta = linspace(1e-4, 0.02, 1000))."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+def seed_figures(model, digits: DigitsFD, args) -> dict:
+    """{sampler: {nfe: (FD / floor, its error)}} of one trained model."""
+    scheduler, figures = linear_chain_scheduler(), {}
+    for spacing in args.spacings:
+        settings = {"name": "dpmpp_2m", "spacing": spacing}
+        figures[spacing] = {nfe: digits.ratio(project_samples(model, args.samples, nfe, settings))
+                            for nfe in args.nfe}
+    eps = project_eps(model, scheduler)
+    figures[DIFFUSERS] = {nfe: digits.ratio(diffusers_samples(eps, scheduler, "dpm_solver", args.samples, nfe))
+                          for nfe in args.nfe}
+    return figures
+
+
+def paired(per_seed: list[dict], spacing: str, nfe: int) -> tuple[float, float]:
+    """The spacing's FD / floor minus diffusers', mean over seeds and its standard error."""
+    gaps = [f[spacing][nfe][0] - f[DIFFUSERS][nfe][0] for f in per_seed]
+    error = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
+    return statistics.fmean(gaps), error
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1900, help="training steps per seed")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--spacings", nargs="+", default=["logsnr", "time"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    digits, per_seed = DigitsFD.build(), []
+    print(f"ddpm-paper on digits, {args.steps} steps per seed, {args.samples} samples; FD / floor ± "
+          f"its standard error (floor {digits.floor:.2f})", flush=True)
+    for seed in args.seeds:
+        model, _ = project_run(params, "ddpm-paper", digits, 1e9, seed, args.steps)
+        per_seed.append(seed_figures(model, digits, args))
+        for sampler, row in per_seed[-1].items():
+            print(f"  seed {seed} {sampler:>9}: " + ", ".join(f"NFE {n} {m:.2f} ± {e:.2f}" for n, (m, e) in row.items()),
+                  flush=True)
+    gaps = {spacing: {nfe: paired(per_seed, spacing, nfe) for nfe in args.nfe} for spacing in args.spacings}
+    for spacing, row in gaps.items():
+        print(f"{spacing} - diffusers over {len(per_seed)} seeds: "
+              + ", ".join(f"NFE {n} {m:+.2f} ± {e:.2f}" for n, (m, e) in row.items()), flush=True)
+    return {"floor": digits.floor, "per_seed": per_seed, "gaps": gaps}
+
+
+if __name__ == "__main__":
+    main()
