@@ -9,7 +9,7 @@ a fixed cost that a longer run amortizes). Both are measured in the same run in 
 workspace on the digits data; `--repeats` alternates the two paths and reports medians with
 their range.
 
-    .venv/bin/python benchmarks/pipeline_overhead.py [--run ddpm-paper] [--steps 300] [--repeats 2]
+    .venv/bin/python benchmarks/pipeline_overhead.py [--run ddpm-paper] [--steps 1200] [--repeats 2]
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from diffusion_core.training.ema import EMA  # noqa: E402
 from diffusion_core.training.lr_schedule import lr_factor, warmup_steps  # noqa: E402
 from diffusion_core.training.step import training_step  # noqa: E402
 from flows.config.params import parse_params  # noqa: E402
+from flows.entry.cli import TELEMETRY_OFF  # noqa: E402
 from flows.stages import data as data_stage  # noqa: E402
 from flows.stages import train as train_stage  # noqa: E402
 
@@ -73,7 +74,7 @@ def pipeline_run(run: str, steps: int, attempt: int) -> tuple[float, float]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="ddpm-paper")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1200, help="params.yaml's image.steps")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     plain, loop, stage, here = [], [], [], os.getcwd()
@@ -81,6 +82,8 @@ def main(argv=None) -> dict:
         os.chdir(folder)  # the workspace: data, models and the local MLflow store
         try:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
+            for key, value in TELEMETRY_OFF.items():  # as the `diffusion` command runs the stage
+                os.environ.setdefault(key, value)
             params = workspace_params(args.run, args.steps)
             data_stage.prepare(params)
             for attempt in range(args.repeats):

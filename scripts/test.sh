@@ -7,6 +7,6 @@
 # TEST_WORKERS=4 runs four, one test file each at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export RAY_USAGE_STATS_ENABLED=0 PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
+export RAY_USAGE_STATS_ENABLED=0 PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest -q --durations=15 -n "${TEST_WORKERS:-0}" --dist loadfile "$@"

@@ -54,7 +54,7 @@ def _copy_repo(target: Path) -> None:
 
 def _dvc(args, cwd):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env,

@@ -188,3 +188,22 @@ def test_a_changed_config_starts_a_new_run_and_says_what_changed(tmp_path, capsy
     assert train_stage._unfinished_run(path, {**inputs, "lr": 2e-3}, "ddpm") is None
     assert "lr changed since the unfinished run r1" in capsys.readouterr().out
     assert train_stage._unfinished_run(tmp_path / "absent.json", inputs, "ddpm") is None
+
+
+def test_a_one_worker_group_skips_the_collectives(tmp_path, monkeypatch):
+    """Ray Train makes a process group for one worker too; the per-step stop flag then needs no
+    broadcast (it cost ~1% of a small model's step), and the answers stay the same."""
+    import torch
+    import torch.distributed as dist
+
+    from flows.distributed.stop_request import distributed, from_rank_zero, gather, on_every_rank
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        for name in ("broadcast", "all_reduce", "all_gather"):
+            monkeypatch.setattr(dist, name, lambda *a, name=name, **k: pytest.fail(f"{name} with one rank"))
+        assert not distributed()
+        assert from_rank_zero(True) and not on_every_rank(False)
+        assert gather(torch.tensor([3]))[0].item() == 3
+    finally:
+        dist.destroy_process_group()

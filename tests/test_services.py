@@ -23,7 +23,7 @@ from tests.waiting import log_tail, wait_for
 
 BIN = Path(sys.executable).parent
 TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-             "DVC_NO_ANALYTICS": "1", "RAY_AUTH_MODE": "disabled"}
+             "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
 SERVICE_VARS = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PREFECT_API_URL",
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 

@@ -89,7 +89,7 @@ def _run(command: str, params, framework: str | None):
 
 
 TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DVC_NO_ANALYTICS": "1"}
+                 "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def main(argv: list[str] | None = None) -> int:
