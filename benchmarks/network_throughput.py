@@ -1,6 +1,8 @@
 """Training steps per second of the project's U-Net against diffusers' UNet2DModel of the same
 parameter count (within 10%), same batch, threads and optimiser, at 8x8 and 16x16; and the
-fraction of this machine's fp32 matmul peak each reaches, measured in the same run.
+fraction of this machine's fp32 matmul peak each reaches, measured in the same run. Both networks
+run in both memory orders (contiguous, and channels-last as the pipeline trains); each order's
+ratio has both networks in it.
 
 A training step is forward, MSE loss, backward and an Adam step. Each figure is the median of
 `--repeats` timings of `--steps` steps after a warm-up, with the spread (min-max) beside it.
@@ -22,8 +24,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_core.models.networks import UNet  # noqa: E402
+from diffusion_core.training.precision import as_channels_last  # noqa: E402
 
 PROJECT = dict(base=32, mults=(1, 2), blocks=1, emb_dim=64)  # params.yaml's image network
+LAYOUTS = ("contiguous", "channels_last")  # the pipeline trains in channels-last (train.channels_last)
 
 
 def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -64,10 +68,13 @@ def diffusers_unet(size: int, target_params: int):
     return net, widths
 
 
-def _step_fn(net, call, batch: int, size: int):
-    """One training step of `net` (forward via `call`, MSE, backward, Adam) on fixed data."""
+def _step_fn(net, call, batch: int, size: int, channels_last: bool):
+    """One training step of `net` (forward via `call`, MSE, backward, Adam) on fixed data, the
+    weights and batch in channels-last memory order if asked (the pipeline's default)."""
+    net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     x, target = torch.randn(batch, 1, size, size), torch.randn(batch, 1, size, size)
+    x = as_channels_last(x, channels_last)
     t = torch.rand(batch)
 
     def step():
@@ -91,29 +98,35 @@ def measure(step, steps: int, repeats: int) -> dict:
 
 
 def compare_at(size: int, batch: int, steps: int, repeats: int, peak: float) -> dict:
+    """Both networks in both memory orders; the ratio at each order (both networks in it)."""
     ours = UNet(channels=1, image_size=size, **PROJECT)
     theirs, width = diffusers_unet(size, parameters(ours))
     runs = {"project": (ours, lambda n, x, t: n(x, t)),
             "diffusers": (theirs, lambda n, x, t: n(x, t * 999).sample)}
     out = {"size": size, "batch": batch, "diffusers_widths": width}
-    for name, (net, call) in runs.items():
-        step = _step_fn(net, call, batch, size)
-        figure = measure(step, steps, repeats)
-        figure.update(params=parameters(net), flops_per_step=_flops(step))
-        figure["peak_fraction"] = figure["flops_per_step"] * figure["steps_per_s"] / peak
-        out[name] = figure
-    out["ratio"] = out["project"]["steps_per_s"] / out["diffusers"]["steps_per_s"]
+    for layout in LAYOUTS:
+        row = out[layout] = {}
+        for name, (net, call) in runs.items():
+            step = _step_fn(net, call, batch, size, layout == "channels_last")
+            figure = measure(step, steps, repeats)
+            figure.update(params=parameters(net), flops_per_step=_flops(step))
+            figure["peak_fraction"] = figure["flops_per_step"] * figure["steps_per_s"] / peak
+            row[name] = figure
+        row["ratio"] = row["project"]["steps_per_s"] / row["diffusers"]["steps_per_s"]
     return out
 
 
 def report(result: dict) -> str:
-    p, d = result["project"], result["diffusers"]
-    line = (f"{result['size']}x{result['size']}, batch {result['batch']}: project {p['steps_per_s']:.2f} "
-            f"steps/s ({p['min']:.2f}-{p['max']:.2f}, {p['params'] / 1e6:.2f}M params, "
-            f"{100 * p['peak_fraction']:.1f}% of peak) | diffusers {d['steps_per_s']:.2f} "
-            f"({d['min']:.2f}-{d['max']:.2f}, {d['params'] / 1e6:.2f}M, widths {result['diffusers_widths']}, "
-            f"{100 * d['peak_fraction']:.1f}% of peak) | ratio {result['ratio']:.2f}x")
-    return line
+    lines = []
+    for layout in LAYOUTS:
+        row = result[layout]
+        p, d = row["project"], row["diffusers"]
+        lines.append(f"{result['size']}x{result['size']}, batch {result['batch']}, {layout}: project "
+                     f"{p['steps_per_s']:.2f} steps/s ({p['min']:.2f}-{p['max']:.2f}, {p['params'] / 1e6:.2f}M "
+                     f"params, {100 * p['peak_fraction']:.1f}% of peak) | diffusers {d['steps_per_s']:.2f} "
+                     f"({d['min']:.2f}-{d['max']:.2f}, {d['params'] / 1e6:.2f}M, widths {result['diffusers_widths']}, "
+                     f"{100 * d['peak_fraction']:.1f}% of peak) | ratio {row['ratio']:.2f}x")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:

@@ -8,11 +8,13 @@ pytest.importorskip("diffusers")
 
 def test_network_throughput_compares_equal_sized_networks(capsys):
     [result] = network_throughput.main(["--sizes", "8", "--steps", "1", "--repeats", "1", "--batch", "8"])
-    project, diffusers = result["project"], result["diffusers"]
-    assert abs(project["params"] / diffusers["params"] - 1) <= 0.1
-    assert result["ratio"] == pytest.approx(project["steps_per_s"] / diffusers["steps_per_s"])
-    assert 0 < project["peak_fraction"] < 1 and 0 < diffusers["peak_fraction"] < 1
-    assert "ratio" in capsys.readouterr().out
+    for layout in ("contiguous", "channels_last"):  # both networks in each memory order
+        row = result[layout]
+        project, diffusers = row["project"], row["diffusers"]
+        assert abs(project["params"] / diffusers["params"] - 1) <= 0.1
+        assert row["ratio"] == pytest.approx(project["steps_per_s"] / diffusers["steps_per_s"])
+        assert 0 < project["peak_fraction"] < 1 and 0 < diffusers["peak_fraction"] < 1
+    assert "channels_last: project" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # starts Ray and two DDP workers

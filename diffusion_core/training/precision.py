@@ -42,7 +42,7 @@ class Precision:
 def tune_network(net: nn.Module, channels_last: bool = False, compile: bool = False,
                  wrap: Callable[[nn.Module], nn.Module] = lambda net: net) -> nn.Module:
     """The network as the training step should call it: with its 4-D weights in channels-last
-    memory order (faster convolutions on GPUs with tensor cores; inputs follow, see
+    memory order (faster convolutions: oneDNN's on CPUs, tensor cores on GPUs; inputs follow, see
     `as_channels_last`), then wrapped by `wrap` (DDP, say: it sizes its gradient buckets by the
     parameters' strides when it wraps, so the memory order comes first), then optionally compiled
     by torch.compile. The result shares its parameters with `net`, so saving `net` saves what

@@ -152,7 +152,7 @@ class TrainParams:
     loader_workers: int = 0
     cache_in_memory: bool = True  # after the first streamed epoch, reshuffle in memory
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a dynamic loss scale)
-    channels_last: bool = False  # images: channels-last weights and batches (GPU tensor cores)
+    channels_last: bool = True  # images: channels-last weights and batches (oneDNN and GPU convolutions)
     compile: bool = False  # torch.compile the network (needs a C compiler on every worker)
     out_dir: str = "models"
 
