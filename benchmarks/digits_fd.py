@@ -16,7 +16,7 @@ from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws
 from diffusion_core.features import classifier as clf
 from diffusion_core.training.ema import EMA
 from diffusion_core.training.lr_schedule import StepBudget, lr_factor, warmup_steps
-from diffusion_core.training.step import training_step
+from diffusion_core.training.step import adam, training_step
 
 DRAW = 500  # the held-out split's size: FD is measured on subsets of this many
 
@@ -57,7 +57,7 @@ def train_for(model, x_train: torch.Tensor, seconds: float, schedule: str, seed:
     without a step cap does not warm up towards the cap."""
     torch.manual_seed(seed)
     net, generator = model.denoiser.net, torch.Generator().manual_seed(seed)
-    optimizer, ema = torch.optim.Adam(net.parameters(), lr=lr), EMA(net, 7.0)
+    optimizer, ema = adam(net.parameters(), lr), EMA(net, 7.0)
     start, step, budget = time.perf_counter(), 0, StepBudget(step_cap)
     while step < step_cap:
         x = x_train[torch.randint(0, len(x_train), (batch,), generator=generator)]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.training.ema import EMA  # noqa: E402
 from diffusion_core.training.precision import PRECISIONS, Precision, as_channels_last, tune_network  # noqa: E402
-from diffusion_core.training.step import training_step  # noqa: E402
+from diffusion_core.training.step import adam, training_step  # noqa: E402
 from flows.distributed.ray_cluster import connect  # noqa: E402
 
 SIZES = {  # per-example shape, U-Net, batch per worker
@@ -96,7 +96,7 @@ def worker_loop(settings: dict) -> None:
     model = DiffusionModel(settings["config"])
     net = tune_network(model.denoiser.net, settings["channels_last"], settings["compile"],
                        wrap=ray.train.torch.prepare_model)
-    optimizer, ema = torch.optim.Adam(net.parameters(), lr=2e-4), EMA(model.denoiser.net)
+    optimizer, ema = adam(net.parameters(), 2e-4), EMA(model.denoiser.net)
     precision, denoiser = Precision(settings["precision"], device.type), model.wrap(net)
     generator = torch.Generator().manual_seed(0)
     x = as_channels_last(torch.randn(settings["batch"], *settings["config"]["data_shape"], device=device),

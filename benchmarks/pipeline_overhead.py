@@ -32,7 +32,7 @@ from diffusion_core.frameworks import DiffusionModel  # noqa: E402
 from diffusion_core.training.ema import EMA  # noqa: E402
 from diffusion_core.training.lr_schedule import lr_factor, warmup_steps  # noqa: E402
 from diffusion_core.training.precision import as_channels_last, tune_network  # noqa: E402
-from diffusion_core.training.step import training_step  # noqa: E402
+from diffusion_core.training.step import adam, training_step  # noqa: E402
 from flows.config.params import parse_params  # noqa: E402
 from flows.entry.cli import TELEMETRY_OFF  # noqa: E402
 from flows.stages import data as data_stage  # noqa: E402
@@ -54,7 +54,7 @@ def plain_loop(params, run: str) -> float:
     x_train = torch.from_numpy(load_split(params.data.out_dir, "train")[0])
     model = DiffusionModel(train_stage.model_config(params, run, data_stage.dataset_meta(params)))
     tune_network(model.denoiser.net, params.train.channels_last)  # the memory order the stage trains in
-    optimizer = torch.optim.Adam(model.denoiser.net.parameters(), lr=profile.lr)
+    optimizer = adam(model.denoiser.net.parameters(), profile.lr)
     ema, generator = EMA(model.denoiser.net, params.train.ema_gamma), torch.Generator().manual_seed(0)
     torch.set_num_threads(max(1, int(params.ray.cpus_per_worker * params.ray.num_workers)))
     start = time.perf_counter()

@@ -12,7 +12,7 @@ def test_network_throughput_compares_equal_sized_networks(capsys):
         row = result[layout]
         project, diffusers = row["project"], row["diffusers"]
         assert abs(project["params"] / diffusers["params"] - 1) <= 0.1
-        assert row["ratio"] == pytest.approx(project["steps_per_s"] / diffusers["steps_per_s"])
+        assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"] and project["steps_per_s"] > 0
         assert 0 < project["peak_fraction"] < 1 and 0 < diffusers["peak_fraction"] < 1
     assert "channels_last: project" in capsys.readouterr().out
 

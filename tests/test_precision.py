@@ -9,7 +9,7 @@ import torch
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.training.ema import EMA
 from diffusion_core.training.precision import Precision, as_channels_last, tune_network
-from diffusion_core.training.step import OVERFLOW, TAKEN, training_step
+from diffusion_core.training.step import OVERFLOW, TAKEN, adam, training_step
 
 UNET = {"framework": "ddpm", "process": {"kind": "vp"}, "parameterization": "eps", "sigma_data": 0.5,
         "loss": {"kind": "ddpm"}, "data_shape": [1, 8, 8],
@@ -20,7 +20,7 @@ UNET = {"framework": "ddpm", "process": {"kind": "vp"}, "parameterization": "eps
 def _parts(seed: int = 0):
     torch.manual_seed(seed)
     model = DiffusionModel(UNET)
-    optimizer = torch.optim.Adam(model.denoiser.net.parameters(), lr=1e-3)
+    optimizer = adam(model.denoiser.net.parameters(), 1e-3)
     return model, optimizer, EMA(model.denoiser.net)
 
 

@@ -12,6 +12,13 @@ from diffusion_core.training.precision import Precision
 TAKEN, NONFINITE, OVERFLOW = "taken", "nonfinite", "overflow"
 
 
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """The recipe's optimiser: Adam (Kingma & Ba, 2015) with its fused kernel, one pass over all
+    parameters per step instead of a dozen small ops per tensor: the digits U-Net's training step
+    runs 4-5% faster on 2 CPU cores (docs/performance.md), and the update is Adam's to rounding."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
 class StepResult(NamedTuple):
     """The step's detached mean loss, its gradient norm (before clipping) and what happened:
     TAKEN; NONFINITE (the loss or the gradient is not a finite number: the step is not taken);

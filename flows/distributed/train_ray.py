@@ -27,7 +27,7 @@ from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.training.ema import EMA
 from diffusion_core.training.lr_schedule import lr_factor
 from diffusion_core.training.precision import Precision, as_channels_last, tune_network
-from diffusion_core.training.step import NONFINITE, TAKEN, training_step
+from diffusion_core.training.step import NONFINITE, TAKEN, adam, training_step
 from flows.distributed.ray_cluster import connect, require_resources
 from flows.distributed.stop_request import (
     StopRequest,
@@ -243,7 +243,7 @@ def _build(config: dict, rank: int, device: torch.device) -> _Parts:
     model = DiffusionModel(config["model"])
     net = tune_network(model.denoiser.net, config["channels_last"], config["compile"],
                        wrap=ray.train.torch.prepare_model)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
+    optimizer = adam(net.parameters(), config["lr"])
     return _Parts(model, model.wrap(net), optimizer, EMA(model.denoiser.net, config["ema_gamma"]),
                   Precision(config["precision"], device.type))
 
