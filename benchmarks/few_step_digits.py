@@ -4,14 +4,14 @@ same x_T, over several training seeds.
 
 benchmarks/few_step_samplers.py compares the samplers on an exact denoiser, where every error
 is the sampler's; a learned network errs most at low noise, which can reorder the grids. Each
-seed trains ddpm-paper's model (params.yaml, the pipeline's loop, `--steps` steps) on the
-digits split; every sampler then draws the same seeded x_T at each NFE. Figure: FD / floor
-(benchmarks/digits_fd.py) ± its standard error, and per spacing the paired difference to
-diffusers (mean over training seeds ± its standard error over them: the seeds move FD / floor
-by more than the estimator does, the sampler's effect much less).
+seed trains ddpm-paper's model (or `--run ddpm-edm`'s; params.yaml, the pipeline's loop,
+`--steps` steps) on the digits split; every sampler then draws the same seeded x_T at each
+NFE. Figure: FD / floor (benchmarks/digits_fd.py) ± its standard error, and per spacing the
+paired difference to diffusers (mean over training seeds ± its standard error over them: the
+seeds move FD / floor by more than the estimator does, the sampler's effect much less).
 
     .venv/bin/python benchmarks/few_step_digits.py [--seeds 0 1 2] [--steps 1900] [--nfe 10 20 50]
-        [--samples 3000] [--spacings logsnr time]
+        [--samples 3000] [--spacings logsnr time] [--run ddpm-paper|ddpm-edm]
 """
 from __future__ import annotations
 
@@ -67,14 +67,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--spacings", nargs="+", default=["logsnr", "time"])
+    parser.add_argument("--run", default="ddpm-paper", choices=[f"ddpm-{r}" for r in ("paper", "edm")],
+                        help="a ddpm run: its linear VP chain is the one diffusers' scheduler is given")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     digits, per_seed = DigitsFD.build(), []
-    print(f"ddpm-paper on digits, {args.steps} steps per seed, {args.samples} samples; FD / floor ± "
+    print(f"{args.run} on digits, {args.steps} steps per seed, {args.samples} samples; FD / floor ± "
           f"its standard error (floor {digits.floor:.2f})", flush=True)
     for seed in args.seeds:
-        model, _ = project_run(params, "ddpm-paper", digits, 1e9, seed, args.steps)
+        model, _ = project_run(params, args.run, digits, 1e9, seed, args.steps)
         per_seed.append(seed_figures(model, digits, args))
         for sampler, row in per_seed[-1].items():
             print(f"  seed {seed} {sampler:>9}: " + ", ".join(f"NFE {n} {m:.2f} ± {e:.2f}" for n, (m, e) in row.items()),

@@ -97,12 +97,15 @@ def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(capsys):
 
 
 @pytest.mark.slow  # trains the digits classifier and two tiny models, samples 1,000 digits each
-def test_few_step_digits_pairs_each_spacing_with_diffusers_on_the_same_network(capsys):
+@pytest.mark.parametrize("run", ["ddpm-paper", "ddpm-edm"])
+def test_few_step_digits_pairs_each_spacing_with_diffusers_on_the_same_network(run, capsys):
     from benchmarks import few_step_digits
 
-    result = few_step_digits.main(["--seeds", "0", "1", "--steps", "3", "--nfe", "2", "--samples", "1000"])
+    result = few_step_digits.main(["--seeds", "0", "1", "--steps", "3", "--nfe", "2", "--samples", "1000",
+                                   "--run", run])
     assert [set(figures) for figures in result["per_seed"]] == [{"logsnr", "time", "diffusers"}] * 2
     gaps = [f["time"][2][0] - f["diffusers"][2][0] for f in result["per_seed"]]
     mean, error = result["gaps"]["time"][2]
     assert mean == pytest.approx(sum(gaps) / 2) and error == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
-    assert "time - diffusers over 2 seeds" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time - diffusers over 2 seeds" in out and f"{run} on digits" in out
