@@ -27,17 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.digits_fd import DigitsFD  # noqa: E402
-from benchmarks.same_compute import diffusers_samples, project_eps, project_run, project_samples  # noqa: E402
+from benchmarks.same_compute import (  # noqa: E402
+    diffusers_samples,
+    linear_chain_scheduler,
+    project_eps,
+    project_run,
+    project_samples,
+)
 from flows.config.params import parse_params  # noqa: E402
 
 DIFFUSERS = "diffusers"
-
-
-def linear_chain_scheduler():
-    """diffusers' DDPMScheduler on ddpm-paper's chain (beta = linspace(1e-4, 0.02, 1000))."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
 
 def seed_figures(model, digits: DigitsFD, args) -> dict:

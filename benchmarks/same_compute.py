@@ -77,19 +77,25 @@ def project_samples(model: DiffusionModel, n: int, nfe: int, sampler: dict | Non
     return in_chunks(n, lambda first, count: model.sample(count, SHAPE, settings, noise_of(first, count), clip=1.0)[0])
 
 
+def linear_chain_scheduler():
+    """diffusers' DDPMScheduler on ddpm-paper's chain (beta = linspace(1e-4, 0.02, 1000))."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
 def diffusers_baseline(target_params: int, digits: DigitsFD, steps: int, lr: float, seed: int,
                        lr_schedule: str = "cosine"):
     """(UNet2DModel with the EMA weights, its DDPMScheduler), trained `steps` steps with
     diffusers' `lr_schedule` after its warm-up ("cosine": the example's; "constant": the
     paper recipe's, for a check of that recipe alone)."""
     import torch.nn.functional as F
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
     unet, _ = diffusers_unet(SHAPE[1], target_params)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    scheduler = linear_chain_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     lr_schedule = get_scheduler(f"{lr_schedule}_with_warmup" if lr_schedule == "constant" else lr_schedule,
                                 optimizer, num_warmup_steps=warmup_steps(steps), num_training_steps=steps)
