@@ -32,3 +32,43 @@ def test_training_step_sets_the_lr_clips_and_updates_the_ema():
     first, last = (torch.stack([loss for loss, _, _ in part]).mean() for part in (losses[:20], losses[-20:]))
     assert last < 0.8 * first
     assert any(not torch.equal(b, p) for b, p in zip(before, ema.model.parameters()))
+
+
+def test_clip_grad_norm_is_torchs_to_the_bit():
+    """The multi-tensor clip (one norm call instead of one move per tensor) returns the norm
+    torch.nn.utils.clip_grad_norm_ returns and leaves the same gradients, clipped or not."""
+    from diffusion_core.training.step import clip_grad_norm
+
+    for max_norm in (1e-3, 1e6):
+        torch.manual_seed(1)
+        nets = [torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 6 * 6, 3)) for _ in range(2)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        x = torch.randn(8, 1, 8, 8)
+        for net in nets:
+            net(x).square().sum().backward()
+        expected = torch.nn.utils.clip_grad_norm_(nets[0].parameters(), max_norm)
+        assert torch.equal(clip_grad_norm(list(nets[1].parameters()), max_norm), expected)
+        for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+            assert torch.equal(p.grad, q.grad)
+    assert float(clip_grad_norm(list(torch.nn.Linear(2, 2).parameters()), 1.0)) == 0.0  # no gradients yet
+
+
+def test_ema_averages_parameters_and_copies_buffers():
+    """Each parameter moves by (1 - decay) towards the network's; buffers (batch-norm's running
+    statistics) are the network's own."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(net, 7.0)
+    ema.update(net)  # the first step copies: decay 0
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    net(torch.randn(16, 3))  # training mode: the running statistics move
+    before = [p.clone() for p in ema.model.parameters()]
+    ema.update(net)
+    weight = 1 - ema.decay()
+    for old, avg, new in zip(before, ema.model.parameters(), net.parameters()):
+        torch.testing.assert_close(avg, old + weight * (new - old))
+    for avg, new in zip(ema.model.buffers(), net.buffers()):
+        assert torch.equal(avg, new)

@@ -24,12 +24,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One step of the average: avg += (1 - decay) (new - avg) for every parameter, in one
+        multi-tensor call (a loop of one lerp per tensor cost ~2% of a small model's step on a
+        CPU, and in a Ray worker each call hands the GIL over); buffers are copied."""
         self.steps += 1
-        decay = self.decay()
-        for avg, new in zip(self.model.parameters(), model.parameters()):
-            avg.lerp_(new.detach(), 1 - decay)
-        for avg, new in zip(self.model.buffers(), model.buffers()):
-            avg.copy_(new)
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay())
+        averaged_buffers, buffers = list(self.model.buffers()), list(model.buffers())
+        if buffers:
+            torch._foreach_copy_(averaged_buffers, buffers)
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "gamma": self.gamma, "model": self.model.state_dict()}
