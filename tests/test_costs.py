@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -12,12 +13,24 @@ from flows.tracking import costs
 
 
 def test_peak_memory_sees_a_child_process_allocate():
-    with costs.PeakMemory(every_s=0.05) as quiet:
+    with costs.PeakMemory(every_s=0.05, list_every_s=0.05) as quiet:
         pass
     script = "import time, numpy as np; a = np.ones(200 * 2**20 // 8); time.sleep(1.0)"
-    with costs.PeakMemory(every_s=0.05) as busy:
+    with costs.PeakMemory(every_s=0.05, list_every_s=0.05) as busy:
         subprocess.run([sys.executable, "-c", script], check=True)
     assert busy.peak - quiet.peak > 150 * 2**20
+
+
+def test_peak_memory_lists_the_processes_at_most_every_list_every_s(monkeypatch):
+    """Listing the node's processes is the dear part of a sample; between listings only the
+    resident memory of those already listed is read."""
+    listings = []
+    listed = costs._node_processes
+    monkeypatch.setattr(costs, "_node_processes", lambda: listings.append(1) or listed())
+    with costs.PeakMemory(every_s=0.01, list_every_s=60) as memory:
+        time.sleep(0.3)
+    assert len(listings) == 2  # once as sampling starts, once at the end
+    assert memory.peak > 10 * 2**20
 
 
 def test_a_measured_stage_writes_its_record_and_a_failed_one_keeps_the_last(tmp_path, monkeypatch):

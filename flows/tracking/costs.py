@@ -1,6 +1,6 @@
 """What each stage cost, recorded by the stage itself: its wall time and the peak resident
 memory on the driver's node (the driver, its child processes and Ray's worker processes,
-sampled every SAMPLE_S), so that a slow or memory-hungry stage shows in the compare report and
+sampled every SAMPLE_S, listed every LIST_S), so that a slow or memory-hungry stage shows in the compare report and
 MLflow without a profiler.
 
 Each stage writes `costs/<stage>[-<run>].json` when it ends; the folder is no stage's output
@@ -19,36 +19,48 @@ import psutil
 from diffusion_core.data.atomic import write_json
 
 COSTS_DIR = Path("costs")
-SAMPLE_S = 0.5
+SAMPLE_S = 0.5  # how often the resident memory of the node's processes is read
+LIST_S = 5.0  # how often they are listed again: a listing reads every process's /proc entry,
+# ~6 ms on a machine running Ray, 1% of a core every 0.5 s, which training's 2 cores then lack
 
 
-def _node_rss() -> int:
-    """Resident bytes of this process, its descendants and Ray's worker processes on this node
-    (named ray::..., whoever started them)."""
+def _node_processes() -> list[psutil.Process]:
+    """This process, its descendants and Ray's worker processes on this node (named ray::...,
+    whoever started them)."""
     me = psutil.Process()
     processes = {me.pid: me, **{p.pid: p for p in me.children(recursive=True)}}
     for process in psutil.process_iter(["name"]):
         if (process.info["name"] or "").startswith("ray::"):
             processes.setdefault(process.pid, process)
+    return list(processes.values())
+
+
+def _rss(processes: list[psutil.Process]) -> int:
+    """Their resident bytes in all."""
     total = 0
-    for process in processes.values():
+    for process in processes:
         try:
             total += process.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # ended between the listing and the reading
+            continue  # ended since it was listed
     return total
 
 
 class PeakMemory:
-    """A context that samples `_node_rss` in a thread; `.peak` is the largest sample in bytes."""
+    """A context that samples the resident memory of `_node_processes` in a thread, listing them
+    again every `list_every_s` (a process that starts and ends between two listings is not seen);
+    `.peak` is the largest sample in bytes."""
 
-    def __init__(self, every_s: float = SAMPLE_S):
-        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+    def __init__(self, every_s: float = SAMPLE_S, list_every_s: float = LIST_S):
+        self.every_s, self.list_every_s, self.peak, self._stop = every_s, list_every_s, 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
 
     def _sample(self) -> None:
+        processes, listed = [], -float("inf")
         while True:
-            self.peak = max(self.peak, _node_rss())
+            if time.monotonic() - listed >= self.list_every_s:
+                processes, listed = _node_processes(), time.monotonic()
+            self.peak = max(self.peak, _rss(processes))
             if self._stop.wait(self.every_s):
                 return
 
@@ -59,7 +71,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _node_rss())
+        self.peak = max(self.peak, _rss(_node_processes()))
 
 
 def cost_path(stage: str, run: str | None = None) -> Path:
