@@ -97,3 +97,16 @@ def test_ray_workers_run_at_the_drivers_priority_with_the_local_settings(workspa
     assert niceness == os.nice(0)
     assert settings == LOCAL_ENV
     assert cleaner_level == logging.ERROR
+
+
+def test_a_local_run_starts_no_preemption_watcher(workspace):
+    """Nothing drains a local instance's node, so Ray Train's preemption watcher, an actor whose
+    process takes CPU from training, is not started (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0)."""
+    import ray
+
+    data = tiny_params()
+    data["train"].update(out_dir="unwatched")
+    train_stage.train(parse_params(data), "ddpm")
+    # the GCS's actor table (ray.util.state needs the dashboard, which a local instance does not run)
+    classes = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
+    assert "TrainController" in classes and "PreemptionWatcher" not in classes
