@@ -6,8 +6,10 @@ intervals). Target: at least 90% of the plain loop's steps per second.
 Two figures: the loop's own rate inside the Ray worker (its `loop_seconds`: loader, logging and
 checkpoints included) and the stage's end-to-end rate (with Ray's start-up of the worker group,
 a fixed cost that a longer run amortizes). Both are measured in the same run in a temporary
-workspace on the digits data; `--repeats` alternates the two paths and reports medians with
-their range.
+workspace on the digits data; `--repeats` alternates the two paths. Each ratio is paired: a
+repeat's pipeline rate over the plain loop's timed just before it (this machine's speed drifts
+by 5-10% over minutes, which unpaired medians mistake for overhead); the median ratio is given
+with its range.
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--run ddpm-paper] [--steps 1200] [--repeats 2]
 """
@@ -96,21 +98,23 @@ def main(argv=None) -> dict:
                 stage.append(args.steps / stage_s)
         finally:
             os.chdir(here)
-    result = {name: _summary(rates) for name, rates in (("plain", plain), ("loop", loop), ("stage", stage))}
-    reference = result["plain"]["median"]
+    result = {name: _summary(rates, plain) for name, rates in (("plain", plain), ("loop", loop), ("stage", stage))}
     print(f"{args.run} on digits, {args.steps} steps, batch {params.image.batch_size}, "
           f"{params.ray.num_workers} worker(s) x {params.ray.cpus_per_worker:g} CPU; steps/s, median (range) "
           f"of {args.repeats}")
     for name, label in (("plain", "plain in-memory loop (reference)"),
                         ("loop", "pipeline's loop in the Ray worker"), ("stage", "train stage end to end")):
         row = result[name]
-        row["ratio"] = row["median"] / reference
-        print(f"  {label:>34}: {row['median']:.2f} ({row['min']:.2f}-{row['max']:.2f}), {row['ratio']:.2f}x")
+        print(f"  {label:>34}: {row['median']:.2f} ({row['min']:.2f}-{row['max']:.2f}), "
+              f"{row['ratio']:.3f}x ({row['ratio_min']:.3f}-{row['ratio_max']:.3f}) paired")
     return result
 
 
-def _summary(rates: list[float]) -> dict:
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+def _summary(rates: list[float], reference: list[float]) -> dict:
+    """Median and range of the rates, and of their ratios to the reference's rate in the same repeat."""
+    ratios = [rate / plain for rate, plain in zip(rates, reference)]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
 if __name__ == "__main__":
