@@ -25,8 +25,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One step of the average: avg += (1 - decay) (new - avg) for every parameter, in one
-        multi-tensor call (a loop of one lerp per tensor cost ~2% of a small model's step on a
-        CPU, and in a Ray worker each call hands the GIL over); buffers are copied."""
+        multi-tensor call instead of one per tensor (216 calls per step for the digits U-Net:
+        each a kernel launch on a GPU and a GIL hand-over in a Ray worker); buffers are copied."""
         self.steps += 1
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay())
         averaged_buffers, buffers = list(self.model.buffers()), list(model.buffers())

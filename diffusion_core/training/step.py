@@ -62,9 +62,9 @@ def training_step(model, denoiser, optimizer: torch.optim.Optimizer, ema: EMA, x
 
 def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale the gradients so that their global L2 norm is at most max_norm (Pascanu et al., 2013);
-    returns the norm before clipping. torch.nn.utils.clip_grad_norm_ to rounding, with the
-    per-tensor norms stacked as they are: it moves each norm to the first device one call at a
-    time, a hundred calls per step for a U-Net, which a network on one device does not need."""
+    returns the norm before clipping. The result of torch.nn.utils.clip_grad_norm_ to the bit,
+    for a network on one device, without its move of each per-tensor norm to the first device
+    in a call of its own (a hundred calls per step for the digits U-Net)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
