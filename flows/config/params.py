@@ -28,7 +28,7 @@ from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from diffusion_core.training.precision import PRECISIONS
 from flows.config.ddpm import DDPMParams
 from flows.config.ncsn import NCSNParams
-from flows.config.recipes import check_recipes, split_run, with_recipe
+from flows.config.recipes import check_recipes, check_run_key, run_seed, split_run, with_recipe
 from flows.config.schema import build
 from flows.config.sde import SDEParams
 from flows.config.sweep import sweep_points
@@ -158,9 +158,10 @@ class TrainParams:
 
     def check(self, name: str) -> None:
         for key in self.frameworks:
+            check_run_key(key, f"{name}.frameworks")
             require(split_run(key)[0] in FRAMEWORKS, f"{name}.frameworks",
                     f"unknown framework {key!r}; known: {sorted(FRAMEWORKS)}, each optionally "
-                    f"with a recipe (ddpm-paper)")
+                    f"with a recipe and a training seed (ddpm-paper, ddpm-paper.s1)")
         require(len(set(self.frameworks)) == len(self.frameworks), f"{name}.frameworks",
                 f"names a run twice: {self.frameworks}")
         require_positive(self, name, "grad_clip", "ema_gamma", "checkpoint_every", "log_every")
@@ -223,9 +224,12 @@ class EvaluateParams:
         optional `frameworks` list; every point it makes is a valid sampler."""
         require(isinstance(entry, dict), name, "must be a sampler mapping")
         only = entry.get("frameworks", [])
-        require(isinstance(only, list) and all(isinstance(k, str) and split_run(k)[0] in FRAMEWORKS
-                                               for k in only), f"{name}.frameworks",
-                f"must be a list of frameworks {sorted(FRAMEWORKS)} or runs (ddpm-paper), got {only!r}")
+        require(isinstance(only, list), f"{name}.frameworks", f"must be a list, got {only!r}")
+        for key in only:
+            check_run_key(key, f"{name}.frameworks")
+        require(all(split_run(k)[0] in FRAMEWORKS for k in only), f"{name}.frameworks",
+                f"must be a list of frameworks {sorted(FRAMEWORKS)} or runs (ddpm-paper, "
+                f"ddpm-paper.s1), got {only!r}")
         swept = [k for k, v in entry.items() if isinstance(v, list) and k != "frameworks"]
         require(len(swept) <= 1, name, f"sweeps one setting at a time, got lists for {swept}")
         for point in sweep_points([entry]):
@@ -337,6 +341,11 @@ class Params:
 
     def profile(self, kind: str) -> ProfileParams:
         return self.vector if kind == "vector" else self.image
+
+    def train_seed(self, key: str) -> int:
+        """The seed run `key` trains at: its '.s<seed>' suffix (a replicate), else train.seed."""
+        seed = run_seed(key)[1]
+        return self.train.seed if seed is None else seed
 
     def framework(self, key: str):
         """The params section a run trains and samples with: its framework's section, with the
