@@ -30,6 +30,7 @@ import diffusion_core
 import flows
 from diffusion_core.data import shards
 from flows.config.params import Params, as_dict
+from flows.tracking import integrity
 from flows.tracking import runs as tracking
 from flows.tracking import sampler_model
 from flows.tracking.costs import measured
@@ -184,7 +185,7 @@ def _save_pyfunc(params: Params, framework: str, model_dir: Path, meta: dict, ou
                          "steps": int(sampler.get("steps", 1000))}}
     (staging / "spec.json").write_text(json.dumps(spec, indent=2))
     mlflow.pyfunc.save_model(
-        str(out), python_model=sampler_model.__file__,  # models from code: no pickle
+        str(out), python_model=sampler_model.__file__,  # models from code: no pickle, but run when MLflow loads it
         artifacts={"model_dir": str(staging / "model"), "spec": str(staging / "spec.json")},
         signature=_signature(sampler, params.sample.seed),
         code_paths=[str(Path(diffusion_core.__file__).parent), str(Path(flows.__file__).parent)],
@@ -204,13 +205,14 @@ def register(params: Params, framework: str) -> dict:
     client = tracking.client()
     with tempfile.TemporaryDirectory() as tmp:
         _save_pyfunc(params, framework, model_dir, meta, Path(tmp) / ARTIFACT)
+        digest = integrity.write_manifest(Path(tmp) / ARTIFACT)  # the sha256 of every stored file
         client.log_artifacts(run_id, str(Path(tmp) / ARTIFACT), ARTIFACT)
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, tags={"dataset": params.data.source, "framework": framework})
     source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
-    tags = version_tags(figure, metrics, model_dir, framework)
+    tags = {**version_tags(figure, metrics, model_dir, framework), integrity.DIGEST_TAG: digest}
     same_run = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
     if same_run:  # registering the same training run again updates its version
         version = same_run[0]
@@ -302,9 +304,11 @@ def champion_uri(dataset: str) -> str:
 
 
 def load_sampler(name: str, alias: str = ALIAS):
-    """The pyfunc of ``models:/<name>@<alias>``; ValueError naming the name or alias when the
-    registry does not hold it. The alias is resolved by this module's client and the version's
-    artifacts fetched from its source, so nothing depends on mlflow's process-wide URIs."""
+    """The sampler of ``models:/<name>@<alias>``, built by the installed code from the version's
+    JSON and weights once every stored file matches the digests recorded at registration
+    (``integrity``): nothing stored runs, and a changed file is refused, naming it. ValueError
+    naming the name or alias when the registry does not hold it. The alias is resolved by this
+    module's client, so nothing depends on mlflow's process-wide URIs."""
     client = tracking.client()
     try:
         client.get_registered_model(name)
@@ -315,6 +319,4 @@ def load_sampler(name: str, alias: str = ALIAS):
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
         raise ValueError(f"registered model {name!r} has no version with alias {alias!r}") from err
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                tracking_uri=tracking.tracking_uri())
-    return mlflow.pyfunc.load_model(local)
+    return integrity.load_verified(version, tracking.tracking_uri())
