@@ -29,6 +29,11 @@ LOCAL_ENV = {
 }
 
 
+# The tracking server's credentials, passed from the driver's environment to a cluster's
+# processes: Ray Train workers log into the driver's MLflow run.
+FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 class RayUnavailable(RuntimeError):
     """Ray could not be reached or cannot offer what the params ask for."""
 
@@ -54,6 +59,9 @@ def connect() -> None:
     if not address:
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
+    elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        # Ray sends its token only in token mode, which it infers for no explicit address
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -65,6 +73,9 @@ def connect() -> None:
         # A cluster's nodes get this checkout's code with the job, not from their own disks.
         runtime_env = {"py_modules": [os.path.dirname(diffusion_core.__file__),
                                       os.path.dirname(flows.__file__)]}
+        credentials = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
+        if credentials:
+            runtime_env["env_vars"] = credentials
         check_address(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
