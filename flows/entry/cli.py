@@ -14,7 +14,7 @@ from flows.config.params import ConfigError, load_params
 from flows.distributed import ray_cluster
 from flows.entry.deploy import check_prefect_api, run_command
 from flows.entry.lock import workspace_lock
-from flows.entry.pipeline import pipeline_flow
+from flows.entry.pipeline import pipeline_flow, with_overrides
 from flows.stages import data, evaluate, sample, train
 from flows.stages.compare import compare_and_publish
 from flows.tracking import registry
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         if name in LOCKED:
             cmd.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                              help="wait this long for another run holding the workspace (default: refuse)")
+        if name in ("pipeline", "check-params"):
+            cmd.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                             help="train each run of train.frameworks without a seed suffix at each "
+                                  "of these seeds, as <run>.s<seed> (training-seed replicates)")
         if name in ("deploy", "serve"):
             _deployment_args(cmd, name)
     return parser
@@ -78,7 +82,7 @@ HANDLERS = {"prepare": data.prepare, "train-classifier": data.train_classifier,
             "train": train.train, "sample": sample.sample, "evaluate": evaluate.evaluate,
             "register": registry.register, "compare": _compare,
             "pipeline": lambda params: pipeline_flow(params_path=None, params=params),
-            "check-params": lambda params: {"ok": True}}
+            "check-params": lambda params: {"ok": True, "frameworks": params.train.frameworks}}
 
 
 def _run(command: str, params, framework: str | None):
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         params = load_params(args.params)
+        if getattr(args, "seeds", None) is not None:  # validated like params.yaml: exit 2 if bad
+            params = with_overrides(params, None, None, args.seeds)
         _preflight(args.command)
         if args.command in ("deploy", "serve"):
             result = run_command(args)

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.config.params import Params, as_dict, load_params, parse_params
+from flows.config.recipes import with_seeds
 from flows.config.validation import ConfigError
 from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
 from flows.entry.lock import WorkspaceLocked, workspace_lock
@@ -86,21 +87,27 @@ def summary_markdown(params: Params, results: dict) -> str:
     return "\n".join(lines)
 
 
-def with_overrides(params: Params, source: str | None, frameworks: list[str] | None) -> Params:
-    """params with the flow's overrides applied, validated like params.yaml itself."""
+def with_overrides(params: Params, source: str | None, frameworks: list[str] | None,
+                   seeds: list[int] | None = None) -> Params:
+    """params with the flow's overrides applied, validated like params.yaml itself; `seeds`
+    turns each run key without a seed suffix into one replicate per seed (ddpm-edm.s0, ...)."""
     data = as_dict(params)
     if source is not None:
         data["data"]["source"] = source
     if frameworks is not None:
         data["train"]["frameworks"] = frameworks
+    if seeds is not None:
+        data["train"]["frameworks"] = with_seeds(data["train"]["frameworks"], seeds)
     return parse_params(data)
 
 
 @flow(name="diffusion-pipeline", log_prints=True)
 def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = None,
-                  frameworks: list[str] | None = None, params: Params | None = None) -> dict:
-    """Run the whole DAG; `source` and `frameworks` override params.yaml for scheduled runs."""
-    params = with_overrides(params or load_params(params_path), source, frameworks)
+                  frameworks: list[str] | None = None, params: Params | None = None,
+                  seeds: list[int] | None = None) -> dict:
+    """Run the whole DAG; `source` and `frameworks` override params.yaml for scheduled runs;
+    `seeds` trains each run key at each of these seeds (training-seed replicates)."""
+    params = with_overrides(params or load_params(params_path), source, frameworks, seeds)
     with workspace_lock("."):  # a scheduled run and a manual one never share the outputs
         return _run_stages(params)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from diffusion_core.data.atomic import replacing_folder, write_json
 from diffusion_core.training.lr_schedule import warmup_steps
 from flows.config.params import Params, as_dict
-from flows.config.recipes import recipe_of, split_run
+from flows.config.recipes import base_key, recipe_of, run_seed, split_run
 from flows.distributed.train_ray import NonFiniteLoss, fit
 from flows.stages.data import dataset_meta, manifest_hash
 from flows.tracking import runs as tracking
@@ -44,7 +44,7 @@ def _loop_config(params: Params, framework: str, profile, model: dict) -> dict:
     """The training loop's settings, each of which bears on the trained weights (train adds
     where the loop reads the data and which MLflow run it logs to)."""
     return {
-        "framework": framework, "model": model, "seed": params.train.seed,
+        "framework": framework, "model": model, "seed": params.train_seed(framework),
         "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,
         "warmup_steps": warmup_steps(profile.steps), "grad_clip": params.train.grad_clip,
         "ema_gamma": params.train.ema_gamma,
@@ -112,10 +112,13 @@ def _start_or_continue(params: Params, framework: str, experiment: str, inputs: 
     record = _unfinished_run(path, inputs, framework)
     if record is not None:
         return record
-    run_id = tracking.start_run(experiment, framework, as_dict(params),
-                                {"framework": split_run(framework)[0], "run": framework,
-                                 "recipe": recipe_of(framework), "dataset": params.data.source,
-                                 "data_manifest_sha256": inputs["data_manifest_sha256"]})
+    tags = {"framework": split_run(framework)[0], "run": framework, "run_key": framework,
+            "base_key": base_key(framework), "recipe": recipe_of(framework),
+            "dataset": params.data.source, "seed": str(inputs["seed"]),
+            "data_manifest_sha256": inputs["data_manifest_sha256"]}
+    replicate = run_seed(framework)[1] is not None  # a seed replicate: a child of its base key's run
+    run_id = tracking.start_run(experiment, framework, as_dict(params), tags,
+                                seed_group=base_key(framework) if replicate else None)
     record = {"run_id": run_id, "experiment": experiment,
               "ray_run_name": f"{experiment}-{framework}-{run_id[:8]}",
               "fingerprint": _fingerprint(inputs), "inputs": inputs,
@@ -143,7 +146,8 @@ def train(params: Params, framework: str) -> dict:
     try:
         with replacing_folder(out) as staging:  # the last good model stays until the new one is whole
             metrics = fit(loop_config, params.ray, run["ray_run_name"], staging)
-            summary = _summary(metrics, profile.steps, params.train.time_limit_s, time.time() - start)
+            summary = _summary(metrics, profile.steps, params.train.time_limit_s, time.time() - start,
+                               loop_config["seed"])
             tracking.save_run_id(staging, run["run_id"], experiment)
             write_json(staging / "train_summary.json", summary)
     except NonFiniteLoss:
@@ -158,10 +162,11 @@ def train(params: Params, framework: str) -> dict:
     return summary
 
 
-def _summary(metrics: dict, planned_steps: int, time_limit_s: float | None, seconds: float) -> dict:
-    """What the run did: its steps against the planned ones, and what stopped it."""
+def _summary(metrics: dict, planned_steps: int, time_limit_s: float | None, seconds: float,
+             seed: int) -> dict:
+    """What the run did: its steps against the planned ones, what stopped it, its training seed."""
     stopped_by = "time_limit" if metrics.get("time_limited") else "steps"
-    return {"steps": int(metrics.get("step", 0)), "planned_steps": planned_steps,
+    return {"steps": int(metrics.get("step", 0)), "planned_steps": planned_steps, "seed": seed,
             "stopped_by": stopped_by, "time_limit_s": time_limit_s,
             "final_loss": metrics.get("loss"), "world_size": metrics.get("world_size"),
             "skipped_batches": int(metrics.get("skipped_batches", 0)),

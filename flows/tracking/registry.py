@@ -30,6 +30,7 @@ import diffusion_core
 import flows
 from diffusion_core.data import shards
 from flows.config.params import Params, as_dict
+from flows.config.recipes import base_key
 from flows.tracking import integrity
 from flows.tracking import runs as tracking
 from flows.tracking import sampler_model
@@ -47,7 +48,9 @@ MEASURED_BY = (("feature_extractor_sha256", "feature extractor"), ("reference_sp
 
 
 def registered_name(params: Params, framework: str) -> str:
-    return f"{tracking.experiment_name(params.data.source)}-{framework}"
+    """``<dataset>-<base key>``: the seed replicates of a run (ddpm-edm.s0, ddpm-edm.s1) are
+    versions of one registered model, each tagged with its ``train_seed``."""
+    return f"{tracking.experiment_name(params.data.source)}-{base_key(framework)}"
 
 
 def _signature(sampler: dict, seed: int) -> ModelSignature:
@@ -160,7 +163,7 @@ def _optional_json(path: Path) -> dict:
 
 def version_tags(figure: dict, metrics: dict, model_dir: Path, key: str) -> dict:
     """A registry version's tags: the headline with its error and how it was measured, and
-    what was trained (framework, recipe, steps) and sampled (sampler, NFE, seed)."""
+    what was trained (framework, recipe, steps, training seed) and sampled (sampler, NFE, seed)."""
     config, train = _optional_json(model_dir / "model.json"), _optional_json(model_dir / "train_summary.json")
     return {"primary_metric": figure["metric"], "primary_value": repr(figure["value"]),
             "primary_se": "" if figure["se"] is None else repr(figure["se"]), **measurement_tags(metrics),
@@ -168,7 +171,7 @@ def version_tags(figure: dict, metrics: dict, model_dir: Path, key: str) -> dict
             "recipe": metrics.get("recipe") or config.get("recipe", "custom"),
             "steps": _tag(train.get("steps")), "stopped_by": _tag(train.get("stopped_by")),
             "sampler": _tag(metrics.get("sampler")), "nfe": _tag(metrics.get("nfe")),
-            "seed": _tag(metrics.get("seed"))}
+            "train_seed": _tag(train.get("seed")), "sample_seed": _tag(metrics.get("seed"))}
 
 
 def _save_pyfunc(params: Params, framework: str, model_dir: Path, meta: dict, out: Path) -> None:
@@ -210,7 +213,7 @@ def register(params: Params, framework: str) -> dict:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, tags={"dataset": params.data.source, "framework": framework})
+        client.create_registered_model(name, tags={"dataset": params.data.source, "framework": base_key(framework)})
     source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
     tags = {**version_tags(figure, metrics, model_dir, framework), integrity.DIGEST_TAG: digest}
     same_run = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]

@@ -94,9 +94,13 @@ def experiment_id(mlflow_client, experiment: str) -> str:
     return found.experiment_id
 
 
-def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
-    """Create a run (before any training starts) in the data set's experiment and return its id."""
+def start_run(experiment: str, run_name: str, params: dict, tags: dict,
+              seed_group: str | None = None) -> str:
+    """Create a run (before any training starts) in the data set's experiment and return its id.
+    With `seed_group` (a base key), the run is a child of that key's seed-group run."""
     mlflow_client = client()
+    if seed_group is not None:
+        tags = {**tags, PARENT_RUN_TAG: seed_group_run(experiment, seed_group, tags)}
     run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=run_name,
                                    tags={**tags, "git_commit": git_commit()})
     flat = _flatten(params)
@@ -105,6 +109,27 @@ def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
 
         batch = [Param(k, str(v)[:6000]) for k, v in list(flat.items())[start:start + 100]]
         mlflow_client.log_batch(run.info.run_id, params=batch)
+    return run.info.run_id
+
+
+SEED_GROUP_TAG = "seed_group"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child run under its parent
+GROUP_TAGS = ("framework", "recipe", "dataset")  # what a seed group shares with its replicates
+
+
+def seed_group_run(experiment: str, base: str, tags: dict | None = None) -> str:
+    """The id of the parent run of base key `base`'s seed replicates in the experiment: the
+    active run tagged seed_group=<base> (the oldest, if several), created when there is none.
+    It is named after the base key and holds no training of its own; `tags` lends it GROUP_TAGS."""
+    mlflow_client = client()
+    experiment_ids = [experiment_id(mlflow_client, experiment)]
+    found = mlflow_client.search_runs(experiment_ids, f"tags.{SEED_GROUP_TAG} = '{base}'",
+                                      max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    shared = {key: tags[key] for key in GROUP_TAGS if key in (tags or {})}
+    run = mlflow_client.create_run(experiment_ids[0], run_name=base, tags={
+        **shared, SEED_GROUP_TAG: base, "run_key": base, "base_key": base, "git_commit": git_commit()})
     return run.info.run_id
 
 
