@@ -114,6 +114,24 @@ def test_the_parent_run_of_a_seed_group_is_found_again(tmp_path):
         assert client.get_run(third).data.tags[tracking.PARENT_RUN_TAG] not in (None, parents[first])
 
 
+def test_an_unfinished_replicate_continues_its_own_child_run(tmp_path):
+    """A train call that finds the replicate's in-progress record (after a kill, a failed try)
+    continues that child run: no second run, no second parent."""
+    from flows.stages import train as train_stage
+
+    params = parse_params(tiny_params(train={"frameworks": ["ddpm.s1"]}))
+    inputs = {"seed": 1, "data_manifest_sha256": "0" * 64}
+    with in_workspace(tmp_path):
+        first = train_stage._start_or_continue(params, "ddpm.s1", "toy", inputs)
+        again = train_stage._start_or_continue(params, "ddpm.s1", "toy", inputs)
+        assert again["run_id"] == first["run_id"]
+        client = tracking.client()
+        runs = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+        assert sorted(run.info.run_name for run in runs) == ["ddpm", "ddpm.s1"]  # the parent, the child
+        child = client.get_run(first["run_id"]).data.tags
+        assert (child["seed"], child["run_key"], child["base_key"]) == ("1", "ddpm.s1", "ddpm")
+
+
 def test_a_registry_version_records_its_training_and_sample_seeds(tmp_path):
     from flows.tracking import registry
 
