@@ -82,6 +82,15 @@ def test_seeds_expand_every_key_without_a_suffix():
         with_overrides(params, None, None, [1, 1])
 
 
+def test_the_prefect_flow_takes_seeds_as_a_parameter():
+    """A flow run (a deployment's, say) passes `seeds` as a list of integers, checked by Prefect."""
+    from flows.entry.pipeline import pipeline_flow
+
+    assert pipeline_flow.validate_parameters({"seeds": [0, 1]})["seeds"] == [0, 1]
+    assert pipeline_flow.parameters.properties["seeds"]["anyOf"][0] == {"items": {"type": "integer"},
+                                                                          "type": "array"}
+
+
 def test_check_params_with_seeds_lists_the_replicates_and_refuses_bad_ones(tmp_path, capsys):
     from flows.entry.cli import main
 
