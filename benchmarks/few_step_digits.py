@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     digits, per_seed = DigitsFD.build(), []
     print(f"{args.run} on digits, {args.steps} steps per seed, {args.samples} samples; FD / floor ± "
-          f"its standard error (floor {digits.floor:.2f})", flush=True)
+          f"its standard error ({digits.describe()})", flush=True)
     for seed in args.seeds:
         model, _ = project_run(params, args.run, digits, 1e9, seed, args.steps)
         per_seed.append(seed_figures(model, digits, args))
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     for spacing, row in gaps.items():
         print(f"{spacing} - diffusers over {len(per_seed)} seeds: "
               + ", ".join(f"NFE {n} {m:+.2f} ± {e:.2f}" for n, (m, e) in row.items()), flush=True)
-    return {"floor": digits.floor, "per_seed": per_seed, "gaps": gaps}
+    return {"floor": digits.floor, "reference_split": digits.reference_split, "per_seed": per_seed, "gaps": gaps}
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     digits, rows, models = DigitsFD.build(), {}, {}
     print(f"digits, {args.seconds:g} s of training per run, {args.samples} samples; FD / floor ± "
-          f"its standard error (floor {digits.floor:.2f})", flush=True)
+          f"its standard error ({digits.describe()})", flush=True)
     for run in args.runs:
         model, steps = project_run(params, run, digits, args.seconds, args.seed, args.step_cap)
         rows[run] = {"steps": steps, "params": parameters(model.denoiser.net), "seconds": args.seconds,
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
         rows[PAPER_SAME_SAMPLERS] = {**rows["ddpm-paper"], **diffusers_sampled(
             project_eps(models["ddpm-paper"], scheduler), scheduler, digits, args.samples, args.nfe)}
         _print(PAPER_SAME_SAMPLERS, rows[PAPER_SAME_SAMPLERS])
-    return {"floor": digits.floor, "rows": rows, "verdict": verdict(rows, args.nfe)}
+    return {"floor": digits.floor, "reference_split": digits.reference_split, "rows": rows, "verdict": verdict(rows, args.nfe)}
 
 
 def diffusers_sampled(eps, scheduler, digits: DigitsFD, n: int, nfes: list[int]) -> dict:

@@ -570,7 +570,8 @@ def test_a_damaged_manifest_is_named(shard_dir, damage, says):
     (lambda r: [{**r[0], "sha256": "abc"}], None, "has no sha256 of 64 hex digits"),
     (lambda r: [{**r[0], "num_samples": 0}], None, "has no positive num_samples"),
     (None, b"{not json", "metadata is not JSON"),
-    (None, b'{"schema_version": 1}', "metadata lacks"),
+    (None, b'{"schema_version": 2}', "metadata lacks"),
+    (None, b'{"schema_version": 1}', "written before the val split.*run `diffusion prepare` again"),
 ])
 def test_a_manifest_with_bad_rows_or_metadata_is_named(shard_dir, rows, meta, says):
     import pyarrow as pa
@@ -592,8 +593,8 @@ def test_a_manifest_with_bad_rows_or_metadata_is_named(shard_dir, rows, meta, sa
 def _prepared(tmp: Path, source: str, **data) -> Params:
     """params for a small prepare in `tmp` (one Ray worker, batches of 8)."""
     values = copy.deepcopy(REPO)
-    values["data"].update(source=source, out_dir=str(tmp / "shards"), test_size=4, toy_train_size=60,
-                          toy_test_size=20, samples_per_shard=16, **data)
+    values["data"].update(source=source, out_dir=str(tmp / "shards"), test_size=4, val_size=4, classifier_size=4,
+                          toy_train_size=60, toy_val_size=20, toy_test_size=20, samples_per_shard=16, **data)
     values["ray"]["num_workers"] = 1
     values["vector"]["batch_size"] = values["image"]["batch_size"] = 8
     values["train"]["frameworks"], values["evaluate"]["nfe_sweep"] = ["ddpm"], []
@@ -744,7 +745,7 @@ def test_too_few_shards_for_the_workers_are_refused_before_writing(previous, tmp
     path = _save_npz(tmp_path, x=np.zeros((30, 2), np.float32))
     before = _listing(previous / "shards")
     values = copy.deepcopy(REPO)
-    values["data"].update(source=f"npz:{path}", out_dir=str(previous / "shards"), test_size=4,
+    values["data"].update(source=f"npz:{path}", out_dir=str(previous / "shards"), test_size=3, val_size=1,
                           samples_per_shard=16)
     values["ray"]["num_workers"], values["train"]["loader_workers"] = 2, 2
     with contextlib.chdir(tmp_path):
@@ -765,7 +766,7 @@ def test_too_few_shards_for_the_workers_are_refused_before_writing(previous, tmp
                                                               "emb_dim": 8}}},
      "image.network.mults", "divisible by 4; these images are 6×6"),
     (np.zeros((30, 2), np.float32), {"data": {"test_size": 20}, "vector": {"num_samples": 26}},
-     "vector.num_samples", "the train split holds 10 examples"),
+     "vector.num_samples", "the train split holds 8 examples"),
 ])
 def test_what_only_the_data_fixes_is_refused_by_prepare_before_writing(previous, tmp_path, x, change, field, says):
     """Checks that need the data's shape or size: the train and evaluate stages would refuse
@@ -773,7 +774,7 @@ def test_what_only_the_data_fixes_is_refused_by_prepare_before_writing(previous,
     path = _save_npz(tmp_path, x=x)
     before = _listing(previous / "shards")
     values = copy.deepcopy(REPO)
-    values["data"].update(source=f"npz:{path}", out_dir=str(previous / "shards"), test_size=6,
+    values["data"].update(source=f"npz:{path}", out_dir=str(previous / "shards"), test_size=6, val_size=2,
                           samples_per_shard=8)
     values["train"]["frameworks"], values["evaluate"]["nfe_sweep"] = ["ddpm", "ncsn"], []
     for section, settings_ in change.items():

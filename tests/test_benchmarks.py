@@ -1,4 +1,5 @@
 """Each benchmark runs at its smallest size and prints its reference beside its own figure."""
+import numpy as np
 import pytest
 
 from benchmarks import network_throughput
@@ -76,6 +77,22 @@ def test_data_path_sets_shards_beside_memory_and_the_training_step(capsys):
     assert "memory copy (reference)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains the digits classifier on the pipeline's split
+def test_the_digits_benchmarks_measure_against_val_with_the_pipelines_split():
+    """Tuning reads val: the benchmarks' reference is the val split, their floor pool the
+    train split, their classifier trained on the classifier split, as the pipeline splits."""
+    from benchmarks.digits_fd import DigitsFD
+    from diffusion_core.data import sources
+    from diffusion_core.features import classifier as clf
+
+    digits = DigitsFD.build()
+    x, y = sources.load_source("digits", 0, 0)
+    splits = sources.held_out_split(x, y, {"val": 300, "classifier": 300, "test": 500}, 0)
+    assert digits.reference_split == "val" and digits.draw == len(digits.test_features) == 300
+    assert digits.x_train.numpy().tobytes() == splits["train"][0].tobytes()
+    np.testing.assert_allclose(digits.test_features, clf.extract_features(digits.classifier, splits["val"][0]))
+
+
 @pytest.mark.slow  # trains the digits classifier, three tiny models and samples 1,000 digits each
 def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(capsys):
     from benchmarks import same_compute
@@ -93,7 +110,9 @@ def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(capsys):
     assert verdict["paper_gap_in_errors"] == pytest.approx((a - b) / (ea**2 + eb**2) ** 0.5)
     assert verdict["best_improved"] == "sde-edm"
     assert verdict["best_over_baseline"] == pytest.approx(rows["sde-edm"]["fd"][2][0] / baseline["fd"][2][0])
-    assert "diffusers DDPM" in capsys.readouterr().out
+    assert result["reference_split"] == "val"  # settings are chosen on val, never on test
+    out = capsys.readouterr().out
+    assert "diffusers DDPM" in out and "reference: the val split (300 images)" in out
 
 
 @pytest.mark.slow  # trains the digits classifier and two tiny models, samples 1,000 digits each
@@ -109,3 +128,4 @@ def test_few_step_digits_pairs_each_spacing_with_diffusers_on_the_same_network(r
     assert mean == pytest.approx(sum(gaps) / 2) and error == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
     out = capsys.readouterr().out
     assert "time - diffusers over 2 seeds" in out and f"{run} on digits" in out
+    assert result["reference_split"] == "val" and "reference: the val split (300 images)" in out

@@ -16,7 +16,8 @@ TINY_SDE = {"sampler": {"name": "pc", "steps": 30}, "likelihood": {"rtol": 1e-4,
 def tiny_params(source: str = "toy:checkerboard", **sections) -> dict:
     """params.yaml's content shrunk to seconds of work; `sections` override whole keys."""
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["data"].update(source=source, toy_train_size=2000, toy_test_size=500, samples_per_shard=250)
+    data["data"].update(source=source, toy_train_size=2000, toy_val_size=500, toy_test_size=500,
+                        samples_per_shard=250)
     # a previous test's Ray actors may take a while to release their CPUs on a busy machine
     data["ray"].update(num_workers=2, cpus_per_worker=1, resources_timeout_s=60)
     data["classifier"].update(epochs=3)

@@ -11,6 +11,7 @@ from diffusion_core.data.shards import (
 )
 from diffusion_core.data.sources import (
     data_kind,
+    held_out_split,
     load_source,
     train_test_split,
     value_range,
@@ -32,6 +33,7 @@ __all__ = [
     "checkerboard_support",
     "data_kind",
     "gmm8_params",
+    "held_out_split",
     "load_source",
     "load_split",
     "off_support_fraction",

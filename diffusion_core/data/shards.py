@@ -21,7 +21,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from diffusion_core.data.atomic import replacing_folder
 from diffusion_core.data.sources import data_kind, value_range
 
-SCHEMA_VERSION = 1
+# 2: prepare writes train/val/test (and classifier for labelled images); 1 had train/test only
+SCHEMA_VERSION = 2
+_PREPARE_AGAIN = "run `diffusion prepare` again to rewrite the shards"
 MANIFEST_NAME = "manifest.parquet"
 META_KEY = b"dataset"
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -180,8 +182,9 @@ def _decode_meta(raw: bytes, path: Path) -> dict:
     if not isinstance(meta, dict):
         raise ValueError(f"manifest {path}: its '{META_KEY.decode()}' metadata is not a mapping")
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"manifest {path} has schema_version {meta.get('schema_version')}, "
-                         f"this code reads {SCHEMA_VERSION}; rewrite the shards")
+        before = " (written before the val split: train/test only)" if meta.get("schema_version") == 1 else ""
+        raise ValueError(f"manifest {path} has schema_version {meta.get('schema_version')}{before}, "
+                         f"this code reads {SCHEMA_VERSION}; {_PREPARE_AGAIN}")
     missing = [key for key in _META_KEYS if key not in meta]
     if missing:
         raise ValueError(f"manifest {path}: its '{META_KEY.decode()}' metadata lacks {missing}; "
@@ -211,7 +214,8 @@ def _split_rows(data_dir, split: str | None, table: pa.Table | None = None) -> l
     chosen = [row for row in rows if row["split"] == split]
     if not chosen:
         known = sorted({row["split"] for row in rows})
-        raise ValueError(f"split {split!r} not in {Path(data_dir) / MANIFEST_NAME}; splits: {known}")
+        raise ValueError(f"split {split!r} not in {Path(data_dir) / MANIFEST_NAME}; splits: {known}"
+                         + (f"; {_PREPARE_AGAIN}" if split in ("val", "classifier") else ""))
     return chosen
 
 

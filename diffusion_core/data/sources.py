@@ -266,6 +266,35 @@ def train_test_split(
     return x[train], pick(train), x[test], pick(test)
 
 
+def held_out_split(x: np.ndarray, y: np.ndarray | None, held_out: dict, seed: int) -> dict:
+    """Seeded disjoint split of the examples: {name: (x, y)} with each split of ``held_out``
+    ({name: size}) and ``train``, the rest. One permutation of ``seed`` orders the examples;
+    ``test`` (if named) takes its end, every other held-out split a block from its start in the
+    order given, and train the middle. So the test images are those that the earlier layout
+    (train_test_split: test = the permutation's start) trained on, never the ones that were
+    scored and tuned against, whenever the data holds twice the test size or more."""
+    n = len(x)
+    if y is not None and len(y) != n:
+        raise ValueError(f"x has {n} rows but y has {len(y)}")
+    sizes = {name: int(size) for name, size in held_out.items()}
+    bad = [name for name, size in sizes.items() if size <= 0 or name == "train"]
+    if bad:
+        raise ValueError(f"held-out splits {bad}: each needs a positive size and a name other than train")
+    if sum(sizes.values()) >= n:
+        raise ValueError(f"held-out splits {sizes} take {sum(sizes.values())} of {n} examples, "
+                         f"leaving none to train on")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = sizes.get("test", 0)
+    blocks, start = {}, 0
+    for name, size in sizes.items():
+        if name != "test":
+            blocks[name], start = order[start:start + size], start + size
+    if n_test:
+        blocks["test"] = order[n - n_test:]
+    blocks = {"train": order[start:n - n_test], **blocks}
+    return {name: (x[idx], None if y is None else y[idx]) for name, idx in blocks.items()}
+
+
 def value_range(x: np.ndarray) -> tuple[float, float]:
     """(min, max) over all values."""
     if np.size(x) == 0:

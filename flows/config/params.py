@@ -41,6 +41,7 @@ from flows.config.validation import (
 )
 
 NONFINITE_POLICIES = ("stop", "skip")
+REFERENCE_SPLITS = ("test", "val")  # what evaluate may score samples against
 
 __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict", "check_local_paths"]
 
@@ -49,32 +50,55 @@ __all__ = ["ConfigError", "Params", "load_params", "parse_params", "as_dict", "c
 class DataParams:
     source: str = "digits"  # digits | toy:<name> | folder:<path> | npz:<path>
     seed: int = 0
-    test_size: int = 500  # held-out examples of a data set read from disk
+    test_size: int = 500  # held-out examples of a data set read from disk: the final report's
+    val_size: int = 300  # ... the tuning reference (evaluate --split val, the benchmarks)
+    classifier_size: int = 300  # ... the FD feature extractor's training set (labelled images only)
     toy_train_size: int = 20000
+    toy_val_size: int = 5000
     toy_test_size: int = 5000
     samples_per_shard: int = 256
     out_dir: str = "data/shards"
 
     def check(self, name: str) -> None:
         """The source's form (its files are checked where the stages run: check_local_paths),
-        the sizes, and a held-out part that leaves digits something to train on."""
-        require_positive(self, name, "test_size", "toy_train_size", "toy_test_size", "samples_per_shard")
+        the sizes, and held-out parts that leave digits something to train on."""
+        require_positive(self, name, "test_size", "val_size", "classifier_size", "toy_train_size",
+                         "toy_val_size", "toy_test_size", "samples_per_shard")
         try:
             source_kind(self.source)
         except ValueError as err:
             raise ConfigError(f"{name}.source: {err}") from err
-        require(self.source != "digits" or self.test_size < DIGITS_SIZE, f"{name}.test_size",
-                f"holds out {self.test_size} of digits' {DIGITS_SIZE} examples, leaving none to train on")
+        if self.source == "digits":  # labelled images: the classifier split applies
+            self.check_held_out(self.held_out_sizes(labelled_images=True), DIGITS_SIZE, name)
         require(bool(self.out_dir), f"{name}.out_dir", "must name a folder")
 
-    def known_data(self) -> tuple[tuple, int, int] | None:
-        """(per-example shape, train size, test size) where the source fixes them without
-        reading data (toys, digits); None for folders and npz files."""
+    def held_out_sizes(self, labelled_images: bool) -> dict:
+        """{split: size} held out of a data set read from disk (val, classifier where the FD
+        classifier applies, test); toys are drawn with their own sizes (toy_*)."""
         kind = source_kind(self.source)[0]
         if kind == "toy":
-            return TOY_SHAPE, self.toy_train_size, self.toy_test_size
+            return {"val": self.toy_val_size, "test": self.toy_test_size}
+        classifier = {"classifier": self.classifier_size} if labelled_images else {}
+        return {"val": self.val_size, **classifier, "test": self.test_size}
+
+    def check_held_out(self, sizes: dict, n: int, name: str = "data") -> None:
+        """The held-out splits leave training data; the error names the largest held-out size
+        (the likeliest mistake)."""
+        largest = max(sizes, key=sizes.get)
+        field_of = {"val": "val_size", "classifier": "classifier_size", "test": "test_size"}
+        require(sum(sizes.values()) < n, f"{name}.{field_of[largest]}",
+                f"holds out {' + '.join(f'{v} {k}' for k, v in sizes.items())} = {sum(sizes.values())} "
+                f"of the {n} examples of {self.source}, leaving none to train on")
+
+    def known_data(self) -> tuple[tuple, int, tuple[int, ...]] | None:
+        """(per-example shape, train size, the reference splits' sizes (val, test)) where the
+        source fixes them without reading data (toys, digits); None for folders and npz files."""
+        kind = source_kind(self.source)[0]
+        if kind == "toy":
+            return TOY_SHAPE, self.toy_train_size, (self.toy_val_size, self.toy_test_size)
         if kind == "digits":
-            return DIGITS_SHAPE, DIGITS_SIZE - self.test_size, self.test_size
+            held = self.held_out_sizes(labelled_images=True)
+            return DIGITS_SHAPE, DIGITS_SIZE - sum(held.values()), (self.val_size, self.test_size)
         return None
 
 
@@ -211,10 +235,13 @@ class EvaluateParams:
     nfe_sweep: list[dict] = field(default_factory=lambda: [{"name": "ddim", "steps": [5, 10, 25, 50]}])
     nfe_sweep_samples: int = 500
     out_dir: str = "metrics"
+    split: str = "test"  # the reference: test (the report's, metrics/<run>.json) | val (tuning, metrics/val/)
 
     def check(self, name: str) -> None:
         require_positive(self, name, "swd_projections", "num_workers", "cpus_per_worker", "max_pairwise",
                          "pr_k", "nfe_sweep_samples")
+        require(self.split in REFERENCE_SPLITS, f"{name}.split",
+                f"must be one of {list(REFERENCE_SPLITS)}, got {self.split!r}")
         for i, entry in enumerate(self.nfe_sweep):
             self._check_sweep_entry(entry, f"{name}.nfe_sweep[{i}]")
 
@@ -306,12 +333,13 @@ class Params:
                 raise ConfigError(f"{_setting_named(str(err), settings, name)} (run {key!r}, a "
                                   f"{process['kind']} process of N = {process['N']} steps)") from err
 
-    def check_data(self, shape, n_train: int, n_test: int) -> None:
+    def check_data(self, shape, n_train: int, n_references: tuple[int, ...]) -> None:
         """Checks that need the data's per-example shape and split sizes, as the stages meet
         them: the batch split over the Ray workers and the U-Net's down-sampling (train),
         precision/recall's k and the floors' train subsets (evaluate). Params.check runs them
         where the source fixes the data (toys, digits); prepare runs them on the data it read,
-        before writing shards. (Exact score matching's dimension limit stays with the train
+        before writing shards. `n_references`: the sizes of the splits evaluate may score
+        against (val, test). (Exact score matching's dimension limit stays with the train
         stage's model config, which refuses it before any run.)"""
         kind = "vector" if len(shape) == 1 else "image"
         profile, workers = self.profile(kind), self.ray.num_workers
@@ -319,14 +347,14 @@ class Params:
                 f"{profile.batch_size} is split over ray.num_workers={workers} Ray Train workers; "
                 f"need batch_size >= ray.num_workers")
         if kind == "image":
-            self._check_image_data(shape, n_test)
+            self._check_image_data(shape, min(n_references))
         else:
-            n = min(profile.num_samples, n_test)
+            n = min(profile.num_samples, max(n_references))
             require(n_train >= n, "vector.num_samples",
-                    f"evaluate sets {n} samples against the held-out split and floors them with "
+                    f"evaluate sets {n} samples against a held-out split and floors them with "
                     f"train subsets of {n}, but the train split holds {n_train} examples")
 
-    def _check_image_data(self, shape, n_test: int) -> None:
+    def _check_image_data(self, shape, n_reference: int) -> None:
         """The U-Net halves the sides once per level after the first; precision/recall's k-NN
         needs more points than k in every set it compares."""
         mults, (height, width) = self.image.network.mults, shape[1:]
@@ -334,10 +362,10 @@ class Params:
         require(height % step == 0 and width % step == 0, "image.network.mults",
                 f"{len(mults)} levels halve the images {len(mults) - 1} times, so their sides must be "
                 f"divisible by {step}; these images are {height}×{width}")
-        smallest = min(self.image.num_samples, self.evaluate.max_pairwise, n_test)
+        smallest = min(self.image.num_samples, self.evaluate.max_pairwise, n_reference)
         require(self.evaluate.pr_k < smallest, "evaluate.pr_k",
                 f"the k-NN of precision/recall needs k below the smallest set it compares: "
-                f"min(image.num_samples, evaluate.max_pairwise, held-out examples) = {smallest}")
+                f"min(image.num_samples, evaluate.max_pairwise, the val and test sizes) = {smallest}")
 
     def profile(self, kind: str) -> ProfileParams:
         return self.vector if kind == "vector" else self.image

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         if name in ("train", "sample", "evaluate", "register"):
             cmd.add_argument("--framework", required=True, help="a run of train.frameworks (ddpm-paper)")
+        if name == "evaluate":
+            cmd.add_argument("--split", choices=("test", "val"), help="reference split (default: evaluate.split)")
         if name in LOCKED:
             cmd.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                              help="wait this long for another run holding the workspace (default: refuse)")
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     try:
-        params = load_params(args.params)
+        params = evaluate.with_split(load_params(args.params), getattr(args, "split", None))
         if getattr(args, "seeds", None) is not None:  # validated like params.yaml: exit 2 if bad
             params = with_overrides(params, None, None, args.seeds)
         _preflight(args.command)

@@ -3,6 +3,7 @@
 (sample count, reference split and size, feature extractor hash, sampler, NFE, seed, recipe)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from diffusion_core.evaluation import metrics
 from diffusion_core.evaluation.fd_estimators import ratio_sem
 from flows.config.params import Params
 from flows.stages import image_eval, nfe_sweep
+from flows.stages.data import CLASSIFIER_SPLIT, manifest_hash
 from flows.stages.likelihood_eval import nll_metrics
 from flows.tracking import runs as tracking
 from flows.tracking.costs import measured
@@ -63,21 +65,21 @@ def image_metrics(params: Params, sample_dir: Path) -> dict:
                                      cpus_per_worker=e.cpus_per_worker, seed=e.seed, pr_k=e.pr_k,
                                      inception_weights=e.inception_weights,
                                      floor_sizes=(e.nfe_sweep_samples,) if e.nfe_sweep else (),
-                                     gpus_per_worker=params.ray.gpus_per_actor)
+                                     gpus_per_worker=params.ray.gpus_per_actor, reference_split=e.split)
 
 
 def _sweep_floor(params: Params, metric: str, n: int, result: dict) -> float | None:
     """The floor of a sweep figure measured on n samples: FD's from the image metrics
-    (``fd_floor_by_n``), SWD's from train draws of n against the test split; None when the
-    train split holds fewer than n."""
+    (``fd_floor_by_n``), SWD's from train draws of n against the reference split; None when
+    the train split holds fewer than n."""
     if metric == "fd":
         return result.get("fd_floor_by_n", {}).get(str(n))
     train, _ = shards.load_split(params.data.out_dir, "train")
     if len(train) < n:
         return None
-    test, _ = shards.load_split(params.data.out_dir, "test")
+    reference, _ = shards.load_split(params.data.out_dir, params.evaluate.split)
     e = params.evaluate
-    return float(np.mean(_swd_floors(train, test, n, e.swd_projections, e.seed)))
+    return float(np.mean(_swd_floors(train, reference, n, e.swd_projections, e.seed)))
 
 
 def with_sweep_floors(params: Params, sweep: list[dict], result: dict, recipe: str) -> list[dict]:
@@ -110,51 +112,95 @@ def _check_samples(sample_dir: Path, params: Params) -> dict:
     return data
 
 
-def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict]) -> Path:
-    """metrics/<framework>.json (a DVC metric), the NFE sweep, and the framework's MLflow run."""
+def with_split(params: Params, split: str | None) -> Params:
+    """params with evaluate.split set to `split` (the CLI's --split), checked; unchanged for None."""
+    if split is None:
+        return params
+    evaluate_params = dataclasses.replace(params.evaluate, split=split)
+    evaluate_params.check("evaluate")
+    return dataclasses.replace(params, evaluate=evaluate_params)
+
+
+def metrics_dir(params: Params) -> Path:
+    """Where the figures go: metrics/ against test (the DVC metric the report reads), and
+    metrics/val/ against val, so tuning never overwrites the test figures."""
     out = Path(params.evaluate.out_dir)
+    return out if params.evaluate.split == "test" else out / params.evaluate.split
+
+
+def _check_extractor(params: Params) -> dict:
+    """The FD feature extractor's summary, checked before any work: trained on the classifier
+    split of these very shards, so that no image of the floor's pool (train) or of a reference
+    (val, test) is one it saw."""
+    path = Path(params.classifier.out_dir) / "classifier_metrics.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if not summary.get("applicable"):
+        return summary
+    trained_on = summary.get("trained_split", "the train split (a classifier older than the val split)")
+    if trained_on != CLASSIFIER_SPLIT or summary.get("data_manifest_sha256") != manifest_hash(params):
+        raise ValueError(f"{path}: the FD feature extractor was trained on {trained_on} of other shards "
+                         f"than {params.data.out_dir}; run `diffusion train-classifier` again")
+    return summary
+
+
+def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict]) -> Path:
+    """metrics/<framework>.json (a DVC metric) and the NFE sweep, or both under metrics/val/
+    against val; then the framework's MLflow run: metrics prefixed eval_ (test) or val_."""
+    out, split = metrics_dir(params), params.evaluate.split
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{framework}.json"
     write_json(path, result)
+    prefix, folder = ("eval_", "metrics") if split == "test" else (f"{split}_", f"metrics/{split}")
+    tag = "" if split == "test" else prefix
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in result.items()})
+    tracking.log_metrics(run_id, {f"{prefix}{k}": v for k, v in result.items()})
     figure = headline(result)
     if figure is not None:
-        tracking.set_tags(run_id, {"headline": headline_text(figure), "measurement": measurement(result)})
-    tracking.log_artifacts(run_id, path, "metrics")
+        tracking.set_tags(run_id, {f"{tag}headline": headline_text(figure), f"{tag}measurement": measurement(result)})
+    tracking.log_artifacts(run_id, path, folder)
     if sweep:
         sweep_path = nfe_sweep.save(sweep, framework, out)
         for point in sweep:
-            name = f"nfe_sweep_{point['sampler']}_{point['metric']}"
+            name = f"{tag}nfe_sweep_{point['sampler']}_{point['metric']}"
             tracking.log_metrics(run_id, {name: point["value"], f"{name}_ratio": point.get("ratio")},
                                  step=int(point["nfe"]))
-        tracking.log_artifacts(run_id, sweep_path, "metrics")
-        tracking.log_artifacts(run_id, out / f"{framework}_nfe.png", "metrics")
+        tracking.log_artifacts(run_id, sweep_path, folder)
+        tracking.log_artifacts(run_id, out / f"{framework}_nfe.png", folder)
     return path
+
+
+def _quality(params: Params, sample_dir: Path, kind: str) -> dict:
+    """The samples' figures against the reference split, with floors from train subsets."""
+    split = params.evaluate.split
+    if kind != "vector":
+        return image_metrics(params, sample_dir)
+    samples, _ = shards.load_split(sample_dir / "shards", "samples")
+    reference, _ = shards.load_split(params.data.out_dir, split)
+    train, _ = shards.load_split(params.data.out_dir, "train")
+    result = vector_metrics(samples, reference, train, params, params.data.source)
+    result.update(reference_split=split, floor_split=f"train subsets vs {split}", feature_extractor_split=None)
+    return result
 
 
 @measured("evaluate")
 def evaluate(params: Params, framework: str) -> dict:
-    """Compute every metric (and the quality-against-NFE sweep) first, then write
-    metrics/<framework>.json and log to the framework's MLflow run: bad input changes nothing."""
+    """Compute every metric (and the quality-against-NFE sweep) against evaluate.split first,
+    then write metrics/<framework>.json (metrics/val/ for val) and log to the framework's MLflow
+    run: bad input changes nothing."""
     sample_dir = Path(params.sample.out_dir) / framework
     tracking.load_run_id(Path(params.train.out_dir) / framework)  # names the file if train never ran
     sampling = json.loads((sample_dir / "sampling.json").read_text())
     data = _check_samples(sample_dir, params)
-    if data["kind"] == "vector":
-        samples, _ = shards.load_split(sample_dir / "shards", "samples")
-        test, _ = shards.load_split(params.data.out_dir, "test")
-        train, _ = shards.load_split(params.data.out_dir, "train")
-        result = vector_metrics(samples, test, train, params, params.data.source)
-    else:
-        result = image_metrics(params, sample_dir)
+    _check_extractor(params)
+    result = _quality(params, sample_dir, data["kind"])
     recipe = _recipe(params, framework)
     result.update(framework=framework, recipe=recipe, sampler=sampling["sampler"], nfe=sampling["nfe"],
                   seed=sampling["seed"], dataset=params.data.source)
-    result.update(nll_metrics(params, framework, shards.load_split(params.data.out_dir, "test")[0]))
+    reference, _ = shards.load_split(params.data.out_dir, params.evaluate.split)
+    result.update(nll_metrics(params, framework, reference))
     sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []
     sweep = with_sweep_floors(params, sweep, result, recipe)
     _save_and_log(params, framework, result, sweep)
-    print(f"evaluate {framework}: " + ", ".join(
+    print(f"evaluate {framework} against {params.evaluate.split}: " + ", ".join(
         f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
     return result

@@ -26,12 +26,13 @@ from flows.stages import plots  # noqa: E402
 
 
 class _Quality:
-    """The sweep's quality metric against the test split (loaded once): FD in the in-domain
-    classifier's features for labelled images, else sliced Wasserstein-2 (of flattened pixels
-    for unlabelled images)."""
+    """The sweep's quality metric against the reference split, evaluate.split (loaded once):
+    FD in the in-domain classifier's features for labelled images, else sliced Wasserstein-2
+    (of flattened pixels for unlabelled images)."""
 
     def __init__(self, params: Params):
-        self.test, _ = shards.load_split(params.data.out_dir, "test")
+        self.split = params.evaluate.split
+        self.test, _ = shards.load_split(params.data.out_dir, self.split)
         self.params, self.classifier, self.extractor_sha256 = params, None, None
         summary = Path(params.classifier.out_dir) / "classifier_metrics.json"
         if self.test.ndim == 4 and summary.is_file() and json.loads(summary.read_text()).get("applicable"):
@@ -77,7 +78,7 @@ def nfe_sweep(params: Params, framework: str) -> list[dict]:
         metric, value = quality(x)
         records.append({"sampler": settings["name"], "steps": settings.get("steps", settings.get("steps_per_sigma")), "settings": settings,
                         "nfe": nfe, "metric": metric, "value": value, "num_samples": len(x),
-                        "seed": params.sample.seed, "reference_split": "test",
+                        "seed": params.sample.seed, "reference_split": quality.split,
                         "num_reference": len(quality.test),
                         "feature_extractor_sha256": quality.extractor_sha256})
     shutil.rmtree(_scratch(params, framework))
