@@ -293,3 +293,37 @@ def test_evaluate_split_is_a_checked_param():
     assert evaluate.metrics_dir(params) == Path("metrics")
     with pytest.raises(ConfigError, match="evaluate.split: must be one of"):
         evaluate.with_split(params, "train")
+
+
+@pytest.mark.slow  # the evaluate stage twice (SWD, MMD and the NLL of 16 points; no Ray: no sweep)
+def test_vectors_evaluate_against_val_too(tmp_path):
+    """Toys: the figures, their floors and the NLL read val, into metrics/val/."""
+    import torch
+
+    from diffusion_core.data import atomic
+    from diffusion_core.frameworks import DiffusionModel
+    from diffusion_core.noise import PerSampleNoise
+    from flows.stages import data as stages
+    from flows.stages import evaluate
+    from flows.stages.train import model_config
+    from flows.tracking import runs as tracking
+
+    values = tiny_params(data={"toy_val_size": 300}, evaluate={"nfe_sweep": []}, vector={"nll_points": 16})
+    with in_workspace(tmp_path), contextlib.redirect_stdout(io.StringIO()):
+        params = parse_params(values)
+        stages.prepare(params)
+        torch.manual_seed(0)
+        model = DiffusionModel(model_config(params, "ddpm", {"kind": "vector", "shape": [2]}))
+        model.save(tmp_path / "models/ddpm")
+        tracking.save_run_id(tmp_path / "models/ddpm", tracking.start_run("toy-checkerboard", "ddpm", {}, {}),
+                             "toy-checkerboard")
+        x, nfe = model.sample(500, (2,), params.ddpm.sampler, PerSampleNoise(range(500)))
+        shards.write_shards(tmp_path / "samples/ddpm/shards", {"samples": (x.numpy(), None)}, 250, {})
+        atomic.write_json(tmp_path / "samples/ddpm/sampling.json", {"sampler": "ddim", "nfe": nfe, "seed": 1})
+        test = evaluate.evaluate(params, "ddpm")
+        val = evaluate.evaluate(evaluate.with_split(params, "val"), "ddpm")
+    assert (test["reference_split"], test["num_reference"]) == ("test", 500)
+    assert (val["reference_split"], val["num_reference"]) == ("val", 300)  # tiny's toy_test_size is 500
+    assert val["floor_split"] == "train subsets vs val" and val["feature_extractor_split"] is None
+    assert json.loads((tmp_path / "metrics/val/ddpm.json").read_text())["swd"] == val["swd"]
+    assert json.loads((tmp_path / "metrics/ddpm.json").read_text())["swd"] == test["swd"] != val["swd"]
