@@ -202,7 +202,7 @@ def test_cli_train_with_exact_on_65_dims_exits_2_before_any_run(tmp_path, monkey
     monkeypatch.setattr("flows.stages.train.fit", lambda *a, **k: pytest.fail("training started"))
     np.savez(tmp_path / "wide.npz", x=np.random.default_rng(0).uniform(-1, 1, (600, 65)))
     data = tiny_params(source=f"npz:{tmp_path / 'wide.npz'}", ncsn={"objective": "exact"},
-                       train={"frameworks": ["ncsn"]}, data={"test_size": 100})
+                       train={"frameworks": ["ncsn"]}, data={"test_size": 100, "val_size": 100})
     path = write_params(tmp_path, data)
     assert main(["prepare", "--params", str(path)]) == 0
     assert main(["train", "--framework", "ncsn", "--params", str(path)]) == 2
