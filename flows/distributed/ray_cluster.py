@@ -59,10 +59,15 @@ def connect() -> None:
     if not address:
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
-    elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        # Ray sends its token only in token mode, which it infers for no explicit address
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
+
+    token_given = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if address and token_given and "RAY_AUTH_MODE" not in os.environ:
+        # Ray sends its token only in token mode, which it infers only without an explicit
+        # address; this sets RAY_AUTH_MODE=token and re-reads Ray's config (read at import)
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
 
     if ray.is_initialized():
         return
