@@ -11,16 +11,29 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from diffusion_core.evaluation import fidelity
-from diffusion_core.evaluation.fd_estimators import ratio_sem
 from diffusion_core.evaluation.metrics import FeatureStats
 from flows.config.params import parse_params
 from flows.stages import compare
-from flows.tracking import registry
+from flows.tracking import figures, registry
 from flows.tracking import runs as tracking
 from tests.tiny import tiny_params
 
 SHA = "ab" * 32
-MEASURED = {"feature_extractor_sha256": SHA, "reference_split": "test", "num_reference": 500, "num_samples": 2000}
+MEASURED = {"feature_extractor_sha256": SHA, "reference_split": "test", "num_reference": 500, "num_samples": 2000,
+            "bootstrap_seed": 0, "bootstrap_replicates": 400}
+FLOOR = 2.0
+
+
+def _headline(ratio: float, se: float, seed: int) -> dict:
+    """An image record's headline as evaluate writes it: FD/floor with paired bootstrap
+    replicates whose floor draws are shared (as for runs measured alike) and whose figure
+    draws give the ratio a standard error of about ``se``."""
+    floors = FLOOR + np.random.default_rng(0).normal(0, 0.01, 400)
+    reps = np.column_stack([ratio * FLOOR + np.random.default_rng(seed).normal(0, se * FLOOR, 400), floors])
+    interval = {"low": ratio - 1.96 * se, "high": ratio + 1.96 * se}
+    return {"fd_at_n": ratio * FLOOR, "fd_floor": FLOOR, "fd_ratio": ratio, "fd_ratio_sem": se,
+            "fd_ratio_low": interval["low"], "fd_ratio_high": interval["high"], "fd_within_floor": interval["low"] <= 1,
+            "fd_replicates": reps.tolist(), "interval_level": 0.95}
 
 
 def _gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -59,14 +72,6 @@ def test_floor_functions_name_bad_input():
         fidelity.kid_with_floor(_gaussian(50, 8, 0), _gaussian(50, 8, 1), _gaussian(50, 3, 2))
     with pytest.raises(ValueError, match="draws must be >= 1"):
         fidelity.precision_recall_with_floor(_gaussian(50, 2, 0), _gaussian(50, 2, 1), _gaussian(50, 2, 2), draws=0)
-    with pytest.raises(ValueError, match="floor_draws must be a non-empty list"):
-        ratio_sem(0.1, [])
-
-
-def test_ratio_sem_is_the_figures_error_over_the_floor():
-    assert ratio_sem(0.2, [1.0, 3.0]) == pytest.approx(0.1)
-    assert ratio_sem(None, [1.0, 3.0]) == pytest.approx(np.std([1.0, 3.0], ddof=1) / 2.0)
-    assert ratio_sem(None, [2.0]) is None
 
 
 def _features(x: np.ndarray) -> SimpleNamespace:
@@ -77,10 +82,15 @@ def test_image_figures_carry_their_floors_and_the_sweep_points_their_ratio():
     from flows.stages import evaluate, image_eval
 
     test, train, fake = (_features(_gaussian(n, 6, s)) for n, s in ((200, 1), (1000, 2), (800, 3)))
-    out = image_eval._fidelity_block(fake, test, train, seed=0, pr_k=3)
-    for key in ("fd_ratio", "fd_ratio_sem", "kid_floor", "precision_floor", "recall_floor"):
+    out = image_eval._fidelity_block(fake, test, train, seed=0, pr_k=3, replicates=40)
+    for key in ("fd_ratio", "fd_ratio_sem", "fd_ratio_low", "fd_ratio_high", "kid_floor", "precision_floor",
+                "recall_floor"):
         assert np.isfinite(out[key]), key
-    assert out["fd_within_floor"] and out["kid_within_floor"]
+    assert out["fd_ratio_low"] < out["fd_ratio"] < out["fd_ratio_high"]
+    assert len(out["fd_replicates"]) == out["bootstrap_replicates"] == 40
+    assert out["fd_within_floor"] and out["kid_within_floor"]  # samples of the data's own law
+    shifted = image_eval._fidelity_block(_features(_gaussian(800, 6, 4, shift=1.0)), test, train, 0, 3, 40)
+    assert not shifted["fd_within_floor"] and shifted["fd_ratio_low"] > 1
     floors = image_eval.fd_floors_at(train, test, [50, 5000], seed=0)
     assert set(floors) == {"50"}  # 5000 is more than the train features hold
     sweep = [{"metric": "fd", "value": 2 * floors["50"], "num_samples": 50}]
@@ -94,8 +104,9 @@ def test_vector_figures_carry_the_swd_ratio_error_and_how_they_were_measured():
     params = parse_params(tiny_params("toy:gmm8"))
     out = vector_metrics(_gaussian(300, 2, 1), _gaussian(300, 2, 2), _gaussian(2000, 2, 3), params, "toy:gmm8")
     assert out["swd_ratio_sem"] > 0 and out["num_reference"] == out["num_samples"] == 300
-    figure = registry.headline(out)
+    figure = figures.headline(out)
     assert figure["metric"] == "swd_ratio" and figure["se"] == out["swd_ratio_sem"]
+    assert figure["low"] < figure["value"] < figure["high"] and figures.ranked(figure)
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -127,13 +138,13 @@ def test_experiments_are_tagged_as_model_training(store):
 def _register(store, dataset: str, key: str, value: float, se: float, **measured) -> tuple[str, int]:
     """A registry version as `register` tags it, without a model behind it."""
     root, client = store
-    metrics = {**MEASURED, **measured, "fd_ratio": value, "fd_ratio_sem": se, "sampler": "ddim", "nfe": 10}
+    metrics = {**MEASURED, **measured, **_headline(value, se, seed=int(value * 1000)), "sampler": "ddim", "nfe": 10}
     name = f"{dataset}-{key}"
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
-    tags = registry.version_tags(registry.headline(metrics), metrics, root / "no-model", key)
+    tags = registry.version_tags(figures.headline(metrics), metrics, root / "no-model", key)
     return name, int(client.create_model_version(name, str(root / "source"), tags=tags).version)
 
 
@@ -169,14 +180,14 @@ def test_versions_measured_differently_are_not_ranked_and_are_reported(store):
 
 
 def test_reasons_name_what_differs():
-    a = registry.measurement_tags({**MEASURED, "fd_ratio": 1.0})
-    b = registry.measurement_tags({**MEASURED, "fd_ratio": 1.0, "feature_extractor_sha256": "cd" * 32,
-                                   "num_reference": 1000})
-    assert registry.not_comparable(a, a) is None
-    assert registry.not_comparable(b, a) == ("measured with another feature extractor cdcdcdcdcdcd vs "
-                                             "abababababab, reference size 1000 vs 500")
-    raw = registry.measurement_tags({**MEASURED, "fd": 3.0})
-    assert registry.not_comparable(raw, a) == "another figure (fd vs fd_ratio)"
+    a = figures.measurement_tags({**MEASURED, "fd_ratio": 1.0})
+    b = figures.measurement_tags({**MEASURED, "fd_ratio": 1.0, "feature_extractor_sha256": "cd" * 32,
+                                  "num_reference": 1000, "bootstrap_seed": 3})
+    assert figures.not_comparable(a, a) is None
+    assert figures.not_comparable(b, a) == ("measured with another feature extractor cdcdcdcdcdcd vs "
+                                            "abababababab, reference size 1000 vs 500, bootstrap seed 3 vs 0")
+    raw = figures.measurement_tags({**MEASURED, "fd": 3.0})
+    assert figures.not_comparable(raw, a) == "another figure (fd vs fd_ratio)"
 
 
 # --------------------------------------------------------------------------- the report
@@ -184,10 +195,8 @@ def test_reasons_name_what_differs():
 
 def _write_run(root, key: str, ratio: float, se: float, steps=(1200, 1200), stopped_by="steps", **metrics):
     """A run's files as train, sample and evaluate leave them."""
-    framework, _, recipe = key.partition("-")
-    floor = 2.0
-    record = {**MEASURED, "fd_at_n": ratio * floor, "fd_floor": floor, "fd_floor_max": 2.4, "fd_n": 500,
-              "fd_ratio": ratio, "fd_ratio_sem": se, "fd_within_floor": ratio * floor <= 2.4,
+    framework, _, recipe = key.split(".")[0].partition("-")
+    record = {**MEASURED, **_headline(ratio, se, seed=len(key) * 7 + int(ratio * 100)), "fd_n": 500,
               "kid": 0.001, "kid_floor": 0.0012, "kid_within_floor": True, "precision": 0.7,
               "precision_floor": 0.75, "recall": 0.6, "recall_floor": 0.74, "sampler": "ddim", "nfe": 50,
               "seed": 1, "recipe": recipe or "custom", "nll": 1.234, "nll_sem": 0.012, "nll_unit": "bits/dim",
@@ -216,17 +225,19 @@ def test_the_report_opens_with_one_line_per_run_and_a_verdict(tmp_path, monkeypa
                             "num_samples": 200, "floor": 6.0, "ratio": 1.5}]}
     text = compare.markdown("digits", rows, sweep, "models:/digits-sde-paper@champion")
     lines = text.splitlines()
-    assert lines[2].startswith("| run | framework | recipe | steps trained | sampler (NFE) | headline")
-    assert lines[4] == ("| ddpm-paper | ddpm | paper | 1200 | ddim (50) | FD/floor 1.8 ± 0.05 | "
-                        "FD 3.6 vs floor 2 (n=500) | 1.234 ± 0.012 bits/dim |")
+    assert lines[2].startswith("| run | framework | recipe | steps trained | sampler (NFE) | headline [95% interval]")
+    assert lines[4] == ("| ddpm-paper | ddpm | paper | 1200 | ddim (50) | FD/floor 1.80 [1.70, 1.90] | "
+                        "FD 3.6 vs floor 2 (n=500) | 1.234 [1.21, 1.258] bits/dim |")
     assert lines[6] == ("| ddpm-edm | ddpm | edm | 700 of 1200 (stopped by time cap) | ddim (50) | "
-                        "FD/floor 1.52 ± 0.07 | FD 3.04 vs floor 2 (n=500) | 1.234 ± 0.012 bits/dim |")
-    assert "| ncsn | ncsn | custom | 1200 | ddim (50) | FD/floor 0.9 ± 0.05 (within floor) |" in lines[7]
+                        "FD/floor 1.52 [1.38, 1.66] | FD 3.04 vs floor 2 (n=500) | 1.234 [1.21, 1.258] bits/dim |")
+    assert "| ncsn | ncsn | custom | 1200 | ddim (50) | FD/floor 0.90 [0.80, 1.00] (within floor) |" in lines[7]
     verdict = compare.verdict(rows)
     assert lines[9] == f"**Verdict:** {verdict}"
-    assert verdict == ("sde-paper and ddpm-edm differ by less than their error (0.03 ± 0.09 FD/floor); "
-                       "sde-paper beats ddpm-paper by 0.31 ± 0.08 FD/floor; ncsn not ranked against ddpm-paper: "
-                       "measured with another sample count 500 vs 2000.")
+    assert verdict == ("Trained models, at 95% family-wise confidence (Bonferroni over 3 pairs; bootstrap over samples, "
+                       "reference and floor): sde-paper beats ddpm-paper by 0.31 [0.11, 0.51] FD/floor; ddpm-edm beats "
+                       "ddpm-paper by 0.28 [0.07, 0.49] FD/floor; not separated: sde-paper and ddpm-edm "
+                       "(0.03 [-0.20, 0.26]). One training seed per run: this compares these trained models, not their "
+                       "recipes. ncsn not ranked against ddpm-paper: measured with another sample count 500 vs 2000.")
     assert lines[11] == "Champion (registry alias): `models:/digits-sde-paper@champion`"
     assert text.index("## Every metric") > text.index("**Verdict:**")
     assert "| 0.001 (within floor) | 0.0012 |" in text  # KID beside its floor
@@ -237,6 +248,48 @@ def test_a_report_of_one_run_says_there_is_nothing_to_rank(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     _write_run(tmp_path, "ddpm", 1.2, 0.1)
     row = compare.run_row(parse_params(tiny_params("digits")), "ddpm")
-    assert compare.verdict([row]) == "Fewer than two runs have a headline figure: nothing to rank."
+    assert compare.verdict([row]).startswith("Fewer than two runs have a headline figure with an interval: nothing to rank.")
     with pytest.raises(FileNotFoundError, match="sde.json is missing: run the evaluate stage first"):
         compare.run_row(parse_params(tiny_params("digits")), "sde")
+
+
+def test_recipes_are_compared_only_from_three_seeds_and_with_the_between_seed_spread(tmp_path, monkeypatch):
+    """ddpm-edm at three seeds is better than ddpm-paper at three by more than the seeds
+    spread; ncsn at two seeds gets a mean but no claim; the seed means carry t intervals."""
+    monkeypatch.chdir(tmp_path)
+    runs = {"ddpm-paper": (2.9, 3.1, 3.0), "ddpm-edm": (2.0, 2.2, 2.1), "ncsn": (1.5, 2.6)}
+    keys = [f"{key}.s{i}" for key, values in runs.items() for i in range(len(values))]
+    for key, values in runs.items():
+        for i, value in enumerate(values):
+            _write_run(tmp_path, f"{key}.s{i}", value, 0.05)
+    rows = [compare.run_row(parse_params(tiny_params("digits")), k) for k in keys]
+    text = compare.verdict(rows)
+    assert "Trained models" not in text  # with seeds, the keys speak
+    assert ("Recipes over training seeds, at 95% family-wise confidence (Welch's interval on the seed means, "
+            "Bonferroni over 1 pairs): ddpm-edm beats ddpm-paper by 0.90 [") in text
+    assert "Fewer than 3 training seeds, no claim about the recipe: ncsn." in text
+    means = compare.key_means(rows)
+    assert means["ddpm-edm"]["seeds"] == 3 and means["ddpm-edm"]["estimate"] == pytest.approx(2.1)
+    assert means["ncsn"]["high"] - means["ncsn"]["low"] > 10  # two seeds far apart: t with 1 df
+    table = "\n".join(compare.markdown("digits", rows, {}, None).splitlines())
+    assert "| ddpm-edm | 3 | 2.10 [" in table and "ddpm-edm.s1: 2.20" in table
+
+
+def test_a_figure_without_an_interval_is_listed_never_ranked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path, "ddpm", 1.2, 0.1)
+    _write_run(tmp_path, "sde", 3.0, 0.1, fd_replicates=None)
+    rows = [compare.run_row(parse_params(tiny_params("digits")), k) for k in ("ddpm", "sde")]
+    text = compare.verdict(rows)
+    assert text.startswith("Fewer than two runs have a headline figure with an interval")
+    assert "sde listed, not ranked: no interval" in text
+
+
+def test_a_version_without_an_interval_never_takes_champion(store):
+    old = _register(store, "old", "ddpm", 1.50, 0.05)
+    store[1].set_model_version_tag(old[0], old[1], "primary_replicates", "")  # as before intervals
+    assert registry.update_champion("old", old)["name"] is None
+    new = _register(store, "old", "sde", 1.9, 0.05)
+    assert registry.update_champion("old", new)["name"] == "old-sde"  # the only rankable one
+    reasons = {(v["name"], v["version"]): v["reason"] for v in registry.ranking("old", new)["not_ranked"]}
+    assert reasons[old].startswith("no interval")

@@ -3,12 +3,10 @@
 FD is biased upwards by the finite sample, by an amount that shrinks with the sample size, so a
 model's FD is only comparable with a floor measured at the same size: the FD between real
 training subsets and the held-out set. These take features (N, D) and return lists of
-subset FDs or a standard error; pure numpy. ``ratio_sem`` gives the standard error of any
-figure over its floor (FD/floor, SWD/floor), the headline that ranks models.
+subset FDs or a standard error; pure numpy. The headline's interval (FD/floor with its
+floor) is ``intervals``'s.
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 
@@ -38,23 +36,3 @@ def fd_chunks_sem(fake_features: np.ndarray, test_features: np.ndarray, n: int) 
     chunks = [frechet_distance_from_features(fake_features[i:i + n], test_features)
               for i in range(0, len(fake_features) - n + 1, n)]
     return float(np.std(chunks, ddof=1) / len(chunks) ** 0.5) if len(chunks) > 1 else None
-
-
-def ratio_sem(figure_sem: float | None, floor_draws: Sequence[float]) -> float | None:
-    """Standard error of figure / floor, the floor being the mean of ``floor_draws``.
-
-    Figures that are ranked against each other were measured the same way, so they share
-    their floor (same real sets, size and seed): only the figure's own error separates them,
-    and it is divided by the floor. That error is ``figure_sem`` when the figure averages
-    independent chunks; without one (a single draw of n samples, as SWD or an FD whose
-    samples hold one chunk), the spread of the floor's draws, which is the spread of one draw
-    of n real examples. None when neither exists or the floor is not positive."""
-    draws = np.asarray(floor_draws, dtype=np.float64).ravel()
-    if draws.size == 0 or not np.isfinite(draws).all():
-        raise ValueError(f"floor_draws must be a non-empty list of finite values, got {floor_draws!r}")
-    floor = float(draws.mean())
-    if figure_sem is None:
-        figure_sem = float(draws.std(ddof=1)) if draws.size > 1 else None
-    if figure_sem is None or floor <= 0:
-        return None
-    return float(figure_sem) / floor

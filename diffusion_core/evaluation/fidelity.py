@@ -22,6 +22,8 @@ from diffusion_core.evaluation.metrics import (
     sq_dists,
 )
 
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+
 __all__ = [
     "merge_stats",
     "frechet_distance_from_stats",
@@ -91,7 +93,9 @@ def kernel_inception_distance(real, fake, subsets: int = 100, subset_size: int =
     (xᵀy/d + 1)³, averaged over ``subsets`` random subsets of ``subset_size`` from each set
     (drawn without replacement, seeded; one subset when both sets are that small). Returns
     ``kid`` (mean), ``kid_std`` and the sizes. Being unbiased, it is negative about half the
-    time for equal distributions: read it beside ``kid_with_floor``'s floor."""
+    time for equal distributions: read it beside ``kid_with_floor``'s floor, whose ``kid_low``
+    and ``kid_high`` are kid ± 1.96·kid_std: the spread of one subset's estimate bounds that of
+    their mean, so the interval is conservative."""
     real, fake = as_samples(real, "real"), as_samples(fake, "fake")
     same_dim(real, fake, "real", "fake")
     subsets, m = _kid_sizes(subsets, subset_size, real, fake)
@@ -115,7 +119,8 @@ def kid_with_floor(real, fake, train, subsets: int = 100, subset_size: int = 100
     out = kernel_inception_distance(real, fake, subsets, m, seed)
     floors = _kid_values(real, train, _kid_sizes(subsets, m, real, train)[0], m, seed + 1)
     out.update(kid_floor=float(np.mean(floors)), kid_floor_std=float(np.std(floors)),
-               kid_floor_max=float(np.max(floors)), kid_floor_subsets=len(floors))
+               kid_floor_max=float(np.max(floors)), kid_floor_subsets=len(floors),
+               kid_low=out["kid"] - Z95 * out["kid_std"], kid_high=out["kid"] + Z95 * out["kid_std"])
     out["kid_within_floor"] = bool(out["kid"] <= out["kid_floor_max"])
     return out
 
@@ -194,7 +199,9 @@ def precision_recall_with_floor(real, fake, train, k: int = 3, draws: int = 4, s
     ``draws`` seeded m-subsets of ``fake`` give the figures (their mean and spread); as many
     m-subsets of real ``train`` give the floor, what a model that samples the data exactly
     scores (below 1: k-NN manifolds of finite sets miss part of each other). A figure is
-    ``within floor`` when it is not below the lowest floor draw.
+    ``within floor`` when it is not below the lowest floor draw. ``<name>_low``/``_high`` are
+    the mean ± 1.96 times the spread of one draw (conservative for their mean; the reference
+    subset is held fixed).
     """
     real, fake, train = (as_samples(x, name) for x, name in ((real, "real"), (fake, "fake"), (train, "train")))
     same_dim(real, fake, "real", "fake")
@@ -211,6 +218,7 @@ def precision_recall_with_floor(real, fake, train, k: int = 3, draws: int = 4, s
     for i, name in enumerate(("precision", "recall")):
         out.update({name: float(figure[:, i].mean()), f"{name}_std": float(figure[:, i].std()),
                     f"{name}_floor": float(floor[:, i].mean()), f"{name}_floor_min": float(floor[:, i].min())})
+        out[f"{name}_low"], out[f"{name}_high"] = out[name] - Z95 * out[f"{name}_std"], out[name] + Z95 * out[f"{name}_std"]
         out[f"{name}_within_floor"] = bool(out[name] >= out[f"{name}_floor_min"])
     return out
 

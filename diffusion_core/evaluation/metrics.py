@@ -15,6 +15,7 @@ from scipy import linalg
 
 __all__ = [
     "sliced_wasserstein",
+    "sliced_wasserstein_against",
     "mmd_rbf",
     "median_bandwidth",
     "subset_statistics",
@@ -81,15 +82,29 @@ def sliced_wasserstein(a, b, n_projections: int = 256, seed: int = 0) -> float:
     ``n_projections`` seeded random directions. Each 1-D W₂² is exact between the two
     empirical distributions (sorted quantiles; unequal sizes use the merged quantile grid).
     """
-    a, b = as_samples(a, "a", 1), as_samples(b, "b", 1)
-    same_dim(a, b, "a", "b")
+    a = as_samples(a, "a", 1)
+    return sliced_wasserstein_against(b, n_projections, seed)(a)
+
+
+def sliced_wasserstein_against(reference, n_projections: int = 256, seed: int = 0):
+    """``sliced_wasserstein(·, reference)`` as a function of the first set, with the
+    reference's directions drawn and its projections taken once (bootstrap replicates call it
+    on many sets against one reference)."""
+    b = as_samples(reference, "b", 1)
     if int(n_projections) < 1:
         raise ValueError(f"n_projections must be >= 1, got {n_projections}")
     rng = np.random.default_rng(seed)
-    dirs = rng.standard_normal((a.shape[1], int(n_projections)))
+    dirs = rng.standard_normal((b.shape[1], int(n_projections)))
     dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-    w2 = _w2_squared_1d(a @ dirs, b @ dirs)
-    return float(np.sqrt(max(float(np.mean(w2)), 0.0)))
+    projected = b @ dirs
+
+    def swd(a) -> float:
+        a = as_samples(a, "a", 1)
+        same_dim(a, b, "a", "b")
+        w2 = _w2_squared_1d(a @ dirs, projected)
+        return float(np.sqrt(max(float(np.mean(w2)), 0.0)))
+
+    return swd
 
 
 # --------------------------------------------------------------------------- MMD

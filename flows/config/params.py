@@ -236,8 +236,10 @@ class EvaluateParams:
     nfe_sweep_samples: int = 500
     out_dir: str = "metrics"
     split: str = "test"  # the reference: test (the report's, metrics/<run>.json) | val (tuning, metrics/val/)
+    bootstrap: int = 200  # replicates behind each headline's interval (samples, reference and floor redrawn)
 
     def check(self, name: str) -> None:
+        require(self.bootstrap >= 20, f"{name}.bootstrap", f"needs at least 20 replicates, got {self.bootstrap}")
         require_positive(self, name, "swd_projections", "num_workers", "cpus_per_worker", "max_pairwise",
                          "pr_k", "nfe_sweep_samples")
         require(self.split in REFERENCE_SPLITS, f"{name}.split",

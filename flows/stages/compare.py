@@ -1,18 +1,19 @@
-"""The comparison of a data set's runs (run keys: a framework, or framework-recipe).
+"""The comparison of a data set's runs (run keys: a framework, or framework-recipe, optionally
+at a training seed).
 
 ``reports/compare.md`` reads at a glance: first one line per run (framework, recipe, steps
-trained, sampler and NFE, the headline figure over its floor with its standard error, the raw
-figure beside its floor, NLL), then a verdict naming the differences larger than their errors
-and the runs not ranked against each other (measured differently), and the registry's champion
-with the versions it does not rank; then every metric, quality against NFE (each point over
-its floor at its own sample count), and the plots. Written to a report folder, logged to an
+trained, sampler and NFE, the headline figure over its floor with its 95% interval, the raw
+figure beside its floor, NLL with its interval), each key's mean over training seeds where it
+has several, then the verdict (``flows.stages.verdict``: differences whose interval excludes
+zero at 95% family-wise confidence, pairs not separated, runs not ranked and why), and the
+registry's champion with the versions it does not rank; then every metric, quality against NFE
+(each point over its floor at its own sample count), and the plots. Written to a report folder, logged to an
 MLflow run ``compare`` of the data set's experiment, and returned as markdown for a Prefect
 artifact.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -25,18 +26,20 @@ from diffusion_core.data.atomic import write_json, write_text  # noqa: E402
 from flows.config.params import Params  # noqa: E402
 from flows.config.recipes import split_run  # noqa: E402
 from flows.stages import plots  # noqa: E402
-from flows.tracking import registry  # noqa: E402
+from flows.stages.verdict import figure_of, key_table, key_pairs, key_means, model_pairs, verdict  # noqa: E402
+from flows.tracking import figures, registry  # noqa: E402
 from flows.tracking import runs as tracking  # noqa: E402
 from flows.tracking.costs import read_costs  # noqa: E402
 
 # the wide table, in this order; a column shows when some run has it
-COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fd_ratio_sem", "fid", "kid", "kid_floor", "precision",
+COLUMNS = ("fd_at_n", "fd_floor", "fd_ratio", "fid", "kid", "kid_floor", "precision",
            "precision_floor", "recall", "recall_floor", "class_coverage", "swd", "swd_floor", "swd_ratio",
-           "swd_ratio_sem", "mmd", "mmd_floor", "off_support", "nn_ratio", "nll", "nll_sem", "vlb_total")
+           "mmd", "mmd_floor", "off_support", "nn_ratio", "nll", "nll_sem", "vlb_total")
+NLL_Z = 1.959963984540054  # the NLL's 95% interval: its mean over many held-out points is near normal
 # a figure and the flag saying it is within its floor
 WITHIN = {"fd_at_n": "fd_within_floor", "fd_ratio": "fd_within_floor", "kid": "kid_within_floor",
           "precision": "precision_within_floor", "recall": "recall_within_floor",
-          "swd": "swd_within_floor_range", "swd_ratio": "swd_within_floor_range"}
+          "swd": "swd_within_floor", "swd_ratio": "swd_within_floor"}
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -60,16 +63,18 @@ def run_row(params: Params, key: str) -> dict:
     train = _read_json(model_dir / "train_summary.json", "the train stage")
     sampling = _read_json(Path(params.sample.out_dir) / key / "sampling.json", "the sample stage")
     config = json.loads((model_dir / "model.json").read_text()) if (model_dir / "model.json").is_file() else {}
-    figure = registry.headline(metrics) or {}
+    figure = figures.headline(metrics) or {}
     row = {"framework": key, "base_framework": config.get("framework", split_run(key)[0]),
            "recipe": metrics.get("recipe") or config.get("recipe", "custom"),
            "sampler": metrics.get("sampler"), "nfe": metrics.get("nfe"),
            "train_seconds": train.get("train_seconds"), "train_steps": train.get("steps"),
            "planned_steps": train.get("planned_steps"), "stopped_by": train.get("stopped_by", "steps"),
            "sample_samples_per_s": sampling.get("samples_per_s"), "num_samples": metrics.get("num_samples"),
-           "nll_unit": metrics.get("nll_unit"), "measured": registry.measurement_tags(metrics),
+           "nll_unit": metrics.get("nll_unit"), "measured": figures.measurement_tags(metrics),
            **{f"headline_{k}": v for k, v in figure.items()}}
     row.update({k: metrics[k] for k in COLUMNS if _number(metrics.get(k))})
+    row.update({f"{k}_{end}": metrics[f"{k}_{end}"] for k in COLUMNS for end in ("low", "high")
+                if _number(metrics.get(f"{k}_{end}"))})
     row.update({flag: metrics[flag] for flag in set(WITHIN.values()) if isinstance(metrics.get(flag), bool)})
     if _number(metrics.get("fd_n")):
         row["fd_n"] = metrics["fd_n"]
@@ -90,11 +95,6 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
-def _num(x: float) -> str:
-    """A difference or an error: two decimals, or two significant digits when smaller."""
-    return f"{x:.2f}" if abs(x) >= 0.05 else f"{x:.2g}"
-
-
 def _steps_cell(row: dict) -> str:
     steps, planned = row.get("train_steps"), row.get("planned_steps")
     text = _cell(steps) if planned in (None, steps) else f"{_cell(steps)} of {planned}"
@@ -104,7 +104,7 @@ def _steps_cell(row: dict) -> str:
 def _headline_cell(row: dict) -> str:
     if row.get("headline_value") is None:
         return "-"
-    return registry.headline_text({k: row.get(f"headline_{k}") for k in ("label", "value", "se", "within_floor")})
+    return figures.headline_text(figure_of(row))
 
 
 def _floor_cell(row: dict) -> str:
@@ -117,16 +117,18 @@ def _floor_cell(row: dict) -> str:
 
 
 def _nll_cell(row: dict) -> str:
+    """NLL with its 95% interval (mean ± 1.96 standard errors over the held-out points)."""
     if row.get("nll") is None:
         return "-"
-    se = f" ± {row['nll_sem']:.2g}" if row.get("nll_sem") is not None else ""
-    return f"{row['nll']:.4g}{se} {row.get('nll_unit') or ''}".rstrip()
+    half = NLL_Z * row["nll_sem"] if row.get("nll_sem") is not None else None
+    bounds = f" [{row['nll'] - half:.4g}, {row['nll'] + half:.4g}]" if half is not None else ""
+    return f"{row['nll']:.4g}{bounds} {row.get('nll_unit') or ''}".rstrip()
 
 
 def summary_table(rows: list[dict]) -> list[str]:
     """The at-a-glance table: one line per run key."""
-    lines = ["| run | framework | recipe | steps trained | sampler (NFE) | headline ± SE (lower is better) "
-             "| figure vs floor | NLL |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | framework | recipe | steps trained | sampler (NFE) | headline [95% interval] (lower is "
+             "better) | figure vs floor | NLL [95% interval] |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["framework"], _cell(r.get("base_framework")), _cell(r.get("recipe")), _steps_cell(r),
                  f"{_cell(r.get('sampler'))} ({_cell(r.get('nfe'))})", _headline_cell(r), _floor_cell(r),
@@ -135,52 +137,21 @@ def summary_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _comparable_groups(rows: list[dict]) -> list[list[dict]]:
-    """Rows with a headline figure, grouped by how it was measured (first-seen order)."""
-    groups: list[list[dict]] = []
-    for row in (r for r in rows if r.get("headline_value") is not None):
-        home = next((g for g in groups if registry.not_comparable(row["measured"], g[0]["measured"]) is None), None)
-        if home is None:
-            groups.append([row])
-        else:
-            home.append(row)
-    return groups
-
-
-def _group_verdict(group: list[dict]) -> list[str]:
-    """The best run of a group against each other: beats, or differs by less than the error."""
-    ordered = sorted(group, key=lambda r: r["headline_value"])
-    best, parts = ordered[0], []
-    for other in ordered[1:]:
-        diff = other["headline_value"] - best["headline_value"]
-        se = math.hypot(best.get("headline_se") or 0.0, other.get("headline_se") or 0.0)
-        size = f"{_num(diff)} ± {_num(se)} {best['headline_label']}"
-        parts.append(f"{best['framework']} beats {other['framework']} by {size}" if diff > se else
-                     f"{best['framework']} and {other['framework']} differ by less than their error ({size})")
-    return parts
-
-
-def verdict(rows: list[dict]) -> str:
-    """One line: which headline differences are larger than their combined standard error,
-    and which runs are not ranked against each other because they were measured differently."""
-    groups = _comparable_groups(rows)
-    parts = [p for g in groups for p in _group_verdict(g)]
-    for group in groups[1:]:
-        reason = registry.not_comparable(group[0]["measured"], groups[0][0]["measured"])
-        names = ", ".join(r["framework"] for r in group)
-        parts.append(f"{names} not ranked against {groups[0][0]['framework']}: {reason}")
-    if not parts:
-        return "Fewer than two runs have a headline figure: nothing to rank."
-    return "; ".join(parts) + "."
+def _bounds_cell(row: dict, key: str) -> str:
+    """' [low, high]' where the figure carries its 95% interval."""
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    return "" if low is None or high is None else f" [{low:.4g}, {high:.4g}]"
 
 
 def wide_table(rows: list[dict]) -> list[str]:
-    """Every metric of every run; a figure within its floor says so."""
+    """Every metric of every run, with its 95% interval where it has one; a figure within its
+    floor says so."""
     keys = ["sampler", "nfe"] + [k for k in COLUMNS if any(k in r for r in rows)] + [
         "train_steps", "stopped_by", "train_seconds", "train_samples_per_s", "sample_samples_per_s", "num_samples"]
     lines = ["| framework | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r in rows:
-        cells = [_cell(r.get(k)) + (" (within floor)" if r.get(WITHIN.get(k, "")) is True else "") for k in keys]
+        cells = [_cell(r.get(k)) + _bounds_cell(r, k) + (" (within floor)" if r.get(WITHIN.get(k, "")) is True else "")
+                 for k in keys]
         lines.append(f"| {r['framework']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -217,7 +188,9 @@ def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, 
              costs=()) -> str:
     """The report: the at-a-glance table, the verdict and the champion, then every metric,
     quality against NFE, what each stage cost, and the figures."""
+    keys = key_table(rows)
     lines = [f"# Framework comparison on `{dataset}`", "", *summary_table(rows), "",
+             *(["Each key over its training seeds:", "", *keys, ""] if keys else []),
              f"**Verdict:** {verdict(rows)}", "", *_registry_lines(champion, not_ranked), "",
              "## Every metric", "", *wide_table(rows)]
     if sweep:
@@ -304,7 +277,8 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     plot_side_by_side(samples, real, out / "samples_side_by_side.png")
     report = markdown(dataset, rows, sweep, champion, not_ranked, costs)
     write_text(out / "compare.md", report)
-    summary = {"dataset": dataset, "rows": rows, "verdict": verdict(rows), "quality_vs_nfe": sweep,
+    summary = {"dataset": dataset, "rows": rows, "verdict": verdict(rows), "model_pairs": model_pairs(rows),
+               "key_means": key_means(rows), "key_pairs": key_pairs(rows), "quality_vs_nfe": sweep,
                "champion": champion, "not_ranked": not_ranked, "stage_costs": costs}
     write_json(out / "compare.json", summary)
     run_id = tracking.start_run(dataset, "compare", {"frameworks": list(keys)},

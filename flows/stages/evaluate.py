@@ -11,15 +11,14 @@ import numpy as np
 
 from diffusion_core.data import shards, toys
 from diffusion_core.data.atomic import write_json
-from diffusion_core.evaluation import metrics
-from diffusion_core.evaluation.fd_estimators import ratio_sem
+from diffusion_core.evaluation import intervals, metrics
 from flows.config.params import Params
 from flows.stages import image_eval, nfe_sweep
 from flows.stages.data import CLASSIFIER_SPLIT, manifest_hash
 from flows.stages.likelihood_eval import nll_metrics
 from flows.tracking import runs as tracking
 from flows.tracking.costs import measured
-from flows.tracking.registry import headline, headline_text, measurement
+from flows.tracking.figures import headline, headline_text, measurement
 
 
 def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8) -> list[float]:
@@ -30,10 +29,12 @@ def _swd_floors(train, test, n: int, projections: int, seed: int, draws: int = 8
 
 
 def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
-    """Sliced W2 and MMD against held-out data, with floors from a train subset of equal size."""
+    """Sliced W2 and MMD against held-out data (``test``: the reference split), with floors
+    from train subsets of equal size; SWD/floor with its bootstrap interval."""
     n = min(len(samples), len(test))
     samples, test = samples[:n], test[:n]
-    proj, seed = params.evaluate.swd_projections, params.evaluate.seed
+    e = params.evaluate
+    proj, seed, split = e.swd_projections, e.seed, e.split
     floors = _swd_floors(train, test, n, proj, seed)
     out = {
         "swd": metrics.sliced_wasserstein(samples, test, proj, seed),
@@ -41,13 +42,13 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
         "swd_floor_max": float(np.max(floors)), "swd_floor_draws": len(floors),
         "mmd": metrics.mmd_rbf(samples, test),
         "mmd_floor": metrics.subset_statistics(metrics.mmd_rbf, train, test, n, 1, seed)[0],
-        "num_samples": n, "num_reference": n, "reference_split": "test",
-        "floor_split": "train subsets vs test", "feature_extractor": "none (raw coordinates)",
+        "num_samples": n, "num_reference": n, "reference_split": split,
+        "floor_split": f"train subsets vs {split}", "feature_extractor": "none (raw coordinates)",
         "feature_extractor_sha256": None,
     }
-    out["swd_ratio"] = out["swd"] / out["swd_floor"]
-    out["swd_ratio_sem"] = ratio_sem(None, floors)  # one draw of n: the floor draws' spread
-    out["swd_within_floor_range"] = out["swd"] <= out["swd_floor_max"]
+    reps = intervals.replicates(lambda ref: metrics.sliced_wasserstein_against(ref, proj, seed), samples, test,
+                                train, n, e.bootstrap, seed)
+    out.update(intervals.headline_record("swd", out["swd"], out["swd_floor"], reps, seed))
     toy = source.split(":", 1)[1] if source.startswith("toy:") else None
     if toy in ("checkerboard", "gmm8"):
         out["off_support"] = toys.off_support_fraction(toy, samples)
@@ -65,7 +66,8 @@ def image_metrics(params: Params, sample_dir: Path) -> dict:
                                      cpus_per_worker=e.cpus_per_worker, seed=e.seed, pr_k=e.pr_k,
                                      inception_weights=e.inception_weights,
                                      floor_sizes=(e.nfe_sweep_samples,) if e.nfe_sweep else (),
-                                     gpus_per_worker=params.ray.gpus_per_actor, reference_split=e.split)
+                                     gpus_per_worker=params.ray.gpus_per_actor, reference_split=e.split,
+                                     replicates=e.bootstrap)
 
 
 def _sweep_floor(params: Params, metric: str, n: int, result: dict) -> float | None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_core.evaluation import fidelity, metrics
-from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws, ratio_sem
+from diffusion_core.evaluation import intervals
+from diffusion_core.evaluation.fd_estimators import fd_draws
 from diffusion_core.features.inception import (
     WEIGHTS_ENV,
     load_inception,
@@ -39,33 +40,32 @@ def _check_samples(samples_dir) -> None:
         raise ValueError(f"{samples_dir}: samples must lie in [-1, 1], found values in [{low:.4g}, {high:.4g}]")
 
 
-PR_DRAWS = 4  # subsets of the samples (and of train, for the floor) behind precision/recall
+PR_DRAWS = 10  # subsets of the samples (and of train, for the floor) behind precision/recall and its spread
 
 
-def _fd_block(fake, test, train, seed: int) -> dict:
+def _fd_block(fake, test, train, seed: int, replicates: int) -> dict:
     """FD of all samples, and of test-sized draws of them beside the floor (mean and range
-    over train draws of that size); their ratio with its standard error (the headline)."""
+    over train draws of that size); their ratio with its bootstrap interval (the headline)."""
     n = min(len(test.kept_features), len(fake.kept_features), len(train.kept_features))
     floors = fd_draws(train.kept_features, test.kept_features, n, seed)
     at_n = fd_draws(fake.kept_features, test.kept_features, n, seed)
     out = {"fd": fidelity.frechet_distance_from_stats(fake.stats, test.stats),
            "fd_at_n": float(np.mean(at_n)), "fd_at_n_draws": len(at_n),
-           "fd_at_n_sem": fd_chunks_sem(fake.kept_features, test.kept_features, n),
            "fd_n": n, "fd_floor": float(np.mean(floors)), "fd_floor_min": float(np.min(floors)),
            "fd_floor_max": float(np.max(floors)), "fd_floor_draws": len(floors),
            "fd_train_resampled": float(np.mean(fd_draws(train.kept_features, test.kept_features,
                                                          n, seed, replace=True)))}
-    out["fd_ratio"] = out["fd_at_n"] / out["fd_floor"]
-    out["fd_ratio_sem"] = ratio_sem(out["fd_at_n_sem"], floors)
-    out["fd_within_floor"] = out["fd_at_n"] <= out["fd_floor_max"]
+    reps = intervals.replicates(intervals.fd_against, fake.kept_features, test.kept_features,
+                                train.kept_features, n, replicates, seed)
+    out.update(intervals.headline_record("fd", out["fd_at_n"], out["fd_floor"], reps, seed))
     out["fd_train_resampled_ratio"] = out["fd_train_resampled"] / out["fd_floor"]
     return out
 
 
-def _fidelity_block(fake, test, train, seed: int, pr_k: int) -> dict:
+def _fidelity_block(fake, test, train, seed: int, pr_k: int, replicates: int) -> dict:
     """FD, KID and precision/recall in one feature space, each beside its floor (the same
     statistic between train subsets and the test split, at the same size)."""
-    out = _fd_block(fake, test, train, seed)
+    out = _fd_block(fake, test, train, seed, replicates)
     out.update(fidelity.kid_with_floor(test.kept_features, fake.kept_features, train.kept_features, seed=seed))
     out.update(fidelity.precision_recall_with_floor(test.kept_features, fake.kept_features, train.kept_features,
                                                     k=pr_k, draws=PR_DRAWS, seed=seed))
@@ -96,7 +96,7 @@ def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: floa
 def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num_workers: int = 2,
                    cpus_per_worker: float = 1.0, seed: int = 0, pr_k: int = 3,
                    inception_weights: str | None = None, floor_sizes=(), gpus_per_worker: float = 0.0,
-                   reference_split: str = "test") -> dict:
+                   reference_split: str = "test", replicates: int = 200) -> dict:
     """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
     the held-out ``reference_split`` (test, or val for tuning), with floors from the ``train``
     split: real images that, like the samples, the classifier never trained on (it trains on
@@ -117,7 +117,7 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
     found = features_of(sources, Extractor("classifier", str(classifier_dir)), keep, num_workers,
                         cpus_per_worker, n_classes, gpus_per_worker)
     fake, test, train = found["samples"], found["reference"], found["train"]  # test: the reference
-    out = _fidelity_block(fake, test, train, seed, pr_k)
+    out = _fidelity_block(fake, test, train, seed, pr_k, replicates)
     out["fd_floor_by_n"] = fd_floors_at(train, test, floor_sizes, seed)
     coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
     out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],

@@ -5,18 +5,14 @@ draws samples, and the alias ``champion`` on the best version of a data set.
 (N×C×H×W in [-1, 1] for images, N×D for vectors). Sample i of seed s is the pipeline's sample i
 of ``sample.seed = s``: the same seed scheme and sampler code as the sample stage.
 
-The primary figure (lower is better) is the floor-normalised one at the held-out size: FD in the
-in-domain classifier's features over its floor for images (``fd_ratio``), sliced Wasserstein-2
-over its floor for vectors (``swd_ratio``), each with its standard error; records written before
-floors fall back to raw FD or SWD. Figures are comparable or not ranked: only versions measured
-like the newest one (same figure, feature extractor hash, reference split and size, sample
-count) compete for ``champion``, and a challenger takes it only when it beats the current
-champion by more than their combined standard error.
+The primary figure and when two are comparable are ``figures``'s. Only versions measured like
+the newest one, each with an interval, compete for ``champion``; a challenger takes it only
+when the interval of its difference from the champion excludes zero at 95% family-wise
+confidence (``choose_champion``).
 """
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,21 +28,13 @@ from diffusion_core.data import shards
 from flows.config.params import Params, as_dict
 from flows.config.recipes import base_key
 from flows.tracking import integrity
+from flows.tracking import figures
 from flows.tracking import runs as tracking
 from flows.tracking import sampler_model
 from flows.tracking.costs import measured
 
 ALIAS = "champion"
 ARTIFACT = "sampler"
-PRIMARY = {"image": "fd", "vector": "swd"}  # the raw figure, for records without a floor
-# per kind: the floor-normalised figure, its standard error, its label, its within-floor flag
-HEADLINES = {"image": ("fd_ratio", "fd_ratio_sem", "FD/floor", "fd_within_floor"),
-             "vector": ("swd_ratio", "swd_ratio_sem", "SWD/floor", "swd_within_floor_range")}
-# what makes two figures comparable, as (metrics key, name in a report)
-MEASURED_BY = (("feature_extractor_sha256", "feature extractor"), ("reference_split", "reference split"),
-               ("num_reference", "reference size"), ("num_samples", "sample count"))
-
-
 def registered_name(params: Params, framework: str) -> str:
     """``<dataset>-<base key>``: the seed replicates of a run (ddpm-edm.s0, ddpm-edm.s1) are
     versions of one registered model, each tagged with its ``train_seed``."""
@@ -60,101 +48,21 @@ def _signature(sampler: dict, seed: int) -> ModelSignature:
         ParamSpec("sampler", "string", sampler["name"]), ParamSpec("steps", "long", steps)]))
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def data_kind(metrics: dict) -> str | None:
-    """'image' or 'vector' by the figures a metrics record holds; None when it holds neither."""
-    if any(k in metrics for k in ("fd_ratio", "fd", "fd_at_n")):
-        return "image"
-    return "vector" if any(k in metrics for k in ("swd_ratio", "swd")) else None
-
-
-def _ratio_se(metrics: dict, kind: str) -> float | None:
-    """The ratio's standard error; for image records written before ``fd_ratio_sem``, the FD's
-    own (``fd_at_n_sem``) over the floor."""
-    se = metrics.get(HEADLINES[kind][1])
-    if se is None and kind == "image" and _finite(metrics.get("fd_at_n_sem")) and metrics.get("fd_floor"):
-        se = metrics["fd_at_n_sem"] / metrics["fd_floor"]
-    return float(se) if _finite(se) else None
-
-
-def headline(metrics: dict, kind: str | None = None) -> dict | None:
-    """The figure that ranks a run, as {metric, value, se, label, within_floor}: FD/floor or
-    SWD/floor at the held-out size with its standard error, else (records without a floor) raw
-    FD or SWD with no error; None when the record holds no finite one."""
-    kind = kind or data_kind(metrics)
-    if kind is None:
-        return None
-    ratio, _, label, within = HEADLINES[kind]
-    if _finite(metrics.get(ratio)):
-        return {"metric": ratio, "value": float(metrics[ratio]), "se": _ratio_se(metrics, kind),
-                "label": label, "within_floor": metrics.get(within)}
-    raw = PRIMARY[kind]
-    if _finite(metrics.get(raw)):
-        return {"metric": raw, "value": float(metrics[raw]), "se": None, "label": raw.upper(),
-                "within_floor": None}
-    return None
-
-
-def headline_text(figure: dict) -> str:
-    """'FD/floor 1.52 ± 0.08 (within floor)': the figure as a report and a run tag show it."""
-    se = "?" if figure["se"] is None else f"{figure['se']:.2g}"
-    within = " (within floor)" if figure.get("within_floor") else ""
-    return f"{figure['label']} {figure['value']:.3g} ± {se}{within}"
-
-
-def _tag(value) -> str:
-    return "" if value is None else str(value)
-
-
-def measurement(metrics: dict) -> str:
-    """How a record's figures were measured, as a short stable string: the feature extractor's
-    sha256 (first 12 hex digits), the reference split and its size, the sample count."""
-    sha = metrics.get("feature_extractor_sha256")
-    return (f"extractor={sha[:12] if sha else 'none'} reference={_tag(metrics.get('reference_split'))}:"
-            f"{_tag(metrics.get('num_reference'))} samples={_tag(metrics.get('num_samples'))}")
-
-
-def measurement_tags(metrics: dict, kind: str | None = None) -> dict:
-    """The strings that decide comparability (as registry tags hold them): the primary
-    figure's name, ``measurement`` and each field of MEASURED_BY."""
-    figure = headline(metrics, kind)
-    return {"primary_metric": figure["metric"] if figure else "", "measurement": measurement(metrics),
-            **{key: _tag(metrics.get(key)) for key, _ in MEASURED_BY}}
-
-
-def _short(value: str) -> str:
-    return value[:12] if len(value) == 64 else (value or "none")  # a sha256 by its head
-
-
-def not_comparable(tags: dict, reference: dict) -> str | None:
-    """Why a figure measured as ``tags`` is not ranked against one measured as ``reference``
-    (both as ``measurement_tags`` gives them); None when they were measured alike."""
-    if tags.get("primary_metric") != reference.get("primary_metric"):
-        return f"another figure ({tags.get('primary_metric')} vs {reference.get('primary_metric')})"
-    mine, theirs = tags.get("measurement", ""), reference.get("measurement", "")
-    if mine == theirs:
-        return None
-    if not mine or not theirs:
-        return "how it was measured is not recorded (registered before figures recorded it)"
-    diffs = [f"{label} {_short(tags.get(key, ''))} vs {_short(reference.get(key, ''))}"
-             for key, label in MEASURED_BY if tags.get(key, "") != reference.get(key, "")]
-    return "measured with another " + ", ".join(diffs or [f"method ({mine} vs {theirs})"])
-
-
 def _figure(params: Params, framework: str, kind: str) -> tuple[dict, dict]:
     """The run's headline figure and its metrics record; errors name the file."""
     path = Path(params.evaluate.out_dir) / f"{framework}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the evaluate stage before register")
     metrics = json.loads(path.read_text())
-    figure = headline(metrics, kind)
+    figure = figures.headline(metrics, kind)
     if figure is None:
-        raise ValueError(f"{path} has no finite primary metric {PRIMARY[kind]!r} (nor its "
-                         f"floor-normalised {HEADLINES[kind][0]!r})")
+        name = figures.PRIMARY[kind]
+        raise ValueError(f"{path} has no finite primary metric {name!r} (nor its floor-normalised {name + '_ratio'!r})")
     return figure, metrics
+
+
+def _tag(value) -> str:
+    return "" if value is None else str(value)
 
 
 def _optional_json(path: Path) -> dict:
@@ -165,8 +73,10 @@ def version_tags(figure: dict, metrics: dict, model_dir: Path, key: str) -> dict
     """A registry version's tags: the headline with its error and how it was measured, and
     what was trained (framework, recipe, steps, training seed) and sampled (sampler, NFE, seed)."""
     config, train = _optional_json(model_dir / "model.json"), _optional_json(model_dir / "train_summary.json")
-    return {"primary_metric": figure["metric"], "primary_value": repr(figure["value"]),
-            "primary_se": "" if figure["se"] is None else repr(figure["se"]), **measurement_tags(metrics),
+    interval = {f"primary_{k}": _tag(figure.get(k)) for k in ("se", "low", "high", "level", "figure", "floor")}
+    replicates = figures.replicates_tag(figure["replicates"]) if figure.get("replicates") else ""
+    return {"primary_metric": figure["metric"], "primary_value": repr(figure["value"]), **interval,
+            "primary_replicates": replicates, **figures.measurement_tags(metrics),
             "framework": config.get("framework", key), "run": key,
             "recipe": metrics.get("recipe") or config.get("recipe", "custom"),
             "steps": _tag(train.get("steps")), "stopped_by": _tag(train.get("stopped_by")),
@@ -224,7 +134,7 @@ def register(params: Params, framework: str) -> dict:
     else:
         version = client.create_model_version(name, source, run_id=run_id, tags=tags)
     champion = update_champion(tracking.experiment_name(params.data.source), (name, int(version.version)))
-    print(f"register: {name} version {version.version} ({headline_text(figure)}); champion: "
+    print(f"register: {name} version {version.version} ({figures.headline_text(figure)}); champion: "
           f"{champion['name']} version {champion['version']}")
     return {"name": name, "version": int(version.version), "primary_metric": figure["metric"],
             "primary_value": figure["value"], "primary_se": figure["se"], "champion": champion}
@@ -240,11 +150,18 @@ def _versions(client, dataset: str) -> list[dict]:
         holder = (model.aliases or {}).get(ALIAS)
         for v in client.search_model_versions(f"name='{model.name}'"):
             if "primary_value" in v.tags:
-                se = v.tags.get("primary_se")
                 rows.append({"name": model.name, "version": int(v.version), "tags": dict(v.tags),
-                             "value": float(v.tags["primary_value"]), "se": float(se) if se else 0.0,
+                             "value": float(v.tags["primary_value"]), "figure": _tagged_figure(v.tags),
                              "created": v.creation_timestamp, "champion": str(holder) == str(v.version)})
     return rows
+
+
+def _tagged_figure(tags: dict) -> dict:
+    """A version's headline as ``figures.pairwise`` reads it, from its tags (no replicates,
+    hence no rank, for versions registered before intervals)."""
+    number = lambda key: float(tags[key]) if tags.get(key) else None  # noqa: E731
+    return {"value": float(tags["primary_value"]), "figure": number("primary_figure"),
+            "floor": number("primary_floor"), "replicates": figures.replicates_from_tag(tags.get("primary_replicates"))}
 
 
 def ranking(dataset: str, newest: tuple[str, int] | None = None) -> dict:
@@ -261,7 +178,9 @@ def ranking(dataset: str, newest: tuple[str, int] | None = None) -> dict:
     reference = by_id[tuple(newest)] if newest else max(versions, key=lambda v: (v["created"], v["version"]))
     ranked, not_ranked = [], []
     for v in versions:
-        reason = None if v is reference else not_comparable(v["tags"], reference["tags"])
+        reason = None if v is reference else figures.not_comparable(v["tags"], reference["tags"])
+        if reason is None and not figures.ranked(v["figure"]):
+            reason = "no interval (registered before figures carried one): listed, never ranked"
         if reason:
             not_ranked.append({**v, "reason": reason})
         else:
@@ -271,25 +190,33 @@ def ranking(dataset: str, newest: tuple[str, int] | None = None) -> dict:
             "holders": sorted({v["name"] for v in versions if v["champion"]})}
 
 
-def choose_champion(ranked: list[dict], current: dict | None) -> dict:
-    """The best of ``ranked`` (lowest value; ties: name, then newest version), unless the
-    current champion is among them and the best beats it by no more than their combined
-    standard error sqrt(se1² + se2²): a difference within the error is no difference."""
-    best = min(ranked, key=lambda v: (v["value"], v["name"], -v["version"]))
-    keys = {(v["name"], v["version"]) for v in ranked}
-    if current is None or (current["name"], current["version"]) not in keys:
+def choose_champion(ranked: list[dict], current: dict | None, level: float = figures.LEVEL) -> dict | None:
+    """The best of ``ranked`` (lowest value; ties: name, then newest version), unless the current
+    champion is among them and the best does not beat it at ``level``: the paired difference's
+    interval must exclude zero, at the Bonferroni level over the challengers compared with the
+    champion (``figures.pairwise``). None when nothing can be ranked."""
+    rankable = [v for v in ranked if figures.ranked(v["figure"])]
+    if not rankable:
+        return None
+    best = min(rankable, key=lambda v: (v["value"], v["name"], -v["version"]))
+    keys = {(v["name"], v["version"]) for v in rankable}
+    if current is None or (current["name"], current["version"]) not in keys or best is current:
         return best
-    margin = math.hypot(current["se"], best["se"])
-    return best if current["value"] - best["value"] > margin else current
+    each = 1.0 - (1.0 - level) / max(1, len(rankable) - 1)
+    decision = figures.pairwise([("best", best["figure"]), ("current", current["figure"])], each)[0]
+    return best if decision["a"] == "best" and decision["separated"] else current
 
 
 def update_champion(dataset: str, newest: tuple[str, int] | None = None) -> dict:
     """Settle ``champion`` among the versions of ``<dataset>-*`` measured like ``newest`` (by
     default the last created version) by ``choose_champion``, and take it from every other
-    registered model of the set. Versions measured otherwise are not ranked (``ranking``)."""
+    registered model of the set. Versions measured otherwise, or without an interval, are not
+    ranked (``ranking``); with none to rank, the alias stays where it is."""
     client = tracking.client()
     table = ranking(dataset, newest)
     chosen = choose_champion(table["ranked"], table["current"])
+    if chosen is None:
+        return {"name": None, "version": None, "primary_value": None}
     client.set_registered_model_alias(chosen["name"], ALIAS, str(chosen["version"]))
     for name in table["holders"]:
         if name != chosen["name"]:

@@ -1,0 +1,180 @@
+"""Intervals for headline figures, and decisions between runs at a stated confidence.
+
+A figure over its floor (FD/floor for images, SWD/floor for vectors) is a statistic of three
+finite sets: the samples, the reference (held-out) split, and the real pool the floor draws
+from. ``replicates`` redraws all three with replacement (the bootstrap, Efron 1979), recomputing
+the figure and its floor as the point estimate does on every replicate.
+The reference and the pool of replicate b are drawn from (seed, b) alone, before anything
+that depends on the samples: two runs measured the same way (same reference, pool, seed)
+share those draws, so replicate-wise differences keep each run's own sample noise and cancel
+the noise they share (a paired bootstrap).
+
+Intervals are normal bootstrap intervals, estimate ± z·SD (Efron & Tibshirani 1993, ch. 13),
+the SD from the replicates: stable at the tail levels a multiple-comparison correction asks
+for, where a percentile interval would need many more replicates. Several comparisons are corrected by
+Bonferroni's rule (each at 1 − α/m keeps the family's error rate at α). Between training
+seeds, a key's mean gets Student's t interval and two keys' means Welch's.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from diffusion_core.evaluation.metrics import as_samples, same_dim
+
+__all__ = ["LEVEL", "fd_against", "replicates", "z_value", "family_level", "ratio_interval", "difference",
+           "seed_mean", "seed_difference"]
+
+LEVEL = 0.95  # the family-wise confidence of every verdict unless the caller says otherwise
+SUBSETS = 8  # n-subsets averaged per replicate set, as the point estimate averages many
+
+Against = Callable[[np.ndarray], Callable[[np.ndarray], float]]
+
+
+def fd_against(reference: np.ndarray) -> Callable[[np.ndarray], float]:
+    """FD of feature sets against a fixed reference, whose Gaussian fit is factored once.
+
+    d² = ‖μ − μ_r‖² + Tr Σ + Tr Σ_r − 2 Tr (Σ_r^½ Σ Σ_r^½)^½: the trace of the matrix square
+    root is the sum of the square roots of the eigenvalues of the symmetric PSD matrix
+    Σ_r^½ Σ Σ_r^½, so one ``eigvalsh`` replaces ``sqrtm`` (the FID reference implementation,
+    ``metrics.frechet_distance``, which it equals to rounding; tested)."""
+    reference = as_samples(reference, "reference")
+    mu_r, cov_r = reference.mean(axis=0), np.cov(reference, rowvar=False)
+    values, vectors = np.linalg.eigh(cov_r)
+    root = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    trace_r = float(np.trace(cov_r))
+
+    def fd(features: np.ndarray) -> float:
+        mu, cov = features.mean(axis=0), np.cov(features, rowvar=False)
+        eig = np.linalg.eigvalsh(root @ cov @ root)
+        cross = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+        return float(np.sum((mu - mu_r) ** 2) + np.trace(cov) + trace_r - 2.0 * cross)
+
+    return fd
+
+
+def _mean_over_subsets(statistic, pool: np.ndarray, n: int, rng: np.random.Generator) -> float:
+    """The statistic averaged over SUBSETS random n-subsets of the pool (the pool itself when
+    it holds exactly n)."""
+    if len(pool) == n:
+        return float(statistic(pool))
+    return float(np.mean([statistic(pool[rng.permutation(len(pool))[:n]]) for _ in range(SUBSETS)]))
+
+
+def replicates(against: Against, samples, reference, pool, n: int, count: int, seed: int) -> np.ndarray:
+    """Bootstrap replicates of (figure, floor), shape (count, 2): in replicate b the reference
+    and the floor's pool are resampled from (seed, b) and the floor computed, then the samples
+    are resampled and the figure computed, each as the mean over n-subsets against the
+    resampled reference. ``against(reference)`` returns the statistic of a set against it."""
+    samples, reference, pool = (as_samples(x, name) for x, name in
+                                ((samples, "samples"), (reference, "reference"), (pool, "pool")))
+    same_dim(samples, reference, "samples", "reference")
+    same_dim(pool, reference, "pool", "reference")
+    if int(count) < 2:
+        raise ValueError(f"replicates must be >= 2, got {count}")
+    if not 2 <= n <= min(len(samples), len(pool)):
+        raise ValueError(f"n must lie in [2, min(samples, pool) = {min(len(samples), len(pool))}], got {n}")
+    out = np.empty((int(count), 2))
+    for b in range(int(count)):
+        rng = np.random.default_rng([int(seed), b])
+        statistic = against(reference[rng.integers(0, len(reference), len(reference))])
+        out[b, 1] = _mean_over_subsets(statistic, pool[rng.integers(0, len(pool), len(pool))], n, rng)
+        # the shared draws are done: what follows depends on this run's samples alone
+        out[b, 0] = _mean_over_subsets(statistic, samples[rng.integers(0, len(samples), len(samples))], n, rng)
+    return out
+
+
+def z_value(level: float) -> float:
+    """The two-sided standard normal quantile of a confidence level (1.96 at 0.95)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    return float(stats.norm.ppf(0.5 + level / 2))
+
+
+def family_level(level: float, comparisons: int) -> float:
+    """Bonferroni: the level of each of ``comparisons`` intervals that keeps the family's
+    confidence at ``level``."""
+    return 1.0 - (1.0 - level) / max(1, int(comparisons))
+
+
+def _as_replicates(reps, name: str) -> np.ndarray:
+    reps = np.asarray(reps, dtype=np.float64)
+    if reps.ndim != 2 or reps.shape[1] != 2 or reps.shape[0] < 2 or not np.isfinite(reps).all():
+        raise ValueError(f"{name}: expected at least two finite (figure, floor) replicates, got shape {reps.shape}")
+    return reps
+
+
+def ratio_interval(figure: float, floor: float, reps, level: float = LEVEL) -> dict:
+    """figure/floor ± z·se, se by the delta method from the replicates' covariance of
+    (figure, floor): var(F/L) ≈ (F/L)² (var F/F² + var L/L² − 2 cov(F, L)/(F L)). The
+    replicates' spreads, not their centres, are used: resampling with replacement shifts
+    both statistics' finite-sample bias."""
+    reps = _as_replicates(reps, "replicates")
+    if not floor > 0:
+        raise ValueError(f"floor must be positive, got {floor}")
+    ratio = figure / floor
+    cov = np.cov(reps, rowvar=False)
+    rel = cov[0, 0] / figure**2 + cov[1, 1] / floor**2 - 2 * cov[0, 1] / (figure * floor) if figure else 0.0
+    se = abs(ratio) * math.sqrt(max(rel, 0.0)) if figure else math.sqrt(cov[0, 0]) / floor
+    half = z_value(level) * se
+    return {"estimate": ratio, "se": se, "low": ratio - half, "high": ratio + half, "level": level}
+
+
+def difference(figure_a: float, reps_a, figure_b: float, reps_b, floor: float, level: float = LEVEL) -> dict:
+    """The interval of (figure_a − figure_b)/floor from paired replicates: both runs' replicate
+    b drew the same reference and floor (checked), so the noise they share cancels in
+    figure_a,b − figure_b,b. The sign does not depend on the floor, so the spread is that of
+    the raw difference over the floor's estimate; ``separated`` when it excludes zero."""
+    a, b = _as_replicates(reps_a, "replicates a"), _as_replicates(reps_b, "replicates b")
+    if a.shape != b.shape or not np.allclose(a[:, 1], b[:, 1], rtol=1e-9, atol=0.0):
+        raise ValueError("replicates are not paired: different counts, or other reference and floor draws "
+                         "(measured with another reference, pool or bootstrap seed)")
+    if not floor > 0:
+        raise ValueError(f"floor must be positive, got {floor}")
+    diff, se = (figure_a - figure_b) / floor, float(np.std(a[:, 0] - b[:, 0], ddof=1)) / floor
+    half = z_value(level) * se
+    return {"estimate": diff, "se": se, "low": diff - half, "high": diff + half, "level": level,
+            "separated": bool(diff - half > 0 or diff + half < 0)}
+
+
+def seed_mean(values: Sequence[float], level: float = LEVEL) -> dict:
+    """A key's figure over its training seeds: the mean with Student's t interval from the
+    between-seed spread (which holds each seed's sample noise too); no interval from one seed."""
+    v = np.asarray(values, dtype=np.float64)
+    out = {"estimate": float(v.mean()), "seeds": int(v.size), "level": level}
+    if v.size < 2:
+        return {**out, "se": None, "low": None, "high": None}
+    se = float(v.std(ddof=1) / math.sqrt(v.size))
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1)) * se
+    return {**out, "se": se, "low": out["estimate"] - half, "high": out["estimate"] + half}
+
+
+def seed_difference(values_a: Sequence[float], values_b: Sequence[float], level: float = LEVEL) -> dict:
+    """Welch's interval of mean(a) − mean(b) over training seeds (Welch–Satterthwaite degrees
+    of freedom); ``separated`` when it excludes zero. Needs two seeds of each."""
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"Welch's interval needs two seeds of each, got {a.size} and {b.size}")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if se > 0 else float(a.size + b.size - 2)
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    diff = float(a.mean() - b.mean())
+    return {"estimate": diff, "se": se, "low": diff - half, "high": diff + half, "level": level,
+            "df": float(df), "separated": bool(diff - half > 0 or diff + half < 0)}
+
+
+def headline_record(name: str, figure: float, floor: float, reps, seed: int, level: float = LEVEL) -> dict:
+    """The metrics of a figure over its floor: ``<name>_ratio`` with its standard error and
+    interval at ``level``, ``<name>_within_floor`` (the interval reaches 1: the figure cannot be
+    told from real data's, like compared with like), the replicates (pairs of figure and floor,
+    for paired differences between runs) and how they were drawn."""
+    ci = ratio_interval(figure, floor, reps, level)
+    return {f"{name}_ratio": ci["estimate"], f"{name}_ratio_sem": ci["se"], f"{name}_ratio_low": ci["low"],
+            f"{name}_ratio_high": ci["high"], f"{name}_within_floor": bool(ci["low"] <= 1.0),
+            f"{name}_replicates": np.round(np.asarray(reps), 10).tolist(),
+            "interval_level": level, "bootstrap_replicates": int(len(reps)), "bootstrap_seed": int(seed),
+            "interval_method": "bootstrap over samples, reference and floor pool (normal interval, delta method)"}

@@ -1,0 +1,147 @@
+"""Intervals and verdicts (diffusion_core.evaluation.intervals): the fast FD and SWD agree with
+the reference implementations, paired replicates share the reference and floor, and the
+verdict's error rate is what it states: two runs of one model are called different in about
+5% of repeats at 95%, while a real difference is found."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from diffusion_core.data.toys import sample_toy
+from diffusion_core.evaluation import intervals, metrics
+
+
+def test_fd_against_equals_the_fid_reference_implementation():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6))
+    x = rng.standard_normal((200, 6)) * 1.3 + 0.2
+    assert intervals.fd_against(ref)(x) == pytest.approx(metrics.frechet_distance_from_features(x, ref), rel=1e-7)
+
+
+def test_sliced_wasserstein_against_equals_the_two_set_function():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((150, 2)), rng.standard_normal((120, 2)) + 0.3
+    assert metrics.sliced_wasserstein_against(b, 64, seed=3)(a) == metrics.sliced_wasserstein(a, b, 64, seed=3)
+
+
+def _gaussian_run(rng, shift=0.0, size=300, dim=4):
+    return rng.standard_normal((size, dim)) + shift
+
+
+def _replicates(samples, ref, pool, seed=0, replicates=100):
+    return intervals.replicates(intervals.fd_against, samples, ref, pool, len(ref), replicates, seed)
+
+
+def test_replicates_are_seeded_and_paired():
+    rng = np.random.default_rng(2)
+    ref, pool, samples = _gaussian_run(rng, size=200), _gaussian_run(rng), _gaussian_run(rng)
+    first, again = _replicates(samples, ref, pool), _replicates(samples, ref, pool)
+    np.testing.assert_array_equal(first, again)
+    same = intervals.difference(1.0, first, 1.0, again, floor=0.1)
+    assert same["se"] == 0.0 and not same["separated"]
+    assert not np.array_equal(first, _replicates(samples, ref, pool, seed=1))
+    other = _replicates(_gaussian_run(rng), ref, pool)
+    np.testing.assert_array_equal(other[:, 1], first[:, 1])  # the floor's draws are shared
+    with pytest.raises(ValueError, match="not paired"):
+        intervals.difference(1.0, first, 1.0, _replicates(samples, ref, pool, seed=1), floor=0.1)
+
+
+def test_paired_differences_cancel_the_shared_noise():
+    """Two runs of one model: the difference's spread is smaller than the sum of the two
+    ratios' spreads would give if the shared reference and floor did not cancel."""
+    rng = np.random.default_rng(3)
+    ref, pool = _gaussian_run(rng, size=200), _gaussian_run(rng)
+    a, b = _replicates(_gaussian_run(rng), ref, pool), _replicates(_gaussian_run(rng), ref, pool)
+    assert np.std(a[:, 0] - b[:, 0]) < np.hypot(np.std(a[:, 0]), np.std(b[:, 0]))
+
+
+def _called_different(rng, shift: float, level: float) -> bool:
+    ref, pool, seed = _gaussian_run(rng, size=200), _gaussian_run(rng), int(rng.integers(1 << 30))
+    fd_at_200 = lambda x: np.mean(metrics.subset_statistics(metrics.frechet_distance_from_features, x, ref,
+                                                            200, 16, seed))  # noqa: E731
+    runs = [(fd_at_200(x), _replicates(x, ref, pool, seed, 60))
+            for x in (_gaussian_run(rng), _gaussian_run(rng, shift))]
+    return intervals.difference(*runs[0], *runs[1], floor=fd_at_200(pool), level=level)["separated"]
+
+
+def test_identical_models_are_called_different_at_most_at_the_stated_rate():
+    """50 repeats of two runs of one model, everything drawn afresh each time: at 95% the
+    verdict may call them different in about 5% (binomial: more than 7 of 50 has p < 0.04
+    even at a true 5%)."""
+    rng = np.random.default_rng(4)
+    false_calls = sum(_called_different(rng, 0.0, 0.95) for _ in range(50))
+    assert false_calls <= 7
+
+
+def test_a_real_difference_is_found():
+    rng = np.random.default_rng(5)
+    assert sum(_called_different(rng, 0.35, 0.95) for _ in range(10)) >= 8
+
+
+def test_swd_replicates_on_gmm8_exact_samplers():
+    """Two exact samplers of gmm8 (the data's own generator) against held-out points, SWD/floor
+    as the vector headline: not separated in 18 of 20 repeats or more."""
+    rng = np.random.default_rng(6)
+    calls = 0
+    for r in range(20):
+        ref, pool = sample_toy("gmm8", 300, rng), sample_toy("gmm8", 600, rng)
+        runs = []
+        for x in (sample_toy("gmm8", 300, rng), sample_toy("gmm8", 300, rng)):
+            reps = intervals.replicates(lambda t: metrics.sliced_wasserstein_against(t, 32, r), x, ref, pool,
+                                        300, 60, r)
+            runs.append((metrics.sliced_wasserstein(x, ref, 32, r), reps))
+        calls += intervals.difference(*runs[0], *runs[1], floor=1.0)["separated"]
+    assert calls <= 2
+
+
+def test_bonferroni_level_and_z():
+    assert intervals.family_level(0.95, 6) == pytest.approx(1 - 0.05 / 6)
+    assert intervals.z_value(0.95) == pytest.approx(1.959964, abs=1e-6)
+    with pytest.raises(ValueError, match="level"):
+        intervals.z_value(1.0)
+
+
+def test_seed_mean_is_students_t_interval():
+    values = [1.8, 2.1, 1.95]
+    out = intervals.seed_mean(values)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert (out["low"], out["high"]) == pytest.approx((low, high))
+    assert intervals.seed_mean([2.0])["low"] is None
+
+
+def test_seed_difference_is_welchs_interval():
+    a, b = [1.8, 2.1, 1.95, 2.0], [2.6, 2.4, 2.9]
+    out = intervals.seed_difference(a, b)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (out["low"], out["high"]) == pytest.approx((ci.low, ci.high))
+    assert out["separated"]
+    with pytest.raises(ValueError, match="two seeds"):
+        intervals.seed_difference([1.0], b)
+
+
+def test_bad_replicate_arguments_are_named():
+    rng = np.random.default_rng(7)
+    x = _gaussian_run(rng)
+    with pytest.raises(ValueError, match="replicates"):
+        intervals.replicates(intervals.fd_against, x, x, x, 100, 1, 0)
+    with pytest.raises(ValueError, match="n must"):
+        intervals.replicates(intervals.fd_against, x, x, x[:50], 100, 10, 0)
+    with pytest.raises(ValueError, match="paired"):
+        intervals.difference(1.0, [[1.0, 1.0], [2.0, 1.0]], 1.0, [[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]], floor=1.0)
+
+
+def test_ratio_interval_by_the_delta_method():
+    """Independent figure and floor replicates: se² = r²(sF²/F² + sL²/L²)."""
+    rng = np.random.default_rng(8)
+    reps = np.column_stack([rng.normal(2.0, 0.2, 4000), rng.normal(1.0, 0.05, 4000)])
+    out = intervals.ratio_interval(2.0, 1.0, reps)
+    assert out["se"] == pytest.approx(2.0 * np.hypot(0.1, 0.05), rel=0.05)
+    assert out["low"] < 2.0 < out["high"]
+
+
+def test_the_calibration_benchmark_reports_error_rate_power_and_the_se_ratio(capsys):
+    from benchmarks import verdict_calibration
+
+    null, shifted = verdict_calibration.main(["--repeats", "6", "--shifts", "0", "0.6", "--replicates", "30"])
+    assert null["called"] <= 1 / 6 and shifted["called"] == 1.0  # a large shift is found every time
+    assert null["se_over_sd"] > 0.5  # a bootstrap se, not a constant
+    assert "| 0.6 | 6 | 1.000 |" in capsys.readouterr().out
