@@ -77,6 +77,16 @@ def test_data_path_sets_shards_beside_memory_and_the_training_step(capsys):
     assert "memory copy (reference)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains the digits classifier (one epoch) and extracts every digit's features
+def test_floor_seen_unseen_sets_the_extractors_own_images_beside_unseen_ones(capsys):
+    from benchmarks import floor_seen_unseen
+
+    (row,) = floor_seen_unseen.main(["--seeds", "0", "--epochs", "1"])
+    assert row["seen_over_unseen"] == pytest.approx(row["seen"] / row["unseen"])
+    assert row["seen"] > 0 and row["unseen"] > 0 and 0 <= row["val_accuracy"] <= 1
+    assert "697 train / 300 val / 300 classifier / 500 test" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # trains the digits classifier on the pipeline's split
 def test_the_digits_benchmarks_measure_against_val_with_the_pipelines_split():
     """Tuning reads val: the benchmarks' reference is the val split, their floor pool the
