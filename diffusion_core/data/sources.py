@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_core.data import limits
 from diffusion_core.data.toys import TOY_NAMES, sample_toy
 
 SOURCE_FORMS = ("toy:<name>", "digits", "folder:<path>", "npz:<path>")
@@ -125,18 +126,24 @@ def _read_image(path: Path, mode: str) -> np.ndarray:
 
 
 def _folder_mode(files: list[Path]) -> str:
-    """'L' when every image is grayscale, else 'RGB' (from the headers alone)."""
+    """'L' when every image is grayscale, else 'RGB', from the headers alone; each header's
+    size is checked against limits.MAX_IMAGE_PIXELS before any image is decoded."""
+    grayscale = True
     for path in files:
         with _open_image(path, decode=False) as image:
-            if image.mode not in ("1", "L", "LA", "I", "I;16", "F"):
-                return "RGB"
-    return "L"
+            limits.check_image_size(image.size, path)
+            grayscale = grayscale and image.mode in ("1", "L", "LA", "I", "I;16", "F")
+    return "L" if grayscale else "RGB"
 
 
 def _load_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Every image of the folder, one size, as N×C×H×W in [-1, 1]; labels from class subfolders."""
     files, labels = _folder_listing(folder)
     mode = _folder_mode(files)
+    with _open_image(files[0], decode=False) as first:  # every image must have its size
+        size = first.size
+    limits.check_fits_memory(limits.folder_bytes(len(files), size, 1 if mode == "L" else 3),
+                             f"image folder {folder} ({len(files)} images of {size[0]}×{size[1]} pixels)")
     images = []
     for path in files:
         image = _read_image(path, mode)
@@ -194,6 +201,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     with archive:
         if "x" not in archive.files:
             raise ValueError(f"npz file {path} has no key 'x' (keys: {archive.files})")
+        for key in ("x", "y"):  # from the headers, before a byte of the arrays is read
+            if key in archive.files:
+                limits.check_npz_member(archive, key, path)
         y = _member(archive, "y", path) if "y" in archive.files else None
         return _member(archive, "x", path), y
 
