@@ -94,3 +94,36 @@ def test_files_within_the_limits_still_load(tmp_path):
     np.savez(tmp_path / "ok.npz", x=np.zeros((10, 2), np.float32), y=np.arange(10))
     x, y = load_source(f"npz:{tmp_path / 'ok.npz'}", 0, 0)
     assert x.shape == (10, 2) and list(y) == list(range(10))
+
+
+class _Payload:
+    """Unpickling this object writes a file: what a pickle-based loader would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_pickled_code_in_an_npz_or_a_weights_file_does_not_run(tmp_path):
+    import torch
+
+    from diffusion_core.frameworks import DiffusionModel
+    from flows.config.params import parse_params
+    from flows.stages import train as train_stage
+    from tests.tiny import tiny_params
+
+    marker = tmp_path / "unpickled"
+    np.savez(tmp_path / "objects.npz", x=np.array([_Payload(marker)], dtype=object))
+    with pytest.raises(ValueError, match=r"objects\.npz: cannot read key 'x'.*allow_pickle"):
+        load_source(f"npz:{tmp_path / 'objects.npz'}", 0, 0)
+    model_dir = tmp_path / "model"
+    config = train_stage.model_config(parse_params(tiny_params()), "ddpm", {"kind": "vector", "shape": [2]})
+    DiffusionModel(config).save(model_dir)
+    torch.save({"net.weight": _Payload(marker)}, model_dir / "weights.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        DiffusionModel.load(model_dir)
+    assert not marker.exists(), "a pickle payload ran"
+    torch.load(model_dir / "weights.pt", weights_only=False)  # the payload is live: plain pickle runs it
+    assert marker.exists()

@@ -81,17 +81,25 @@ def verify_folder(folder: Path, manifest_digest: str, label: str) -> None:
                                   f"at registration: refusing to load it")
 
 
-def load_verified(version, tracking_uri: str) -> RegisteredSampler:
-    """The sampler of a registry version (an MLflow ``ModelVersion``), after checking every
-    stored file against its ``sha256.manifest`` tag; built by the installed code from
-    ``spec.json``, ``model.json`` and ``weights.pt``. Nothing stored is imported or run."""
+def download_verified(version, tracking_uri: str, dst: Path) -> Path:
+    """Download a registry version (an MLflow ``ModelVersion``) into ``dst`` and check every
+    stored file against its ``sha256.manifest`` tag; the folder, or TamperedVersion naming the
+    file. (A verified folder is what to give `mlflow models serve -m`, which runs its code.)"""
     label = f"registered model {version.name!r} version {version.version}"
     digest = (version.tags or {}).get(DIGEST_TAG)
     if not digest:
         raise TamperedVersion(f"{label} carries no tag {DIGEST_TAG} (registered before file digests "
                               f"were recorded): refusing to load it; register its run again")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst),
+                                                     tracking_uri=tracking_uri))
+    verify_folder(local, digest, label)
+    return local
+
+
+def load_verified(version, tracking_uri: str) -> RegisteredSampler:
+    """The sampler of a registry version, once ``download_verified`` has checked every stored
+    file; built by the installed code from ``spec.json``, ``model.json`` and ``weights.pt``.
+    Nothing stored is imported or run."""
     with tempfile.TemporaryDirectory(prefix="registry-version-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=tmp,
-                                                         tracking_uri=tracking_uri))
-        verify_folder(local, digest, label)
+        local = download_verified(version, tracking_uri, Path(tmp))
         return RegisteredSampler.from_files(local / SPEC, local / MODEL_DIR)
