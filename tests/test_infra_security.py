@@ -137,3 +137,24 @@ def test_the_infra_readme_says_how_to_set_every_secret():
                                                          "RAY_AUTH_TOKEN", "RAY_AUTH_MODE"}):
         assert name in readme, f"infra/README.md does not say how to set {name}"
     assert "docs/security.md" in readme
+
+
+def test_every_row_of_the_threat_model_names_tests_that_exist():
+    """docs/security.md: each row of the threat model names at least one test, and every test it
+    names (`tests/file.py::name`, or `::name` for the file named before it in the row) exists."""
+    import ast
+
+    text = (ROOT / "docs/security.md").read_text()
+    table = text.split("## The threat model, row by row", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| who ")]
+    assert len(rows) >= 8, "the threat model has fewer rows than the components it covers"
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        named, current = [], None
+        for file, name in re.findall(r"(tests/\w+\.py)?::(\w+)", cell):
+            current = file or current
+            named.append((current, name))
+        assert named, f"a row names no test: {row[:80]}"
+        for file, name in named:
+            tree = ast.parse((ROOT / file).read_text())
+            assert name in {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}, f"{file}::{name}"
