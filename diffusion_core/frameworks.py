@@ -5,6 +5,8 @@ from a JSON config plus weights, never from pickled code. Its config names:
 
   process:          {"kind": "vp" | "subvp" | "ve", ...the process's constructor arguments}
   parameterization: how the network output is read ("eps" | "x0" | "edm"), with sigma_data
+  conditioning:     what the network sees and is conditioned on ("edm" | "ddpm" | "ncsnv2";
+                    models.conditioning); absent in models saved before the choice: "edm"
   loss:             {"kind": one of LOSSES, ...its arguments}
   network:          the network's JSON config (models.networks.build_network)
   model_kind:       "score" (default: the network is read as a denoiser) or "energy" (the
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from diffusion_core.data.atomic import atomic_path, write_json
+from diffusion_core.models.conditioning import build_conditioning
 from diffusion_core.models.denoiser import Denoiser
 from diffusion_core.models.energy import EnergyDenoiser
 from diffusion_core.models.networks import build_network
@@ -74,7 +77,9 @@ class DiffusionModel:
         kind = self.config.get("model_kind", "score")
         if kind not in MODEL_KINDS:
             raise ValueError(f"model_kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
-        return MODEL_KINDS[kind](net, self.config["parameterization"], self.config["sigma_data"])
+        conditioning = build_conditioning(self.config.get("conditioning", "edm"), self.config["sigma_data"],
+                                          self.process)
+        return MODEL_KINDS[kind](net, self.config["parameterization"], self.config["sigma_data"], conditioning)
 
     @property
     def chain(self) -> DDPMChain:

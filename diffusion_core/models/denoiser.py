@@ -2,16 +2,17 @@
 
 Any Gaussian diffusion state is x = alpha x0 + sigma eps. Writing x_tilde = x / alpha and the
 noise level s = sigma / alpha (EDM's sigma; Karras et al., 2022, section 4) makes VP and VE
-processes the same problem: x_tilde = x0 + s eps. The network always sees the unit-variance
-input c_in(s) x_tilde and the condition c_noise(s) = log(s) / 4; only how its output F is read
-differs by parameterization:
+processes the same problem: x_tilde = x0 + s eps. What the network sees is the conditioning's
+choice (`conditioning.py`): by default EDM's unit-variance input c_in(s) x_tilde and the
+condition c_noise(s) = log(s) / 4; DDPM's x_t and timestep t; NCSNv2's x_tilde alone. How its
+output F is read is the parameterization's:
 
   "eps": eps_hat = F                               (Ho et al., 2020)
   "x0":  x0_hat  = F
   "edm": x0_hat  = c_skip(s) x_tilde + c_out(s) F  (Karras et al., 2022, eq. 7, table 1)
 
-Losses and samplers only call `Denoiser`; they never branch on the process or the
-parameterization.
+Losses and samplers only call `Denoiser`; they never branch on the process, the
+conditioning or the parameterization.
 
 `Denoiser(x, alpha, sigma)` is the one model convention of the core's API: every sampler
 registered in `samplers.registry` and every loss takes a denoiser. Where a paper's own form reads
@@ -25,6 +26,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from diffusion_core.models.conditioning import EDMConditioning, edm_input_scale
 from diffusion_core.tensors import append_dims, batch_of
 
 PARAMETERIZATIONS = ("eps", "x0", "edm")
@@ -36,9 +38,11 @@ class Prediction(NamedTuple):
 
 
 class Denoiser(nn.Module):
-    """Wraps a network F(x_in, c_noise) into a denoiser D(x; alpha, sigma)."""
+    """Wraps a network F(x_in, c) into a denoiser D(x; alpha, sigma). `conditioning` decides
+    x_in and c (conditioning.py; EDM's by default, as every model saved before the choice)."""
 
-    def __init__(self, net: nn.Module, parameterization: str = "edm", sigma_data: float = 0.5):
+    def __init__(self, net: nn.Module, parameterization: str = "edm", sigma_data: float = 0.5,
+                 conditioning=None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
@@ -46,11 +50,12 @@ class Denoiser(nn.Module):
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.net, self.parameterization, self.sigma_data = net, parameterization, sigma_data
+        self.conditioning = conditioning or EDMConditioning(sigma_data)
 
     def coefficients(self, s: torch.Tensor):
         """EDM preconditioning c_skip, c_out, c_in (table 1), each shaped like s."""
         total = s**2 + self.sigma_data**2
-        return self.sigma_data**2 / total, s * self.sigma_data / total.sqrt(), total.rsqrt()
+        return self.sigma_data**2 / total, s * self.sigma_data / total.sqrt(), edm_input_scale(s, self.sigma_data)
 
     def raw(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
         """Network output F, with the rescaled input x_tilde and noise level s it was given.
@@ -58,9 +63,9 @@ class Denoiser(nn.Module):
         on a GPU): its input goes there and its output comes back to x's device."""
         s = sigma / alpha
         x_tilde = x / append_dims(alpha, x.ndim)
-        _, _, c_in = self.coefficients(s)
+        x_in, condition = self.conditioning(x, alpha, s, x_tilde)
         device = _device_of(self.net, x.device)
-        out = self.net((append_dims(c_in, x.ndim) * x_tilde).to(device), (torch.log(s) / 4).to(device))
+        out = self.net(x_in.to(device), condition.to(device))
         return out.to(x.device), x_tilde, s
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> Prediction:

@@ -106,8 +106,9 @@ class EnergyDenoiser(Denoiser):
     eps = s grad_x~ E (score -grad_x~ E), x0 = x~ - s eps. Built like `Denoiser`; the gradient
     keeps its graph in training (see `EnergyScore`)."""
 
-    def __init__(self, net: nn.Module, parameterization: str = "x0", sigma_data: float = 0.5):
-        super().__init__(net, parameterization, sigma_data)
+    def __init__(self, net: nn.Module, parameterization: str = "x0", sigma_data: float = 0.5,
+                 conditioning=None):
+        super().__init__(net, parameterization, sigma_data, conditioning)
         self.energy_score = EnergyScore(self.energy)  # holds a bound method: no parameters
 
     def energy(self, x_tilde: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

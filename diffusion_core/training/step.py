@@ -31,11 +31,11 @@ class StepResult(NamedTuple):
 
 
 def training_step(model, denoiser, optimizer: torch.optim.Optimizer, ema: EMA, x: torch.Tensor,
-                  generator: torch.Generator, lr: float, grad_clip: float,
+                  generator: torch.Generator, lr: float, grad_clip: float | None,
                   precision: Precision | None = None) -> StepResult:
     """Set the learning rate, take the framework's loss on the batch x (under `precision`'s
-    autocast), clip the gradient norm to grad_clip, step the optimiser and update the EMA of
-    model's own network.
+    autocast), clip the gradient norm to grad_clip (None: no clipping, as NCSN's recipe), step
+    the optimiser and update the EMA of model's own network.
 
     `denoiser` is the one the gradient flows through: model.denoiser, or a wrap of its
     network in DistributedDataParallel. A step that is not TAKEN changes no weight and no EMA,
@@ -60,16 +60,17 @@ def training_step(model, denoiser, optimizer: torch.optim.Optimizer, ema: EMA, x
     return StepResult(loss.detach(), grad_norm, status)
 
 
-def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale the gradients so that their global L2 norm is at most max_norm (Pascanu et al., 2013);
-    returns the norm before clipping. The result of torch.nn.utils.clip_grad_norm_ to the bit,
+def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Scale the gradients so that their global L2 norm is at most max_norm (Pascanu et al., 2013;
+    None: measure only); returns the norm before clipping. The result of torch.nn.utils.clip_grad_norm_ to the bit,
     for a network on one device, without its move of each per-tensor norm to the first device
     in a call of its own (a hundred calls per step for the digits U-Net)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=True)
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=True)
     return total_norm
 
 
