@@ -35,7 +35,10 @@ def test_each_paper_recipe_is_its_paper():
     assert sde["loss"]["weighting"] == "sigma2" and not sde["loss"]["importance"]
     assert params.framework("ncsn-paper").sampler["name"] == "annealed_langevin"
     for key in ("ddpm-paper", "ncsn-paper", "sde-paper"):
-        assert params.framework(key).lr_schedule == "constant"
+        assert params.training(key, "image").optimizer.lr_schedule == "constant"
+    assert ddpm["conditioning"] == "ddpm" and ddpm["network"]["embedding"] == "positional"  # x_t, t
+    assert ncsn["conditioning"] == "ncsnv2" and ncsn["process"]["N"] == 24  # NCSNv2's technique 2
+    assert params.training("ncsn-paper", "image").optimizer.grad_clip is None
     edm = model_config(params, "ddpm-edm", DIGITS)
     assert edm["recipe"] == "edm" and edm["parameterization"] == "edm" and edm["loss"]["kind"] == "lognormal"
     assert params.framework("ddpm-edm").sampler["name"] == "heun"

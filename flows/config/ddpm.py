@@ -10,11 +10,12 @@ from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.denoising import WEIGHTINGS
 from diffusion_core.samplers.registry import fits_process, samplers_for
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from flows.config.choices import RecipeChoices
 from flows.config.validation import check_sampler, require
 
 
 @dataclass(frozen=True)
-class DDPMParams:
+class DDPMParams(RecipeChoices):  # + network, conditioning, ema, optimizer, batch_size
     schedule: str = "linear"
     beta_min: float = 0.1
     beta_max: float = 20.0

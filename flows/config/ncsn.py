@@ -14,6 +14,7 @@ from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.score_matching import EXACT_MAX_DIM, PROJECTIONS
 from diffusion_core.samplers.registry import fits_process, samplers_for
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from flows.config.choices import RecipeChoices
 from flows.config.validation import ConfigError, check_sampler, require
 
 MODELS = ("score", "energy")
@@ -21,7 +22,7 @@ OBJECTIVES = {"dsm": "ncsn", "ssm": "ncsn_ssm", "exact": "ncsn_exact"}  # -> fra
 
 
 @dataclass(frozen=True)
-class NCSNParams:
+class NCSNParams(RecipeChoices):  # + network, conditioning, ema, optimizer, batch_size
     sigma_min: float = 0.01  # sigma_L
     sigma_max: float = 10.0  # sigma_1: about the largest distance between data points
     num_scales: int = 100  # L

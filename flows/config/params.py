@@ -28,7 +28,16 @@ from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from diffusion_core.training.precision import PRECISIONS
 from flows.config.ddpm import DDPMParams
 from flows.config.ncsn import NCSNParams
-from flows.config.recipes import check_recipes, check_run_key, run_seed, split_run, with_recipe
+from flows.config.choices import TrainingChoices
+from flows.config.choices import resolve as resolve_choices
+from flows.config.recipes import (
+    check_recipes,
+    check_run_key,
+    run_section_name,
+    run_seed,
+    split_run,
+    with_recipe,
+)
 from flows.config.schema import build
 from flows.config.sde import SDEParams
 from flows.config.sweep import sweep_points
@@ -133,10 +142,16 @@ class NetworkParams:
     mults: list[int] = field(default_factory=lambda: [1, 2])  # unet
     blocks: int = 2  # unet
     emb_dim: int = 128
+    dropout: float = 0.0  # before each residual block's second layer (DDPM's place)
+    attention: list[int] = field(default_factory=list)  # unet: levels with self-attention besides the middle
 
     def check(self, name: str) -> None:
         require_positive(self, name, "width", "depth", "base", "blocks", "emb_dim")
         require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
+        require(0 <= self.dropout < 1, f"{name}.dropout", f"must lie in [0, 1), got {self.dropout}")
+        require(all(0 <= level < len(self.mults) for level in self.attention)
+                and len(set(self.attention)) == len(self.attention), f"{name}.attention",
+                f"levels are distinct indices of mults (0 .. {len(self.mults) - 1}), got {self.attention}")
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,8 @@ class Params:
             check_recipes(section, framework)
             for recipe in section.recipes:
                 check_numbers(with_recipe(section, recipe, framework), f"{framework}.recipes.{recipe}")
+            for key in [framework, *(f"{framework}-{recipe}" for recipe in section.recipes)]:
+                self._check_choices(key)
         for key in self.train.frameworks:
             self._check_run_exists(key, "train.frameworks")
         for i, entry in enumerate(self.evaluate.nfe_sweep):
@@ -308,6 +325,15 @@ class Params:
         known = self.data.known_data()
         if known is not None:
             self.check_data(*known)
+
+    def _check_choices(self, key: str) -> None:
+        """The run's training choices resolve over the shared defaults, on the data's kind where
+        the source fixes it (else on images: a vector run's are checked by its train stage)."""
+        known = self.data.known_data()
+        kind = "vector" if known is not None and len(known[0]) == 1 else "image"
+        choices = self.training(key, kind)
+        for part in ("network", "ema", "optimizer"):
+            check_numbers(getattr(choices, part), f"{run_section_name(key)}.{part}")
 
     def _check_run_exists(self, key: str, where: str) -> None:
         """A run key names a framework and, optionally, one of its section's recipes."""
@@ -383,6 +409,12 @@ class Params:
         framework, recipe = split_run(key)
         section = getattr(self, framework)
         return section if recipe is None else with_recipe(section, recipe, framework)
+
+    def training(self, key: str, kind: str) -> TrainingChoices:
+        """Every training choice of run `key` on data of `kind` ("image" | "vector"): its
+        recipe's network, conditioning, EMA, optimiser and batch size over the shared defaults
+        (choices.py); a ConfigError names the recipe's field."""
+        return resolve_choices(self.framework(key), self, kind, run_section_name(key))
 
 
 def _setting_named(message: str, settings: dict, name: str) -> str:

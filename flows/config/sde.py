@@ -17,6 +17,7 @@ from diffusion_core.samplers.registry import (
 )
 from diffusion_core.samplers.sde import LADDER_PREDICTORS
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from flows.config.choices import RecipeChoices
 from flows.config.validation import check_sampler, require, require_positive
 
 
@@ -46,7 +47,7 @@ class LikelihoodParams:
 
 
 @dataclass(frozen=True)
-class SDEParams:
+class SDEParams(RecipeChoices):  # + network, conditioning, ema, optimizer, batch_size
     process: str = "vp"  # vp | subvp | ve
     beta_min: float = 0.1  # vp, subvp: beta(t) = beta_min + t (beta_max - beta_min)
     beta_max: float = 20.0

@@ -24,7 +24,7 @@ import torch
 
 from diffusion_core.data.shards import ShardStream
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.training.ema import EMA
+from diffusion_core.training.ema import EMA, build_ema
 from diffusion_core.training.lr_schedule import lr_factor
 from diffusion_core.training.precision import Precision, as_channels_last, tune_network
 from diffusion_core.training.step import NONFINITE, TAKEN, adam, training_step
@@ -204,8 +204,10 @@ class _Loop:
     def state_dict(self) -> dict:
         """The loop's state with every rank's generator and data position; a collective call."""
         positions = gather(torch.tensor(self.batches.position(), dtype=torch.int64))
-        ranks = [{"generator": g, "epoch": int(p[0]), "batch": int(p[1])}
-                 for g, p in zip(gather(self.generator.get_state()), positions)]
+        # the global generator draws dropout's masks (a recipe's network.dropout)
+        ranks = [{"generator": g, "torch_rng": r, "epoch": int(p[0]), "batch": int(p[1])}
+                 for g, r, p in zip(gather(self.generator.get_state()), gather(torch.get_rng_state()),
+                                    positions)]
         return {"step": self.step, "elapsed_s": time.time() - self.started, "loss": self.loss,
                 "skipped": self.nonfinite.skipped, "overflows": self.nonfinite.overflows,
                 "progress": self.progress.state_dict(), "ranks": ranks}
@@ -216,6 +218,8 @@ class _Loop:
                              f"workers, this run has {world}: ray.num_workers must stay as the run began")
         mine = state["ranks"][rank]
         self.generator.set_state(mine["generator"])
+        if "torch_rng" in mine:  # checkpoints written before dropout existed lack it
+            torch.set_rng_state(mine["torch_rng"])
         self.batches.seek(mine["epoch"], mine["batch"])
         self.step = self.resumed_from = int(state["step"])
         self.started, self.loss = time.time() - float(state["elapsed_s"]), float(state["loss"])
@@ -244,7 +248,7 @@ def _build(config: dict, rank: int, device: torch.device) -> _Parts:
     net = tune_network(model.denoiser.net, config["channels_last"], config["compile"],
                        wrap=ray.train.torch.prepare_model)
     optimizer = adam(net.parameters(), config["lr"])
-    return _Parts(model, model.wrap(net), optimizer, EMA(model.denoiser.net, config["ema_gamma"]),
+    return _Parts(model, model.wrap(net), optimizer, build_ema(model.denoiser.net, config["ema"]),
                   Precision(config["precision"], device.type))
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import sys
 
+from flows.config.deviations import deviations_markdown
 from flows.config.params import ConfigError, load_params
 from flows.distributed import ray_cluster
 from flows.entry.deploy import check_prefect_api, run_command
@@ -35,7 +36,7 @@ def seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in STAGES + ("pipeline", "check-params", "deploy", "serve"):
+    for name in STAGES + ("pipeline", "check-params", "recipes", "deploy", "serve"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         if name in ("train", "sample", "evaluate", "register"):
@@ -84,7 +85,9 @@ HANDLERS = {"prepare": data.prepare, "train-classifier": data.train_classifier,
             "train": train.train, "sample": sample.sample, "evaluate": evaluate.evaluate,
             "register": registry.register, "compare": _compare,
             "pipeline": lambda params: pipeline_flow(params_path=None, params=params),
-            "check-params": lambda params: {"ok": True, "frameworks": params.train.frameworks}}
+            "check-params": lambda params: {"ok": True, "frameworks": params.train.frameworks},
+            "recipes": deviations_markdown}  # each recipe in use beside its paper (docs/recipes.md)
+TEXT_OUTPUT = ("recipes",)  # commands that print markdown, not JSON
 
 
 def _run(command: str, params, framework: str | None):
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    print(result if args.command in TEXT_OUTPUT else json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from diffusion_core.data.atomic import replacing_folder, write_json
-from diffusion_core.training.lr_schedule import warmup_steps
 from flows.config.params import Params, as_dict
 from flows.config.recipes import base_key, recipe_of, run_seed, split_run
 from flows.distributed.train_ray import NonFiniteLoss, fit
@@ -24,31 +23,35 @@ from flows.tracking.costs import measured
 
 def model_config(params: Params, framework: str, meta: dict) -> dict:
     """The JSON config a DiffusionModel is rebuilt from, for the run named `framework` (a
-    framework, or framework-recipe): it records the framework and the recipe."""
+    framework, or framework-recipe): it records the framework, the recipe, the network as the
+    recipe sets it and what the network sees (conditioning)."""
     profile, shape = params.profile(meta["kind"]), meta["shape"]
-    net = profile.network
+    choices = params.training(framework, meta["kind"])
+    settings = {**choices.network_settings(), "embedding": choices.record()["embedding"]}
     if meta["kind"] == "vector":
-        network = dict(kind="mlp", dim=shape[0], width=net.width, depth=net.depth, emb_dim=net.emb_dim)
+        network = dict(kind="mlp", dim=shape[0], **settings)
     else:
-        network = dict(kind="unet", channels=shape[0], image_size=shape[1], base=net.base,
-                       mults=list(net.mults), blocks=net.blocks, emb_dim=net.emb_dim)
+        network = dict(kind="unet", channels=shape[0], image_size=shape[1], **settings)
     section = params.framework(framework)
     if hasattr(section, "check_data"):  # checks that need the data's shape (ConfigError)
         section.check_data(framework, shape)
     return {"framework": split_run(framework)[0], "recipe": recipe_of(framework),
-            **section.model_parts(profile),
+            **section.model_parts(profile), "conditioning": choices.conditioning,
             "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
-def _loop_config(params: Params, framework: str, profile, model: dict) -> dict:
+def _loop_config(params: Params, framework: str, kind: str, model: dict) -> dict:
     """The training loop's settings, each of which bears on the trained weights (train adds
-    where the loop reads the data and which MLflow run it logs to)."""
+    where the loop reads the data and which MLflow run it logs to); the recipe's optimiser,
+    EMA and batch size resolved over the shared defaults (params.training)."""
+    choices = params.training(framework, kind)
+    optimizer = choices.optimizer
     return {
         "framework": framework, "model": model, "seed": params.train_seed(framework),
-        "steps": profile.steps, "batch_size": profile.batch_size, "lr": profile.lr,
-        "warmup_steps": warmup_steps(profile.steps), "grad_clip": params.train.grad_clip,
-        "ema_gamma": params.train.ema_gamma,
-        "lr_schedule": params.framework(framework).lr_schedule or params.train.lr_schedule,
+        "steps": params.profile(kind).steps, "batch_size": choices.batch_size, "lr": optimizer.lr,
+        "warmup_steps": optimizer.warmup_steps, "grad_clip": optimizer.grad_clip,
+        "ema": choices.ema.record(), "lr_schedule": optimizer.lr_schedule,
+        "recipe": choices.record(),  # every resolved choice: train_summary.json, MLflow params
         "log_every": params.train.log_every,
         "checkpoint_every": params.train.checkpoint_every, "time_limit_s": params.train.time_limit_s,
         "nonfinite": params.train.nonfinite, "nonfinite_limit": params.train.nonfinite_limit,
@@ -117,7 +120,8 @@ def _start_or_continue(params: Params, framework: str, experiment: str, inputs: 
             "dataset": params.data.source, "seed": str(inputs["seed"]),
             "data_manifest_sha256": inputs["data_manifest_sha256"]}
     replicate = run_seed(framework)[1] is not None  # a seed replicate: a child of its base key's run
-    run_id = tracking.start_run(experiment, framework, as_dict(params), tags,
+    logged = {**as_dict(params), "recipe": inputs["recipe"]}  # recipe.ema.kind, recipe.optimizer.lr, ...
+    run_id = tracking.start_run(experiment, framework, logged, tags,
                                 seed_group=base_key(framework) if replicate else None)
     record = {"run_id": run_id, "experiment": experiment,
               "ray_run_name": f"{experiment}-{framework}-{run_id[:8]}",
@@ -138,7 +142,7 @@ def train(params: Params, framework: str) -> dict:
     out = Path(params.train.out_dir) / framework
     experiment = tracking.experiment_name(params.data.source)
     model = model_config(params, framework, meta)  # bad params stop here, before the run exists
-    loop_config = _loop_config(params, framework, profile, model)
+    loop_config = _loop_config(params, framework, meta["kind"], model)
     run = _start_or_continue(params, framework, experiment, _run_inputs(params, loop_config))
     loop_config.update(run_id=run["run_id"], tracking_uri=tracking.tracking_uri(),
                        data_dir=str(Path(params.data.out_dir).resolve()))
@@ -148,6 +152,7 @@ def train(params: Params, framework: str) -> dict:
             metrics = fit(loop_config, params.ray, run["ray_run_name"], staging)
             summary = _summary(metrics, profile.steps, params.train.time_limit_s, time.time() - start,
                                loop_config["seed"])
+            summary["recipe"] = {"name": recipe_of(framework), **loop_config["recipe"]}
             tracking.save_run_id(staging, run["run_id"], experiment)
             write_json(staging / "train_summary.json", summary)
     except NonFiniteLoss:
