@@ -40,15 +40,15 @@ def model_config(params: Params, framework: str, meta: dict) -> dict:
             "sigma_data": profile.sigma_data, "network": network, "data_shape": list(shape)}
 
 
-def _loop_config(params: Params, framework: str, kind: str, model: dict) -> dict:
+def _loop_config(params: Params, framework: str, profile, model: dict) -> dict:
     """The training loop's settings, each of which bears on the trained weights (train adds
     where the loop reads the data and which MLflow run it logs to); the recipe's optimiser,
     EMA and batch size resolved over the shared defaults (params.training)."""
-    choices = params.training(framework, kind)
+    choices = params.training(framework, "vector" if model["network"]["kind"] == "mlp" else "image")
     optimizer = choices.optimizer
     return {
         "framework": framework, "model": model, "seed": params.train_seed(framework),
-        "steps": params.profile(kind).steps, "batch_size": choices.batch_size, "lr": optimizer.lr,
+        "steps": profile.steps, "batch_size": choices.batch_size, "lr": optimizer.lr,
         "warmup_steps": optimizer.warmup_steps, "grad_clip": optimizer.grad_clip,
         "ema": choices.ema.record(), "lr_schedule": optimizer.lr_schedule,
         "recipe": choices.record(),  # every resolved choice: train_summary.json, MLflow params
@@ -120,7 +120,7 @@ def _start_or_continue(params: Params, framework: str, experiment: str, inputs: 
             "dataset": params.data.source, "seed": str(inputs["seed"]),
             "data_manifest_sha256": inputs["data_manifest_sha256"]}
     replicate = run_seed(framework)[1] is not None  # a seed replicate: a child of its base key's run
-    logged = {**as_dict(params), "recipe": inputs["recipe"]}  # recipe.ema.kind, recipe.optimizer.lr, ...
+    logged = {**as_dict(params), "recipe": inputs.get("recipe", {})}  # recipe.ema.kind, recipe.optimizer.lr, ...
     run_id = tracking.start_run(experiment, framework, logged, tags,
                                 seed_group=base_key(framework) if replicate else None)
     record = {"run_id": run_id, "experiment": experiment,
@@ -139,11 +139,19 @@ def train(params: Params, framework: str) -> dict:
     as it was; a diverged one (NonFiniteLoss) has ended, and a new call starts afresh."""
     meta = dataset_meta(params)
     profile = params.profile(meta["kind"])
-    out = Path(params.train.out_dir) / framework
     experiment = tracking.experiment_name(params.data.source)
     model = model_config(params, framework, meta)  # bad params stop here, before the run exists
-    loop_config = _loop_config(params, framework, meta["kind"], model)
+    loop_config = _loop_config(params, framework, profile, model)
     run = _start_or_continue(params, framework, experiment, _run_inputs(params, loop_config))
+    with tracking.stage_run(run["run_id"]):  # RUNNING, then FINISHED / FAILED / KILLED
+        tracking.log_dataset(run["run_id"], experiment, "train", run["inputs"]["data_manifest_sha256"],
+                             params.data.out_dir)
+        return _fit_in_run(params, framework, run, loop_config, profile)
+
+
+def _fit_in_run(params: Params, framework: str, run: dict, loop_config: dict, profile) -> dict:
+    """fit() into `run`, the model put in place and the run's summary logged."""
+    out, experiment = Path(params.train.out_dir) / framework, run["experiment"]
     loop_config.update(run_id=run["run_id"], tracking_uri=tracking.tracking_uri(),
                        data_dir=str(Path(params.data.out_dir).resolve()))
     start = time.time()
