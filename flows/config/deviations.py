@@ -47,7 +47,9 @@ def run_settings(params, key: str, kind: str) -> dict:
     return values
 
 
-def _same(setting: str, a, b) -> bool:
+def same_setting(setting: str, a, b) -> bool:
+    """Whether two values of a setting mean the same (a sampler by its resolved settings, an
+    EMA by kind and rate or gamma, numbers to a relative 1e-4)."""
     if setting == "sampler":
         return resolve_settings(a) == resolve_settings(b)
     if setting == "ema" and isinstance(a, dict) and isinstance(b, dict):
@@ -82,9 +84,9 @@ def _row(setting: str, run, paper, steps: int) -> str:
     stated = value.text or show(value.value)
     if value.scale:
         stated += f" over {paper.steps:,} steps"
-    if _same(setting, run, value.value):
+    if same_setting(setting, run, value.value):
         mark, why = SAME, ""
-    elif expected is not None and _same(setting, run, expected):
+    elif expected is not None and same_setting(setting, run, expected):
         mark, why = SCALED, f"{show(expected)} at {steps:,} steps: the paper's fraction of its training"
     else:
         mark, why = DIFFERS, paper.reasons.get(setting, NO_REASON)
