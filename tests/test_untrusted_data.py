@@ -127,3 +127,14 @@ def test_pickled_code_in_an_npz_or_a_weights_file_does_not_run(tmp_path):
     assert not marker.exists(), "a pickle payload ran"
     torch.load(model_dir / "weights.pt", weights_only=False)  # the payload is live: plain pickle runs it
     assert marker.exists()
+
+
+def test_a_params_file_with_a_python_tag_runs_nothing(tmp_path):
+    from flows.config.params import ConfigError, load_params
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "params.yaml"
+    path.write_text(f'data: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML .*python/object/apply"):
+        load_params(path)
+    assert not marker.exists()
