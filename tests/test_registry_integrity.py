@@ -143,3 +143,18 @@ def test_a_version_without_recorded_digests_is_refused(workspace):
         client.set_model_version_tag(NAME, version.version, integrity.DIGEST_TAG,
                                      version.tags[integrity.DIGEST_TAG])
     assert registry.load_sampler(NAME, ALIAS).predict(None, params={"num_samples": 2}).shape == (2, 1, 8, 8)
+
+
+def test_the_verified_sampler_draws_the_sample_stages_samples(workspace):
+    """Loaded by the installed code, sample i of seed s is still the pipeline's sample i."""
+    import numpy as np
+
+    from flows.distributed import sample_ray
+
+    root, _ = workspace
+    x = registry.load_sampler(NAME, ALIAS).predict(None, params={"num_samples": 4, "seed": 3})
+    data = tiny_params("digits")
+    stage = parse_params({**data, "sample": {**data["sample"], "seed": 3}})
+    part = sample_ray.stage_callables(stage, "ddpm", root / "models" / "ddpm", "image", (1, 8, 8))
+    drawn, _ = part["draw"](part["load_model"](), part["seeds_of"](1, 3))
+    np.testing.assert_allclose(x[1:], drawn, rtol=0, atol=1e-5)
