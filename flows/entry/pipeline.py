@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 
 from flows.config.params import Params, as_dict, load_params, parse_params
 from flows.config.recipes import with_seeds
@@ -109,7 +110,19 @@ def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = 
     `seeds` trains each run key at each of these seeds (training-seed replicates)."""
     params = with_overrides(params or load_params(params_path), source, frameworks, seeds)
     with workspace_lock("."):  # a scheduled run and a manual one never share the outputs
-        return _run_stages(params)
+        try:
+            return _run_stages(params)
+        except TrainingInterrupted as err:  # a stop asked for, checkpointed: not a failure
+            return Cancelled(message=f"{err}")
+
+
+def run_pipeline(params: Params) -> dict:
+    """The flow for `diffusion pipeline`: its results; a stopped run (Cancelled) raises
+    TrainingInterrupted with the state's message, a failed one its own error."""
+    state = pipeline_flow(params_path=None, params=params, return_state=True)
+    if state.is_cancelled():
+        raise TrainingInterrupted(state.message or "the pipeline was stopped")
+    return state.result()
 
 
 def _run_stages(params: Params) -> dict:

@@ -258,6 +258,22 @@ def _registry_view(dataset: str) -> tuple[str | None, list[dict]]:
         return None, not_ranked
 
 
+COMPARE_SOURCE = "flows/stages/compare.py"
+
+
+def _mlflow_server() -> str:
+    """The tracking server's address, or `mlflow ui`'s default for a local store."""
+    uri = tracking.tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def _view_lines(link: str) -> str:
+    """Where the report's runs sit in MLflow: the runs list on the comparison view (MLflow
+    keeps a chosen view in the browser only, so the link carries it)."""
+    return ("\n\n## In MLflow\n\nThe runs list with recipe, steps, headline and the headline metric "
+            f"(the comparison view, best first): <{link}>\n")
+
+
 def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     """Write the report for every run key of params.train.frameworks and log it to MLflow;
     every input is read (and checked) before anything is written."""
@@ -275,18 +291,22 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     plot_quality_vs_nfe(sweep, out / "quality_vs_nfe.png", f"{dataset}: quality against cost")
     plot_side_by_side(samples, real, out / "samples_side_by_side.png")
-    report = markdown(dataset, rows, sweep, champion, not_ranked, costs)
+    headline_metric = next((f"eval_{r['headline_metric']}" for r in rows if r.get("headline_metric")),
+                           "eval_fd_ratio")
+    view = tracking.view_link(tracking.save_comparison_view(dataset, headline_metric), _mlflow_server())
+    report = markdown(dataset, rows, sweep, champion, not_ranked, costs) + _view_lines(view)
     write_text(out / "compare.md", report)
     summary = {"dataset": dataset, "rows": rows, "verdict": verdict(rows), "model_pairs": model_pairs(rows),
                "key_means": key_means(rows), "key_pairs": key_pairs(rows), "quality_vs_nfe": sweep,
                "champion": champion, "not_ranked": not_ranked, "stage_costs": costs}
     write_json(out / "compare.json", summary)
     run_id = tracking.start_run(dataset, "compare", {"frameworks": list(keys)},
-                                {"kind": "compare", "dataset": params.data.source})
-    tracking.log_metrics(run_id, {f"{r['framework']}_{k}": v for r in rows for k, v in r.items()})
-    tracking.log_metrics(run_id, {f"cost_{c['stage']}{'_' + c['run'] if c.get('run') else ''}_{k}": c[k]
-                                  for c in costs for k in ("seconds", "peak_rss_mb")})
-    tracking.log_artifacts(run_id, out, "report")
+                                {"kind": "compare", "dataset": params.data.source}, source=COMPARE_SOURCE)
+    with tracking.stage_run(run_id):  # FINISHED once the report is logged
+        tracking.log_metrics(run_id, {f"{r['framework']}_{k}": v for r in rows for k, v in r.items()})
+        tracking.log_metrics(run_id, {f"cost_{c['stage']}{'_' + c['run'] if c.get('run') else ''}_{k}": c[k]
+                                      for c in costs for k in ("seconds", "peak_rss_mb")})
+        tracking.log_artifacts(run_id, out, "report")
     return {**summary, "markdown": report, "run_id": run_id, "report_dir": str(out)}
 
 

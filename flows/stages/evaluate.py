@@ -152,9 +152,19 @@ def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{framework}.json"
     write_json(path, result)
+    run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
+    with tracking.stage_run(run_id):  # reopened for this stage, ended again
+        tracking.log_dataset(run_id, tracking.experiment_name(params.data.source), split,
+                             manifest_hash(params), params.data.out_dir)
+        _log_to_run(run_id, framework, split, result, sweep, path)
+    return path
+
+
+def _log_to_run(run_id: str, framework: str, split: str, result: dict, sweep: list[dict], path: Path) -> None:
+    """The figures as metrics prefixed eval_ (test) or val_, the headline tags, the files."""
+    out = path.parent
     prefix, folder = ("eval_", "metrics") if split == "test" else (f"{split}_", f"metrics/{split}")
     tag = "" if split == "test" else prefix
-    run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
     tracking.log_metrics(run_id, {f"{prefix}{k}": v for k, v in result.items()})
     figure = headline(result)
     if figure is not None:
@@ -168,7 +178,6 @@ def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict
                                  step=int(point["nfe"]))
         tracking.log_artifacts(run_id, sweep_path, folder)
         tracking.log_artifacts(run_id, out / f"{framework}_nfe.png", folder)
-    return path
 
 
 def _quality(params: Params, sample_dir: Path, kind: str) -> dict:

@@ -36,6 +36,7 @@ def sample(params: Params, framework: str) -> dict:
             "samples_per_s": drawing["samples_per_s"]}
     write_json(out / "sampling.json", info)
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    tracking.log_metrics(run_id, {"sample_nfe": nfe, "sample_seconds": info["seconds"]})
-    tracking.log_artifacts(run_id, out / "samples.png", "samples")
+    with tracking.stage_run(run_id):  # reopened for this stage, ended again
+        tracking.log_metrics(run_id, {"sample_nfe": nfe, "sample_seconds": info["seconds"]})
+        tracking.log_artifacts(run_id, out / "samples.png", "samples")
     return info

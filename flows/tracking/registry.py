@@ -27,6 +27,7 @@ import flows
 from diffusion_core.data import shards
 from flows.config.params import Params, as_dict
 from flows.config.recipes import base_key
+from flows.stages.data import manifest_hash
 from flows.tracking import integrity
 from flows.tracking import figures
 from flows.tracking import runs as tracking
@@ -108,36 +109,77 @@ def _save_pyfunc(params: Params, framework: str, model_dir: Path, meta: dict, ou
 
 @measured("register")
 def register(params: Params, framework: str) -> dict:
-    """Log the pyfunc into the run's MLflow run, register it as a new version of
-    ``<dataset>-<key>`` with its figure and how it was measured, and settle ``champion``."""
+    """Log the pyfunc as a logged model of the run's MLflow run (named after the run key, the
+    evaluation metrics linked to it), register it as a new version of ``<dataset>-<key>`` with
+    its figure and how it was measured, and settle ``champion``."""
     model_dir = Path(params.train.out_dir) / framework
     run_id = tracking.load_run_id(model_dir)  # names the file when train has not run
     meta = shards.read_manifest(params.data.out_dir)[1]
     figure, metrics = _figure(params, framework, meta["kind"])
-    name = registered_name(params, framework)
-    client = tracking.client()
-    with tempfile.TemporaryDirectory() as tmp:
-        _save_pyfunc(params, framework, model_dir, meta, Path(tmp) / ARTIFACT)
-        digest = integrity.write_manifest(Path(tmp) / ARTIFACT)  # the sha256 of every stored file
-        client.log_artifacts(run_id, str(Path(tmp) / ARTIFACT), ARTIFACT)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"dataset": params.data.source, "framework": base_key(framework)})
-    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
-    tags = {**version_tags(figure, metrics, model_dir, framework), integrity.DIGEST_TAG: digest}
-    same_run = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
-    if same_run:  # registering the same training run again updates its version
-        version = same_run[0]
-        for key, tag in tags.items():
-            client.set_model_version_tag(name, version.version, key, tag)
-    else:
-        version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    with tracking.stage_run(run_id):  # reopened for this stage, ended again
+        version, name = _register_version(params, framework, run_id, meta, figure, metrics)
     champion = update_champion(tracking.experiment_name(params.data.source), (name, int(version.version)))
     print(f"register: {name} version {version.version} ({figures.headline_text(figure)}); champion: "
           f"{champion['name']} version {champion['version']}")
     return {"name": name, "version": int(version.version), "primary_metric": figure["metric"],
-            "primary_value": figure["value"], "primary_se": figure["se"], "champion": champion}
+            "primary_value": figure["value"], "primary_se": figure["se"], "champion": champion,
+            "model_id": version.model_id}
+
+
+def _register_version(params: Params, framework: str, run_id: str, meta: dict, figure: dict, metrics: dict):
+    """The logged model and its registry version (the version of the same run again, its
+    files and tags replaced, when the run was registered before); (version, name)."""
+    model_dir, name, client = Path(params.train.out_dir) / framework, registered_name(params, framework), tracking.client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags={"dataset": params.data.source, "framework": base_key(framework)})
+    same_run = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    earlier = same_run[0] if same_run else None
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_pyfunc(params, framework, model_dir, meta, Path(tmp) / ARTIFACT)
+        digest = integrity.write_manifest(Path(tmp) / ARTIFACT)  # the sha256 of every stored file
+        model_id = _log_model(client, run_id, framework, Path(tmp) / ARTIFACT, earlier)
+    _link_metrics(params, run_id, model_id, metrics)
+    tags = {**version_tags(figure, metrics, model_dir, framework), integrity.DIGEST_TAG: digest}
+    if earlier is not None:  # registering the same training run again updates its version
+        for key, tag in tags.items():
+            client.set_model_version_tag(name, earlier.version, key, tag)
+        return client.get_model_version(name, earlier.version), name
+    # the source is where the logged model's files are (what integrity downloads and checks);
+    # model_id links the version to the logged model in the UI and the API
+    source = client.get_logged_model(model_id).artifact_location
+    return client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id), name
+
+
+def _log_model(client, run_id: str, key: str, folder: Path, earlier) -> str | None:
+    """Store ``folder`` (the pyfunc and its manifest, file for file) as an MLflow 3 logged model
+    named ``key``, an output of the run, so the run page and the experiment's Models tab list
+    it; its id. A version registered before keeps its storage: the files go where its source
+    points (the same logged model, or, for a version from before logged models, the run's
+    ``sampler`` folder, and then there is no model id)."""
+    from mlflow.entities import LoggedModelOutput
+
+    if earlier is not None and not earlier.model_id:
+        client.log_artifacts(run_id, str(folder), ARTIFACT)
+        return None
+    model_id = earlier.model_id if earlier is not None else client.create_logged_model(
+        client.get_run(run_id).info.experiment_id, name=key, source_run_id=run_id,
+        tags={"run_key": key}, model_type="diffusion-sampler").model_id
+    client.log_model_artifacts(model_id, str(folder))
+    client.finalize_logged_model(model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+    return model_id
+
+
+def _link_metrics(params: Params, run_id: str, model_id: str | None, metrics: dict) -> None:
+    """The evaluation figures (eval_*) again, linked to the logged model and the test split's
+    dataset, so the model's page and the Models tab show them."""
+    if model_id is None:
+        return
+    experiment = tracking.experiment_name(params.data.source)
+    tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, model_id=model_id,
+                         dataset=(tracking.dataset_name(experiment, "test"), manifest_hash(params)))
 
 
 def _versions(client, dataset: str) -> list[dict]:

@@ -6,9 +6,12 @@ MLFLOW_TRACKING_URI names a server.
 """
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,11 +73,41 @@ def experiment_name(source: str) -> str:
     return source.replace(":", "-").replace("/", "_").strip("-_.") or "dataset"
 
 
-def git_commit() -> str:
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout whose code runs the stages
+
+
+def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=CODE_ROOT)
+        return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (not of the working folder, which may be anywhere)."""
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def source_tags(source: str) -> dict:
+    """MLflow's own source tags, which fill the UI's Source, Version and User columns: `source`
+    is the stage module that opened the run (flows/stages/train.py); the commit is the code's;
+    `git_commit` is kept for readers of the older tag."""
+    commit, user = git_commit(), os.environ.get("MLFLOW_TRACKING_USERNAME") or _user()
+    tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL", "mlflow.user": user,
+            "git_commit": commit}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    remote = _git("remote", "get-url", "origin")
+    if remote:
+        tags["mlflow.source.git.repoURL"] = remote
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
         return "unknown"
 
 
@@ -94,15 +127,19 @@ def experiment_id(mlflow_client, experiment: str) -> str:
     return found.experiment_id
 
 
+TRAIN_SOURCE = "flows/stages/train.py"
+
+
 def start_run(experiment: str, run_name: str, params: dict, tags: dict,
-              seed_group: str | None = None) -> str:
+              seed_group: str | None = None, source: str = TRAIN_SOURCE) -> str:
     """Create a run (before any training starts) in the data set's experiment and return its id.
-    With `seed_group` (a base key), the run is a child of that key's seed-group run."""
+    With `seed_group` (a base key), the run is a child of that key's seed-group run. The run is
+    RUNNING until the stage that opened it ends it (`stage_run`)."""
     mlflow_client = client()
     if seed_group is not None:
         tags = {**tags, PARENT_RUN_TAG: seed_group_run(experiment, seed_group, tags)}
     run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=run_name,
-                                   tags={**tags, "git_commit": git_commit()})
+                                   tags={**tags, **source_tags(source)})
     flat = _flatten(params)
     for start in range(0, len(flat), 100):  # MLflow caps a batch at 100 params
         from mlflow.entities import Param
@@ -129,7 +166,7 @@ def seed_group_run(experiment: str, base: str, tags: dict | None = None) -> str:
         return found[0].info.run_id
     shared = {key: tags[key] for key in GROUP_TAGS if key in (tags or {})}
     run = mlflow_client.create_run(experiment_ids[0], run_name=base, tags={
-        **shared, SEED_GROUP_TAG: base, "run_key": base, "base_key": base, "git_commit": git_commit()})
+        **shared, SEED_GROUP_TAG: base, "run_key": base, "base_key": base, **source_tags(TRAIN_SOURCE)})
     return run.info.run_id
 
 
@@ -144,18 +181,23 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _metric_batch(metrics: dict, step: int | None) -> list:
+def _metric_batch(metrics: dict, step: int | None, model_id: str | None = None,
+                  dataset: tuple[str, str] | None = None) -> list:
     from mlflow.entities import Metric
 
     stamp = int(time.time() * 1000)
-    return [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    name, digest = (dataset[0], dataset[1][:DIGEST_CHARS]) if dataset else (None, None)
+    return [Metric(k, float(v), stamp, step or 0, model_id=model_id, dataset_name=name, dataset_digest=digest)
+            for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
-    batch = _metric_batch(metrics, step)
-    if batch:
-        client().log_batch(run_id, metrics=batch)
+def log_metrics(run_id: str, metrics: dict, step: int | None = None, model_id: str | None = None,
+                dataset: tuple[str, str] | None = None) -> None:
+    """Numbers of `metrics` into the run; with `model_id`, linked to that logged model too (and
+    to `dataset`, (name, manifest sha256), the data set they were measured on)."""
+    batch = _metric_batch(metrics, step, model_id, dataset)
+    for start in range(0, len(batch), MAX_BATCH):
+        client().log_batch(run_id, metrics=batch[start:start + MAX_BATCH])
 
 
 # MLflow's own client retries a failed request for minutes; a metric log that may wait for the
@@ -237,3 +279,119 @@ def load_run_id(directory: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the train stage first")
     return json.loads(path.read_text())["run_id"]
+
+
+# -- a run's life: RUNNING while a stage works in it, terminated when the stage ends ----------
+
+ERROR_TAG = "error"  # why the last stage in the run failed or was stopped; removed on success
+
+
+def _interrupted(err: BaseException) -> bool:
+    """A stop someone asked for: Ctrl-C, or SIGTERM/SIGINT turned into TrainingInterrupted."""
+    if isinstance(err, KeyboardInterrupt):
+        return True
+    stop_request = sys.modules.get("flows.distributed.stop_request")  # loaded wherever it is raised
+    return stop_request is not None and isinstance(err, stop_request.TrainingInterrupted)
+
+
+def end_status(err: BaseException | None) -> str:
+    """FINISHED, KILLED (a stop asked for) or FAILED."""
+    if err is None:
+        return "FINISHED"
+    return "KILLED" if _interrupted(err) else "FAILED"
+
+
+def _run_and_parent(mlflow_client, run_id: str) -> list[str]:
+    """The run, and its seed group's parent run if it is a replicate: the parent lives and ends
+    with the stages of its children."""
+    parent = mlflow_client.get_run(run_id).data.tags.get(PARENT_RUN_TAG)
+    return [run_id, parent] if parent else [run_id]
+
+
+@contextlib.contextmanager
+def stage_run(run_id: str):
+    """Wrap a stage's work in MLflow run `run_id`: the run (and its seed-group parent) is
+    RUNNING inside the block, and FINISHED, FAILED (with the error in tag `error`) or KILLED
+    (an interrupt) with an end time when the block ends, so the UI's status and duration are
+    true after any stage. A stage that reopens the run (resume, sample, evaluate, register)
+    marks it RUNNING again. The stage's own error is never hidden by a tracking one."""
+    mlflow_client = client()
+    ids = _run_and_parent(mlflow_client, run_id)
+    for each in ids:
+        mlflow_client.update_run(each, status="RUNNING")
+    try:
+        yield run_id
+    except BaseException as err:
+        _end(mlflow_client, ids, end_status(err), f"{type(err).__name__}: {err}")
+        raise
+    _end(mlflow_client, ids, "FINISHED", None)
+
+
+def _end(mlflow_client, ids: list[str], status: str, error: str | None) -> None:
+    try:
+        if error is not None:
+            mlflow_client.set_tag(ids[0], ERROR_TAG, error[:5000])
+        elif ERROR_TAG in mlflow_client.get_run(ids[0]).data.tags:
+            mlflow_client.delete_tag(ids[0], ERROR_TAG)  # an earlier failure, since mended
+        end = int(time.time() * 1000)
+        for each in ids:
+            mlflow_client.set_terminated(each, status, end_time=end)
+    except Exception as err:  # the server away: the stage's outcome stands, the status lags
+        print(f"warning: could not mark MLflow run {ids[0]} {status}: {err}", file=sys.stderr)
+
+
+# -- the data set as MLflow's dataset input ---------------------------------------------------
+
+DIGEST_CHARS = 36  # MLflow caps a dataset's digest (mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE)
+CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag for what a data set was used for
+
+
+def dataset_name(experiment: str, split: str) -> str:
+    """One MLflow dataset per split ('digits-train', 'digits-test'): MLflow keeps one input per
+    name and digest on a run, so two splits of one manifest need two names."""
+    return f"{experiment}-{split}"
+
+
+def log_dataset(run_id: str, experiment: str, split: str, manifest_sha256: str, data_dir: str | Path,
+                rows: int | None = None) -> None:
+    """Log the data set's `split` as a dataset input of the run: digest = the manifest's sha256
+    (its first DIGEST_CHARS characters, all MLflow stores; the whole one in the profile), source
+    = the shards' folder. Fills the UI's Dataset column and its Datasets filter."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {"manifest_sha256": manifest_sha256, "split": split, **({"rows": rows} if rows else {})}
+    dataset = Dataset(name=dataset_name(experiment, split), digest=manifest_sha256[:DIGEST_CHARS],
+                      source_type="local", source=json.dumps({"uri": Path(data_dir).resolve().as_uri()}),
+                      profile=json.dumps(profile))
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag(CONTEXT_TAG, split)])])
+
+
+# -- the runs list's view: recipe, steps, headline and the headline metric ---------------------
+
+VIEW_KEY = "comparison"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # how the UI's "Save view" stores a view
+
+
+def view_columns(headline_metric: str) -> list[str]:
+    """The view's columns, as the UI names them: attributes, tags and metrics by name."""
+    return ["attributes.`Dataset`", "tags.`recipe`", "tags.`steps`", "tags.`stopped_by`",
+            "tags.`headline`", f"metrics.`{headline_metric}`", "attributes.`Duration`",
+            "attributes.`Models`", "attributes.`Source`"]
+
+
+def view_link(experiment_id_: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The link that opens the experiment's runs list on the comparison view: MLflow 3.17 keeps
+    a chosen view in the browser only, so a fresh browser needs the view's key in the URL."""
+    return (f"{server}/#/experiments/{experiment_id_}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
+def save_comparison_view(experiment: str, headline_metric: str) -> str:
+    """Store the comparison view as the experiment's shared view: recipe, steps, headline and
+    `headline_metric` (eval_fd_ratio), the runs sorted by it, best first; the experiment's id."""
+    mlflow_client = client()
+    found = experiment_id(mlflow_client, experiment)
+    state = {"selectedColumns": view_columns(headline_metric), "orderByKey": f"metrics.`{headline_metric}`",
+             "orderByAsc": True, "runsExpanded": {}}
+    mlflow_client.set_experiment_tag(found, VIEW_TAG, json.dumps(state))
+    return found
