@@ -293,3 +293,27 @@ def test_a_version_without_an_interval_never_takes_champion(store):
     assert registry.update_champion("old", new)["name"] == "old-sde"  # the only rankable one
     reasons = {(v["name"], v["version"]): v["reason"] for v in registry.ranking("old", new)["not_ranked"]}
     assert reasons[old].startswith("no interval")
+
+
+def test_the_ladder_table_shows_each_rungs_change_with_its_interval(tmp_path, monkeypatch):
+    """ddpm:paper:edm with one seed per rung: each rung's change from the one before by the
+    paired bootstrap, at Bonferroni over the rungs; a big step is separated, a small one not."""
+    from flows.config.ladder import ladder_keys, parse_ladder
+
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(tiny_params("digits", compare={"ladders": ["ddpm:paper:edm"]}))
+    keys = ladder_keys(params, parse_ladder("ddpm:paper:edm", "x"))
+    values = [3.0, 2.95] + [2.0] * (len(keys) - 2)  # rung 1 changes little, rung 2 much
+    for key, value in zip(keys, values):
+        _write_run(tmp_path, key, value, 0.05)
+    rows = [compare.run_row(params, k) for k in keys]
+    table = compare.ladder_table(rows, params, "ddpm:paper:edm")
+    assert table[0].startswith("Ablation ladder `ddpm:paper:edm`")
+    assert table[4] == "| 0 | ddpm-paper | (start) | 3.00 | - | |"
+    assert table[5].startswith("| 1 | ddpm-paper_to_edm_1 | `parameterization` eps → edm | 2.95 | -0.05 [")
+    assert table[5].endswith("| not separated |")
+    assert table[6].startswith("| 2 | ddpm-paper_to_edm_2 | `noise` uniform → lognormal | 2.00 | -0.95 [")
+    assert table[6].endswith("| better |")
+    assert table[-1].startswith(f"| {len(keys) - 1} | ddpm-edm | `")  # the last rung is the end recipe
+    text = compare.markdown("digits", rows, {}, None, ladders=[table])
+    assert "| 2 | ddpm-paper_to_edm_2 |" in text

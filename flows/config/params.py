@@ -38,6 +38,7 @@ from flows.config.recipes import (
     split_run,
     with_recipe,
 )
+from flows.config.ladder import parse_ladder, rungs
 from flows.config.schema import build
 from flows.config.sde import SDEParams
 from flows.config.sweep import sweep_points
@@ -283,9 +284,12 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class CompareParams:
     out_dir: str = "reports"  # compare.md, compare.json and the plots
+    ladders: list[str] = field(default_factory=list)  # ablation ladders to report, 'ddpm:paper:edm' (ladder.py)
 
     def check(self, name: str) -> None:
         require(bool(self.out_dir), f"{name}.out_dir", "must name a folder")
+        for i, spec in enumerate(self.ladders):
+            parse_ladder(spec, f"{name}.ladders[{i}]")
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,8 @@ class Params:
                 self._check_choices(key)
         for key in self.train.frameworks:
             self._check_run_exists(key, "train.frameworks")
+        for i, spec in enumerate(self.compare.ladders):
+            rungs(self, parse_ladder(spec, f"compare.ladders[{i}]"))  # its recipes exist and resolve
         for i, entry in enumerate(self.evaluate.nfe_sweep):
             for key in entry.get("frameworks", []):
                 self._check_run_exists(key, f"evaluate.nfe_sweep[{i}].frameworks")

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                              help="train each run of train.frameworks without a seed suffix at each "
                                   "of these seeds, as <run>.s<seed> (training-seed replicates)")
+            cmd.add_argument("--ladder", metavar="FRAMEWORK:FROM:TO",
+                             help="train the ablation ladder from one recipe to another, one setting at a "
+                                  "time, instead of train.frameworks (ddpm:paper:edm)")
         if name in ("deploy", "serve"):
             _deployment_args(cmd, name)
     return parser
@@ -107,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         params = evaluate.with_split(load_params(args.params), getattr(args, "split", None))
-        if getattr(args, "seeds", None) is not None:  # validated like params.yaml: exit 2 if bad
-            params = with_overrides(params, None, None, args.seeds)
+        if getattr(args, "seeds", None) is not None or getattr(args, "ladder", None) is not None:
+            params = with_overrides(params, None, None, args.seeds, args.ladder)  # validated: exit 2 if bad
         _preflight(args.command)
         if args.command in ("deploy", "serve"):
             result = run_command(args)

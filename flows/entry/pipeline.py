@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
 
 from flows.config.params import Params, as_dict, load_params, parse_params
+from flows.config.ladder import with_ladder
 from flows.config.recipes import with_seeds
 from flows.config.validation import ConfigError
 from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
@@ -89,14 +90,17 @@ def summary_markdown(params: Params, results: dict) -> str:
 
 
 def with_overrides(params: Params, source: str | None, frameworks: list[str] | None,
-                   seeds: list[int] | None = None) -> Params:
-    """params with the flow's overrides applied, validated like params.yaml itself; `seeds`
-    turns each run key without a seed suffix into one replicate per seed (ddpm-edm.s0, ...)."""
+                   seeds: list[int] | None = None, ladder: str | None = None) -> Params:
+    """params with the flow's overrides applied, validated like params.yaml itself; `ladder`
+    ('ddpm:paper:edm') trains the ablation ladder's runs instead (config/ladder.py); `seeds`
+    then turns each run key without a seed suffix into one replicate per seed (ddpm-edm.s0, ...)."""
     data = as_dict(params)
     if source is not None:
         data["data"]["source"] = source
     if frameworks is not None:
         data["train"]["frameworks"] = frameworks
+    if ladder is not None:
+        data = with_ladder(data, parse_params(data), ladder)
     if seeds is not None:
         data["train"]["frameworks"] = with_seeds(data["train"]["frameworks"], seeds)
     return parse_params(data)
@@ -105,10 +109,11 @@ def with_overrides(params: Params, source: str | None, frameworks: list[str] | N
 @flow(name="diffusion-pipeline", log_prints=True)
 def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = None,
                   frameworks: list[str] | None = None, params: Params | None = None,
-                  seeds: list[int] | None = None) -> dict:
+                  seeds: list[int] | None = None, ladder: str | None = None) -> dict:
     """Run the whole DAG; `source` and `frameworks` override params.yaml for scheduled runs;
-    `seeds` trains each run key at each of these seeds (training-seed replicates)."""
-    params = with_overrides(params or load_params(params_path), source, frameworks, seeds)
+    `ladder` trains an ablation ladder's runs ('ddpm:paper:edm'); `seeds` trains each run key
+    at each of these seeds (training-seed replicates)."""
+    params = with_overrides(params or load_params(params_path), source, frameworks, seeds, ladder)
     with workspace_lock("."):  # a scheduled run and a manual one never share the outputs
         try:
             return _run_stages(params)

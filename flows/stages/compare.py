@@ -26,7 +26,15 @@ from diffusion_core.data.atomic import write_json, write_text  # noqa: E402
 from flows.config.params import Params  # noqa: E402
 from flows.config.recipes import split_run  # noqa: E402
 from flows.stages import plots  # noqa: E402
-from flows.stages.verdict import figure_of, key_table, key_pairs, key_means, model_pairs, verdict  # noqa: E402
+from flows.stages.verdict import (  # noqa: E402
+    figure_of,
+    key_means,
+    key_pairs,
+    key_table,
+    ladder_table,
+    model_pairs,
+    verdict,
+)
 from flows.tracking import figures, registry  # noqa: E402
 from flows.tracking import runs as tracking  # noqa: E402
 from flows.tracking.costs import read_costs  # noqa: E402
@@ -185,13 +193,14 @@ def cost_table(costs: list[dict]) -> list[str]:
 
 
 def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, not_ranked=(),
-             costs=()) -> str:
+             costs=(), ladders=()) -> str:
     """The report: the at-a-glance table, the verdict and the champion, then every metric,
     quality against NFE, what each stage cost, and the figures."""
     keys = key_table(rows)
     lines = [f"# Framework comparison on `{dataset}`", "", *summary_table(rows), "",
              *(["Each key over its training seeds:", "", *keys, ""] if keys else []),
-             f"**Verdict:** {verdict(rows)}", "", *_registry_lines(champion, not_ranked), "",
+             f"**Verdict:** {verdict(rows)}", "", *[line for table in ladders for line in (*table, "")],
+             *_registry_lines(champion, not_ranked), "",
              "## Every metric", "", *wide_table(rows)]
     if sweep:
         lines += ["", "## Quality against NFE", "", *sweep_table(sweep)]
@@ -294,7 +303,8 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     headline_metric = next((f"eval_{r['headline_metric']}" for r in rows if r.get("headline_metric")),
                            "eval_fd_ratio")
     view = tracking.view_link(tracking.save_comparison_view(dataset, headline_metric), _mlflow_server())
-    report = markdown(dataset, rows, sweep, champion, not_ranked, costs) + _view_lines(view)
+    ladders = [table for spec in params.compare.ladders if (table := ladder_table(rows, params, spec))]
+    report = markdown(dataset, rows, sweep, champion, not_ranked, costs, ladders) + _view_lines(view)
     write_text(out / "compare.md", report)
     summary = {"dataset": dataset, "rows": rows, "verdict": verdict(rows), "model_pairs": model_pairs(rows),
                "key_means": key_means(rows), "key_pairs": key_pairs(rows), "quality_vs_nfe": sweep,

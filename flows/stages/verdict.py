@@ -18,6 +18,8 @@ from __future__ import annotations
 from itertools import combinations
 
 from diffusion_core.evaluation import intervals
+from flows.config.deviations import show
+from flows.config.ladder import ladder_keys, parse_ladder, rungs
 from flows.config.recipes import run_seed
 from flows.tracking import figures
 
@@ -148,3 +150,56 @@ def key_table(rows: list[dict], level: float = LEVEL) -> list[str]:
         per_seed = ", ".join(f"{run}: {figures.num(v)}" for run, v in zip(m["runs"], m["values"]))
         lines.append(f"| {key} | {m['seeds']} | {_bounds(m)} | {per_seed} |")
     return lines
+
+
+def _change(before: list[dict], after: list[dict], level: float) -> dict | None:
+    """after − before: Welch's over training seeds when both have several, else the paired
+    bootstrap of the two trained models; None when either lacks what that needs."""
+    if len(before) > 1 and len(after) > 1:
+        return {**intervals.seed_difference([r["headline_value"] for r in after],
+                                            [r["headline_value"] for r in before], level), "by": "seeds"}
+    a, b = figure_of(before[0]), figure_of(after[0])
+    if len(before) > 1 or len(after) > 1 or not (figures.ranked(a) and figures.ranked(b)):
+        return None
+    diff = intervals.difference(b["figure"], b["replicates"], a["figure"], a["replicates"], floor=float(a["floor"]),
+                                level=level)
+    return {**diff, "by": "models"}
+
+
+def _rung_cell(rung: dict) -> str:
+    return "; ".join(f"`{s}` {show(a)} → {show(b)}" for s, (a, b) in rung["values"].items())
+
+
+def ladder_table(rows: list[dict], params, spec: str, level: float = LEVEL) -> list[str]:
+    """One line per rung of an ablation ladder (config/ladder.py): what it changes, its headline
+    (the mean over its seeds where it has several) and the change from the rung before with its
+    interval, each at the Bonferroni level over the ladder's rungs; empty when fewer than two
+    of its runs are in the report."""
+    ladder = parse_ladder(spec, "compare.ladders")
+    keys, steps, groups = ladder_keys(params, ladder), rungs(params, ladder), seed_groups(rows)
+    if sum(k in groups for k in keys) < 2:
+        return []
+    each = intervals.family_level(level, len(steps))
+    label = rows[0].get("headline_label") or ""
+    lines = [f"Ablation ladder `{spec}`: each rung changes the settings named, the change is the rung's "
+             f"headline minus the rung before's ({label}; negative is better), at {level:.0%} family-wise "
+             f"(Bonferroni over {len(steps)} rungs).", "",
+             "| rung | run | changes | headline | change from the rung before | |", "|---|---|---|---|---|---|"]
+    means = key_means(rows, level)
+    start = keys[0]
+    lines.append(f"| 0 | {start} | (start) | {_mean_cell(means.get(start))} | - | |")
+    for i, (rung, key, before) in enumerate(zip(steps, keys[1:], keys[:-1]), 1):
+        change = _change(groups[before], groups[key], each) if before in groups and key in groups else None
+        verdict_cell = "-" if change is None else (("better" if change["estimate"] < 0 else "worse")
+                                                   if change["separated"] else "not separated")
+        lines.append(f"| {i} | {key} | {_rung_cell(rung)} | {_mean_cell(means.get(key))} | "
+                     f"{'-' if change is None else _bounds(change)} | {verdict_cell} |")
+    return lines
+
+
+def _mean_cell(mean: dict | None) -> str:
+    if mean is None:
+        return "not run"
+    if mean["seeds"] == 1:
+        return figures.num(mean["estimate"])
+    return f"{_bounds(mean)} ({mean['seeds']} seeds)"
