@@ -115,7 +115,7 @@ def test_dvc_push_then_pull_into_a_wiped_checkout_restores_verified_shards(tmp_p
     assert (repo / "data/shards/manifest.parquet").read_bytes() == before
     shards.verify_shards(repo / "data/shards")  # every shard's sha256 against the manifest
     table, _ = shards.read_manifest(repo / "data/shards")
-    assert sum(table.column("num_samples").to_pylist()) == 2000 + 500  # tiny: train + test
+    assert sum(table.column("num_samples").to_pylist()) == 2000 + 500 + 500  # tiny: train + val + test
     assert (repo / "models/classifier/classifier_metrics.json").is_file()
     assert "in sync" in _dvc(["status", "--cloud", "prepare", "train-classifier"], repo)
 
