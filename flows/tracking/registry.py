@@ -152,9 +152,14 @@ def _register_version(params: Params, framework: str, run_id: str, meta: dict, f
     return client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id), name
 
 
+def logged_model_name(key: str) -> str:
+    """The run key as MLflow allows a logged model's name (no '.'): ddpm-edm.s1 -> ddpm-edm_s1."""
+    return key.replace(".", "_")
+
+
 def _log_model(client, run_id: str, key: str, folder: Path, earlier) -> str | None:
     """Store ``folder`` (the pyfunc and its manifest, file for file) as an MLflow 3 logged model
-    named ``key``, an output of the run, so the run page and the experiment's Models tab list
+    named after ``key`` (``logged_model_name``), an output of the run, so the run page and the experiment's Models tab list
     it; its id. A version registered before keeps its storage: the files go where its source
     points (the same logged model, or, for a version from before logged models, the run's
     ``sampler`` folder, and then there is no model id)."""
@@ -164,7 +169,7 @@ def _log_model(client, run_id: str, key: str, folder: Path, earlier) -> str | No
         client.log_artifacts(run_id, str(folder), ARTIFACT)
         return None
     model_id = earlier.model_id if earlier is not None else client.create_logged_model(
-        client.get_run(run_id).info.experiment_id, name=key, source_run_id=run_id,
+        client.get_run(run_id).info.experiment_id, name=logged_model_name(key), source_run_id=run_id,
         tags={"run_key": key}, model_type="diffusion-sampler").model_id
     client.log_model_artifacts(model_id, str(folder))
     client.finalize_logged_model(model_id, "READY")
