@@ -122,7 +122,8 @@ def test_mlflow_takes_the_pipelines_writes_and_another_user_cannot_change_them(m
         name, version = done["name"], str(done["version"])
         client = tracking.client()
         client.set_registered_model_alias(name, "under-test", version)
-        assert client.get_model_version(name, version).tags[integrity.DIGEST_TAG]
+        stored = client.get_model_version(name, version)
+        assert stored.tags[integrity.DIGEST_TAG] and stored.source.startswith("mlflow-artifacts:/")
         x = registry.load_sampler(name, "under-test").predict(None, params={"num_samples": 4, "seed": 1})
         assert x.shape == (4, 2) and np.isfinite(x).all()
         assert not (tmp_path / "mlflow.db").exists(), "the writes went to a local store, not the server"
@@ -135,19 +136,28 @@ def test_mlflow_takes_the_pipelines_writes_and_another_user_cannot_change_them(m
     status, _ = http("POST", f"{api}/registered-models/alias",
                      {"name": name, "alias": "champion", "version": version}, mallory)
     assert status == 403
-    # the proxied artifact store: mallory cannot overwrite a file of the pipeline's run
-    experiment = json.loads(http("GET", f"{api}/runs/get?run_id={done['run_id']}", headers=mallory)[1])
-    experiment_id = experiment["run"]["info"]["experiment_id"]
-    target = f"{url}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{done['run_id']}/artifacts/sampler/sampler_model.py"
-    request = urllib.request.Request(target, data=b"print('replaced')\n", method="PUT", headers=mallory)
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=30)
-    assert refused.value.code == 403
+    # the proxied artifact store: mallory cannot overwrite a stored file of the version
+    path = stored.source.removeprefix("mlflow-artifacts:").strip("/")
+    target = f"{url}/api/2.0/mlflow-artifacts/artifacts/{path}/sampler_model.py"
+
+    def put(headers) -> int:
+        request = urllib.request.Request(target, data=b"print('replaced')\n", method="PUT", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert put(mallory) == 403
     with in_workspace(tmp_path) as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", url)
-        patch.setenv("MLFLOW_TRACKING_USERNAME", "mallory")
-        patch.setenv("MLFLOW_TRACKING_PASSWORD", users["mallory"])
+        for key, value in (("MLFLOW_TRACKING_URI", url), ("MLFLOW_TRACKING_USERNAME", "mallory"),
+                           ("MLFLOW_TRACKING_PASSWORD", users["mallory"])):
+            patch.setenv(key, value)
         assert registry.load_sampler(name, "under-test").predict(None, params={"num_samples": 2}).shape == (2, 2)
+        # a write the server does allow (the owner's) is still caught by the digests
+        assert put(basic("pipeline", users["pipeline"])) == 200
+        with pytest.raises(integrity.TamperedVersion, match=r"stored file sampler_model\.py does not match"):
+            registry.load_sampler(name, "under-test")
 
 
 # --- Prefect ------------------------------------------------------------------------------
