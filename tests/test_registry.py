@@ -1,5 +1,6 @@
 """The MLflow registry on a local sqlite store: pyfunc samplers, the champion alias, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,12 +10,12 @@ from flows.config.params import ConfigError, parse_params
 from flows.distributed import sample_ray
 from flows.stages import data as stages
 from flows.stages import train as train_stage
-from flows.tracking import registry
+from flows.tracking import figures, registry
 from flows.tracking import runs as tracking
-from tests.tiny import in_workspace, tiny_params
+from tests.tiny import fd_record, in_workspace, tiny_params
 
 
-def _trained_run(root, params, fd: float) -> str:
+def _trained_run(root, params, ratio: float) -> str:
     """A framework's outputs as train and evaluate leave them: weights, run id, metrics.
     (An untrained tiny U-Net: the registry needs the files, not a good model.)"""
     meta = stages.dataset_meta(params)
@@ -23,7 +24,7 @@ def _trained_run(root, params, fd: float) -> str:
     run_id = tracking.start_run("digits", "ddpm", {}, {"framework": "ddpm"})
     tracking.save_run_id(model_dir, run_id, "digits")
     (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / "ddpm.json").write_text(json.dumps({"fd": fd, "sampler": "ddim", "nfe": 9}))
+    (root / "metrics" / "ddpm.json").write_text(json.dumps(fd_record(ratio, seed=int(ratio * 10))))
     return run_id
 
 
@@ -33,7 +34,7 @@ def registered(tmp_path_factory):
     with in_workspace(root):
         params = parse_params(tiny_params("digits"))
         stages.prepare(params)
-        run_id = _trained_run(root, params, fd=5.0)
+        run_id = _trained_run(root, params, ratio=2.5)
         first = registry.register(params, "ddpm")
         yield root, params, run_id, first
 
@@ -41,9 +42,9 @@ def registered(tmp_path_factory):
 def test_register_names_the_model_and_gives_champion(registered):
     _, _, run_id, first = registered
     assert first["name"] == "digits-ddpm" and first["version"] == 1
-    assert first["champion"] == {"name": "digits-ddpm", "version": 1, "primary_value": 5.0}
+    assert first["champion"] == {"name": "digits-ddpm", "version": 1, "primary_value": 2.5}
     version = tracking.client().get_model_version_by_alias("digits-ddpm", "champion")
-    assert version.run_id == run_id and version.tags["primary_metric"] == "fd"
+    assert version.run_id == run_id and version.tags["primary_metric"] == "fd_ratio"
     assert registry.champion_uri("digits") == "models:/digits-ddpm@champion"
 
 
@@ -84,10 +85,10 @@ def test_bad_predict_parameters_are_named(registered):
 
 def test_a_better_run_takes_champion_and_a_worse_one_does_not(registered):
     root, params, _, _ = registered
-    _trained_run(root, params, fd=3.0)
+    _trained_run(root, params, ratio=1.5)  # better by 1.0, its interval far from zero
     better = registry.register(params, "ddpm")
     assert better["version"] == 2 and better["champion"]["version"] == 2
-    _trained_run(root, params, fd=9.0)
+    _trained_run(root, params, ratio=4.5)
     worse = registry.register(params, "ddpm")
     assert worse["version"] == 3 and worse["champion"]["version"] == 2
     again = registry.register(params, "ddpm")  # the same run registered twice: no new version
@@ -98,10 +99,11 @@ def test_champion_moves_across_frameworks_of_a_data_set(registered):
     client = tracking.client()
     best = client.get_model_version("digits-ddpm", "2")
     client.create_registered_model("digits-rival")
-    client.create_model_version("digits-rival", best.source, run_id=best.run_id,
-                                tags={"primary_metric": "fd", "primary_value": "1.0"})
+    record = fd_record(0.5, seed=3)  # measured like the ddpm versions, clearly better
+    tags = registry.version_tags(figures.headline(record), record, Path("no-model"), "rival")
+    client.create_model_version("digits-rival", best.source, run_id=best.run_id, tags=tags)
     assert registry.update_champion("digits") == {"name": "digits-rival", "version": 1,
-                                                 "primary_value": 1.0}
+                                                 "primary_value": 0.5}
     assert "champion" not in client.get_registered_model("digits-ddpm").aliases
     client.delete_registered_model("digits-rival")
     assert registry.update_champion("digits")["name"] == "digits-ddpm"

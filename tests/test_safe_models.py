@@ -14,7 +14,7 @@ from flows.stages import train as train_stage
 from flows.tracking import registry
 from flows.tracking import runs as tracking
 from flows.tracking.sampler_model import check_fits
-from tests.tiny import in_workspace, tiny_params
+from tests.tiny import fd_record, in_workspace, tiny_params
 
 DIGITS = {"kind": "image", "shape": [1, 8, 8]}
 
@@ -29,7 +29,7 @@ def registered(tmp_path_factory):
         DiffusionModel(train_stage.model_config(params, "ddpm", DIGITS)).save(model_dir)
         tracking.save_run_id(model_dir, tracking.start_run("digits", "ddpm", {}, {}), "digits")
         (root / "metrics").mkdir()
-        (root / "metrics" / "ddpm.json").write_text(json.dumps({"fd": 5.0, "sampler": "ddim", "nfe": 9}))
+        (root / "metrics" / "ddpm.json").write_text(json.dumps(fd_record(2.5)))
         registry.register(params, "ddpm")
         yield root, params
 
