@@ -6,7 +6,6 @@ in the schema metadata under ``dataset``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from diffusion_core.data.atomic import replacing_folder
+from diffusion_core.data.digest import file_sha256
 from diffusion_core.data.sources import data_kind, value_range
 
 # 2: prepare writes train/val/test (and classifier for labelled images); 1 had train/test only
@@ -31,14 +31,6 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 class ShardChecksumError(ValueError):
     """A shard is missing or its bytes differ from the manifest."""
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_splits(splits: dict) -> tuple[int, ...]:
@@ -75,7 +67,7 @@ def _write_split(folder: Path, split: str, x: np.ndarray, y, per_shard: int) -> 
                 sink.write(sample)
         path = folder / name
         rows.append(dict(split=split, shard=name, num_samples=stop - start,
-                         num_bytes=path.stat().st_size, sha256=_file_sha256(path)))
+                         num_bytes=path.stat().st_size, sha256=file_sha256(path)))
     return rows
 
 
@@ -227,7 +219,7 @@ def _shard_problem(path: Path, row: dict) -> str | None:
     if size != row["num_bytes"]:
         return (f"fails its check against the manifest: it has {size} bytes, the manifest "
                 f"lists {row['num_bytes']} ({'truncated' if size < row['num_bytes'] else 'grown'})")
-    digest = _file_sha256(path)
+    digest = file_sha256(path)
     if digest != row["sha256"]:
         return (f"fails its sha256 check against the manifest: its bytes changed "
                 f"(sha256 {digest[:12]}..., the manifest lists {row['sha256'][:12]}...)")

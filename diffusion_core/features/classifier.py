@@ -7,7 +7,6 @@ pickled code; ``classifier_hash`` identifies the exact weights behind a figure.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from diffusion_core.data.digest import file_sha256
 
 __all__ = [
     "DigitClassifier",
@@ -288,8 +289,4 @@ def classifier_hash(path_dir) -> str:
     weights = Path(path_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise ValueError(f"path_dir {str(path_dir)!r} has no {WEIGHTS_FILE}")
-    digest = hashlib.sha256()
-    with weights.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(weights)

@@ -12,13 +12,14 @@ project pins they fail to import (and a broken torchvision makes ``import torchm
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from diffusion_core.data.digest import file_sha256
 
 __all__ = ["FIDInceptionV3", "load_inception", "inception_features", "weights_sha256",
            "WEIGHTS_ENV", "FEATURE_DIM"]
@@ -248,8 +249,4 @@ def inception_features(model: FIDInceptionV3, x, batch_size: int = 64) -> np.nda
 
 def weights_sha256(path) -> str:
     """SHA-256 of the weights file: identifies the feature extractor behind an FID."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)

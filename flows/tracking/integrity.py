@@ -15,13 +15,13 @@ file is refused, naming it), then builds the sampler from three of them with the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
 
 import mlflow
 
+from diffusion_core.data.digest import file_sha256
 from flows.tracking.sampler import RegisteredSampler
 
 MANIFEST = "manifest.json"
@@ -34,14 +34,6 @@ class TamperedVersion(ValueError):
     """A registry version's stored files are not the ones registration recorded."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stored_files(folder: Path) -> dict[str, Path]:
     """Every file under ``folder`` by its path relative to it ('/'-separated)."""
     return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -51,10 +43,10 @@ def write_manifest(folder: Path) -> str:
     """Write ``manifest.json`` (the sha256 of every other file in ``folder``) and return the
     manifest's own sha256, the value of the version's ``sha256.manifest`` tag."""
     folder = Path(folder)
-    files = {rel: sha256_file(p) for rel, p in _stored_files(folder).items() if rel != MANIFEST}
+    files = {rel: file_sha256(p) for rel, p in _stored_files(folder).items() if rel != MANIFEST}
     body = json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True)
     (folder / MANIFEST).write_text(body + "\n")
-    return sha256_file(folder / MANIFEST)
+    return file_sha256(folder / MANIFEST)
 
 
 def verify_folder(folder: Path, manifest_digest: str, label: str) -> None:
@@ -64,7 +56,7 @@ def verify_folder(folder: Path, manifest_digest: str, label: str) -> None:
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise TamperedVersion(f"{label}: its stored {MANIFEST} is missing: refusing to load it")
-    if sha256_file(manifest) != manifest_digest:
+    if file_sha256(manifest) != manifest_digest:
         raise TamperedVersion(f"{label}: its stored {MANIFEST} does not match the tag {DIGEST_TAG} "
                               f"recorded at registration: refusing to load it")
     recorded = json.loads(manifest.read_text())["files"]
@@ -76,7 +68,7 @@ def verify_folder(folder: Path, manifest_digest: str, label: str) -> None:
     if missing:
         raise TamperedVersion(f"{label}: stored file {missing[0]} is missing: refusing to load it")
     for rel, path in stored.items():
-        if sha256_file(path) != recorded[rel]:
+        if file_sha256(path) != recorded[rel]:
             raise TamperedVersion(f"{label}: stored file {rel} does not match the sha256 recorded "
                                   f"at registration: refusing to load it")
 
