@@ -1,7 +1,7 @@
 """Resume means resume: a run stopped by SIGTERM, or whose driver was killed, continues when the
 same command runs again: the same MLflow run and Ray Train run, from the latest checkpoint, with
-the step, learning rate, EMA, time spent, data position and noise of an uninterrupted run, so it
-ends with the same weights. And waiting for Ray's resources means waiting until they are free.
+the step, learning rate, EMA, time spent, data position and noise (the loss's and dropout's) of an uninterrupted run, so
+it ends with the same weights. And waiting for Ray's resources means waiting until they are free.
 
 One run is interrupted twice: SIGTERM after its first checkpoint, then (run again) SIGKILL after
 a later one; the third command finishes it. The drivers are `diffusion train` processes on one
@@ -42,7 +42,9 @@ def cluster(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("resume")
     with in_workspace(root):
-        data = tiny_params(vector={"steps": STEPS}, train=TRAIN)
+        # dropout's masks come from the global generator, which a checkpoint keeps per rank
+        data = tiny_params(vector={"steps": STEPS, "network": {"width": 64, "depth": 2, "emb_dim": 32,
+                                                               "dropout": 0.1}}, train=TRAIN)
         write_params(root, data)
         stages.prepare(parse_params(data))
         ray.shutdown()  # an instance another test module started may not be connect()'s

@@ -204,10 +204,8 @@ class _Loop:
     def state_dict(self) -> dict:
         """The loop's state with every rank's generator and data position; a collective call."""
         positions = gather(torch.tensor(self.batches.position(), dtype=torch.int64))
-        # the global generator draws dropout's masks (a recipe's network.dropout)
-        ranks = [{"generator": g, "torch_rng": r, "epoch": int(p[0]), "batch": int(p[1])}
-                 for g, r, p in zip(gather(self.generator.get_state()), gather(torch.get_rng_state()),
-                                    positions)]
+        ranks = [{"generator": g, "epoch": int(p[0]), "batch": int(p[1])}
+                 for g, p in zip(gather(self.generator.get_state()), positions)]
         return {"step": self.step, "elapsed_s": time.time() - self.started, "loss": self.loss,
                 "skipped": self.nonfinite.skipped, "overflows": self.nonfinite.overflows,
                 "progress": self.progress.state_dict(), "ranks": ranks}
@@ -218,8 +216,6 @@ class _Loop:
                              f"workers, this run has {world}: ray.num_workers must stay as the run began")
         mine = state["ranks"][rank]
         self.generator.set_state(mine["generator"])
-        if "torch_rng" in mine:  # checkpoints written before dropout existed lack it
-            torch.set_rng_state(mine["torch_rng"])
         self.batches.seek(mine["epoch"], mine["batch"])
         self.step = self.resumed_from = int(state["step"])
         self.started, self.loss = time.time() - float(state["elapsed_s"]), float(state["loss"])
@@ -291,6 +287,13 @@ def _report(parts: _Parts, loop: _Loop, metrics: dict, rank: int) -> None:
         ray.train.report({**metrics, "step": loop.step}, checkpoint=checkpoint)
 
 
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """The global generator's seed at a step: what it draws (a recipe's dropout masks) is fixed
+    by (seed, rank, step) alone, so a resumed run draws what an uninterrupted one would have,
+    whatever else (a DataLoader's base seed) drew from it since the checkpoint."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def _take_steps(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int, device,
                 stop: StopRequest) -> str:
     """Steps up to the planned number, unless the time cap, a non-finite step (train.nonfinite)
@@ -300,6 +303,7 @@ def _take_steps(parts: _Parts, loop: _Loop, config: dict, rank: int, world: int,
         if stop():
             return "interrupted"
         x = next(batches)
+        torch.manual_seed(_step_seed(config["seed"], rank, loop.step))  # dropout's masks
         lr = config["lr"] * lr_factor(loop.step, config["steps"], config["warmup_steps"],
                                       config["lr_schedule"])
         x = as_channels_last(x.to(device), config["channels_last"])
