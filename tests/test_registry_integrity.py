@@ -38,7 +38,7 @@ def registered(tmp_path_factory):
         (root / "metrics" / "ddpm.json").write_text(json.dumps({"fd": 5.0, "sampler": "ddim", "nfe": 9}))
         version = registry.register(params, "ddpm")["version"]
         tracking.client().set_registered_model_alias(NAME, ALIAS, str(version))
-        source = tracking.client().get_model_version_by_alias(NAME, ALIAS).source
+        source = tracking.client().get_model_version_download_uri(NAME, str(version))  # the logged model's files
         stored = Path(source.removeprefix("file://"))
         assert (stored / "MLmodel").is_file(), source  # the local store: the files themselves
         yield root, stored

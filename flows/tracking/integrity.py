@@ -82,7 +82,10 @@ def download_verified(version, tracking_uri: str, dst: Path) -> Path:
     if not digest:
         raise TamperedVersion(f"{label} carries no tag {DIGEST_TAG} (registered before file digests "
                               f"were recorded): refusing to load it; register its run again")
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst),
+    source = version.source
+    if source.startswith("models:/"):  # a logged model: its own files (a models:/ download adds one)
+        source = mlflow.MlflowClient(tracking_uri).get_model_version_download_uri(version.name, version.version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
                                                      tracking_uri=tracking_uri))
     verify_folder(local, digest, label)
     return local

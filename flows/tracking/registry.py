@@ -123,7 +123,7 @@ def register(params: Params, framework: str) -> dict:
           f"{champion['name']} version {champion['version']}")
     return {"name": name, "version": int(version.version), "primary_metric": figure["metric"],
             "primary_value": figure["value"], "primary_se": figure["se"], "champion": champion,
-            "model_id": version.model_id}
+            "model_id": model_id_of(version)}
 
 
 def _register_version(params: Params, framework: str, run_id: str, meta: dict, figure: dict, metrics: dict):
@@ -146,10 +146,20 @@ def _register_version(params: Params, framework: str, run_id: str, meta: dict, f
         for key, tag in tags.items():
             client.set_model_version_tag(name, earlier.version, key, tag)
         return client.get_model_version(name, earlier.version), name
-    # the source is where the logged model's files are (what integrity downloads and checks);
-    # model_id links the version to the logged model in the UI and the API
-    source = client.get_logged_model(model_id).artifact_location
-    return client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id), name
+    # models:/<model id> links the version to the logged model (the UI's link, and the only
+    # record of it in a sqlite registry); a local store resolves it through MLflow's global URI
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(tracking.tracking_uri()):
+        return client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags,
+                                           model_id=model_id), name
+
+
+def model_id_of(version) -> str | None:
+    """The logged model a registry version was made from (its ``models:/m-...`` source; a
+    sqlite registry does not return ``model_id`` itself), or None for an older version."""
+    source = version.source or ""
+    return version.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
 
 
 def logged_model_name(key: str) -> str:
@@ -165,10 +175,10 @@ def _log_model(client, run_id: str, key: str, folder: Path, earlier) -> str | No
     ``sampler`` folder, and then there is no model id)."""
     from mlflow.entities import LoggedModelOutput
 
-    if earlier is not None and not earlier.model_id:
+    if earlier is not None and not model_id_of(earlier):
         client.log_artifacts(run_id, str(folder), ARTIFACT)
         return None
-    model_id = earlier.model_id if earlier is not None else client.create_logged_model(
+    model_id = model_id_of(earlier) if earlier is not None else client.create_logged_model(
         client.get_run(run_id).info.experiment_id, name=logged_model_name(key), source_run_id=run_id,
         tags={"run_key": key}, model_type="diffusion-sampler").model_id
     client.log_model_artifacts(model_id, str(folder))
