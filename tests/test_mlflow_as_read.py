@@ -172,9 +172,10 @@ def test_a_pipeline_stopped_by_sigterm_is_cancelled_and_its_run_killed(prefect_s
 
 def test_a_failed_pipeline_is_failed_with_the_errors_message(prefect_server, tmp_path):
     api_url, _ = prefect_server
-    write_params(tmp_path, tiny_params(source=f"folder:{tmp_path / 'no-such-folder'}"))
+    (tmp_path / "no-images").mkdir()  # params are valid, prepare fails inside the flow
+    write_params(tmp_path, tiny_params(source=f"folder:{tmp_path / 'no-images'}"))
     proc = _pipeline(tmp_path, api_url)
     assert proc.wait(timeout=300) != 0, log_tail(tmp_path / "pipeline.log")()
     failed = wait_for(lambda: [s for s in _flow_states(api_url) if s.type.value == "FAILED"],
                       "the flow run's Failed state", timeout_s=30)
-    assert len(failed) == 1 and "no-such-folder" in failed[0].message, [(s.name, s.message) for s in failed]
+    assert len(failed) == 1 and "no-images" in failed[0].message, [(s.name, s.message) for s in failed]
