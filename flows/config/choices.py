@@ -112,7 +112,8 @@ def resolve(section, params, kind: str, where: str) -> TrainingChoices:
     ema = build(EMAParams, {"gamma": params.train.ema_gamma, **section.ema}, f"{where}.ema")
     optimizer = _optimizer(section, params, profile, where)
     batch_size = profile.batch_size if section.batch_size is None else section.batch_size
-    require(batch_size >= params.ray.num_workers, f"{where}.batch_size",
+    named = f"{kind}.batch_size" if section.batch_size is None else f"{where}.batch_size"  # who set it
+    require(batch_size >= params.ray.num_workers, named,
             f"{batch_size} is split over ray.num_workers={params.ray.num_workers} Ray Train workers")
     return TrainingChoices(kind, network, conditioning, ema, optimizer, batch_size)
 
