@@ -12,12 +12,14 @@ reads the ladders named in `compare.ladders` and shows what each rung's change i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from diffusion_core.frameworks import FRAMEWORKS
 from flows.config.deviations import data_kind, run_settings, same_setting
 from flows.config.recipes import recipe_settings, with_setting
+from flows.config.schema import build
 from flows.config.validation import ConfigError, require
 
 _SPEC = re.compile(r"^([a-z]+):([a-z][a-z0-9_]*):([a-z][a-z0-9_]*)$")
@@ -50,14 +52,12 @@ def parse_ladder(spec, where: str) -> Ladder:
 def _valid(params, framework: str, name: str, recipe: dict) -> bool:
     """Whether params with `recipe` as `<framework>-<name>`, trained, pass validation (the
     section's checks and those across sections, such as DDIM's steps against the chain)."""
-    from flows.config.params import as_dict, parse_params  # params.py imports this module
-
-    data = as_dict(params)
+    data = dataclasses.asdict(params)
     data[framework]["recipes"][name] = recipe
     data["train"]["frameworks"] = [f"{framework}-{name}"]
     data["compare"]["ladders"] = []
     try:
-        parse_params(data)
+        build(type(params), data, "")  # what parse_params does with a mapping already checked
     except ConfigError:
         return False
     return True
