@@ -38,8 +38,9 @@ def test_the_registered_model_is_code_and_weights_not_a_pickle(registered):
     version = tracking.client().get_model_version_by_alias("digits-ddpm", "champion")
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                tracking_uri=tracking.tracking_uri())
+    # the logged model's own stored files (a models:/ download adds registered_model_meta to them)
+    uri = tracking.client().get_model_version_download_uri("digits-ddpm", version.version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking.tracking_uri())
     flavor = yaml.safe_load(open(f"{local}/MLmodel"))["flavors"]["python_function"]
     assert flavor.get("model_code_path", "").endswith("sampler_model.py")
     assert "python_model" not in flavor  # no cloudpickled object to load
