@@ -178,15 +178,13 @@ def _log_model(client, run_id: str, key: str, folder: Path, earlier) -> str | No
     if earlier is not None and not model_id_of(earlier):
         client.log_artifacts(run_id, str(folder), ARTIFACT)
         return None
-    if earlier is not None:  # the run's output already (a second log_outputs is refused)
-        model_id = model_id_of(earlier)
-    else:
-        model_id = client.create_logged_model(
-            client.get_run(run_id).info.experiment_id, name=logged_model_name(key), source_run_id=run_id,
-            tags={"run_key": key}, model_type="diffusion-sampler").model_id
-        client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+    model_id = model_id_of(earlier) if earlier is not None else client.create_logged_model(
+        client.get_run(run_id).info.experiment_id, name=logged_model_name(key), source_run_id=run_id,
+        tags={"run_key": key}, model_type="diffusion-sampler").model_id
     client.log_model_artifacts(model_id, str(folder))
     client.finalize_logged_model(model_id, "READY")
+    if earlier is None:  # the run's output once: a second log_outputs is refused
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
     return model_id
 
 
