@@ -1,5 +1,6 @@
 """The MLflow registry on a local sqlite store: pyfunc samplers, the champion alias, bad input."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,22 @@ def registered(tmp_path_factory):
         run_id = _trained_run(root, params, ratio=2.5)
         first = registry.register(params, "ddpm")
         yield root, params, run_id, first
+
+
+def test_register_keeps_the_named_store_for_the_rest_of_the_process(tmp_path):
+    """A store named by MLFLOW_TRACKING_URI (a server, in production) stays the store after
+    register: MLflow's own temporary-URI helper unset the variable, so the champion lookup
+    that follows went to a local sqlite file and found no version."""
+    with in_workspace(tmp_path) as patch:
+        uri = f"sqlite:///{tmp_path / 'named' / 'store.db'}"
+        (tmp_path / "named").mkdir()
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        params = parse_params(tiny_params("digits"))
+        stages.prepare(params)
+        _trained_run(tmp_path, params, ratio=2.5)
+        assert registry.register(params, "ddpm")["champion"]["version"] == 1
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri
+        assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_register_names_the_model_and_gives_champion(registered):

@@ -148,9 +148,7 @@ def _register_version(params: Params, framework: str, run_id: str, meta: dict, f
         return client.get_model_version(name, earlier.version), name
     # models:/<model id> links the version to the logged model (the UI's link, and the only
     # record of it in a sqlite registry); a local store resolves it through MLflow's global URI
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    with _use_tracking_uri(tracking.tracking_uri()):
+    with tracking.process_wide_uri():
         return client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags,
                                            model_id=model_id), name
 

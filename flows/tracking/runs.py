@@ -68,6 +68,24 @@ def client():
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+@contextlib.contextmanager
+def process_wide_uri():
+    """MLflow's process-wide tracking URI set to ours inside the block (a sqlite registry
+    resolves a ``models:/<id>`` source through it), and MLFLOW_TRACKING_URI exactly as it was
+    after. MLflow's own ``_use_tracking_uri`` restores an unset global by unsetting the
+    variable, which sent every later call of this process to a local sqlite file."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None clears MLflow's global and the variable
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def experiment_name(source: str) -> str:
     """One experiment per data set: 'digits', 'toy-checkerboard', 'folder-cats'."""
     return source.replace(":", "-").replace("/", "_").strip("-_.") or "dataset"
