@@ -233,8 +233,8 @@ def test_the_report_opens_with_one_line_per_run_and_a_verdict(tmp_path, monkeypa
     assert "| ncsn | ncsn | custom | 1200 | ddim (50) | FD/floor 0.90 [0.80, 1.00] (within floor) |" in lines[7]
     verdict = compare.verdict(rows)
     assert lines[9] == f"**Verdict:** {verdict}"
-    assert verdict == ("Trained models, at 95% family-wise confidence (Bonferroni over 3 pairs; bootstrap over samples, "
-                       "reference and floor): sde-paper beats ddpm-paper by 0.31 [0.11, 0.51] FD/floor; ddpm-edm beats "
+    assert verdict == ("Trained models, at 95% family-wise confidence (Bonferroni over 3 pairs; bootstrap over the samples, "
+                       "reference and floor shared): sde-paper beats ddpm-paper by 0.31 [0.11, 0.51] FD/floor; ddpm-edm beats "
                        "ddpm-paper by 0.28 [0.07, 0.49] FD/floor; not separated: sde-paper and ddpm-edm "
                        "(0.03 [-0.20, 0.26]). One training seed per run: this compares these trained models, not their "
                        "recipes. ncsn not ranked against ddpm-paper: measured with another sample count 500 vs 2000.")

@@ -26,7 +26,7 @@ from flows.stages import train as train_stage
 from flows.tracking import integrity, registry
 from flows.tracking import runs as tracking
 from tests.test_services import BIN, INFRA, diffusion, free_port, service_env, start, stop, wait_http
-from tests.tiny import in_workspace, tiny_params, write_params
+from tests.tiny import fd_record, in_workspace, tiny_params, write_params
 from tests.waiting import log_tail, wait_for
 
 pytestmark = pytest.mark.slow  # MLflow, Prefect and Ray servers: the service tier
@@ -111,7 +111,7 @@ def _register_as_pipeline(root, url: str, password: str, patch) -> dict:
     run_id = tracking.start_run("toy-checkerboard", "ddpm", {}, {"framework": "ddpm"})
     tracking.save_run_id(model_dir, run_id, "toy-checkerboard")
     (root / "metrics").mkdir()
-    (root / "metrics" / "ddpm.json").write_text(json.dumps({"swd": 0.5, "sampler": "ddim", "nfe": 9}))
+    (root / "metrics" / "ddpm.json").write_text(json.dumps(fd_record(1.5, name="swd")))
     return {"run_id": run_id, **registry.register(params, "ddpm")}
 
 
@@ -123,7 +123,9 @@ def test_mlflow_takes_the_pipelines_writes_and_another_user_cannot_change_them(m
         client = tracking.client()
         client.set_registered_model_alias(name, "under-test", version)
         stored = client.get_model_version(name, version)
-        assert stored.tags[integrity.DIGEST_TAG] and stored.source.startswith("mlflow-artifacts:/")
+        assert stored.tags[integrity.DIGEST_TAG] and stored.source.startswith("models:/m-")
+        location = client.get_logged_model(registry.model_id_of(stored)).artifact_location
+        assert location.startswith("mlflow-artifacts:/"), location  # proxied by the server
         x = registry.load_sampler(name, "under-test").predict(None, params={"num_samples": 4, "seed": 1})
         assert x.shape == (4, 2) and np.isfinite(x).all()
         assert not (tmp_path / "mlflow.db").exists(), "the writes went to a local store, not the server"
@@ -137,7 +139,7 @@ def test_mlflow_takes_the_pipelines_writes_and_another_user_cannot_change_them(m
                      {"name": name, "alias": "champion", "version": version}, mallory)
     assert status == 403
     # the proxied artifact store: mallory cannot overwrite a stored file of the version
-    path = stored.source.removeprefix("mlflow-artifacts:").strip("/")
+    path = location.removeprefix("mlflow-artifacts:").strip("/")
     target = f"{url}/api/2.0/mlflow-artifacts/artifacts/{path}/sampler_model.py"
 
     def put(headers) -> int:

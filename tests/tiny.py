@@ -58,17 +58,21 @@ def in_workspace(root: Path):
         yield patch
 
 
-def fd_record(ratio: float, se: float = 0.05, seed: int = 0, floor: float = 2.0, replicates: int = 200) -> dict:
-    """An image metrics record with the headline evaluate writes: FD/floor with its interval
-    and (figure, floor) replicates whose floor draws are those of every record made here (as
-    for runs measured alike), the figure's spread giving the ratio about ``se``."""
+def fd_record(ratio: float, se: float = 0.05, seed: int = 0, floor: float = 2.0, replicates: int = 200,
+              name: str = "fd") -> dict:
+    """A metrics record with the headline evaluate writes: FD/floor (``name`` "fd", images) or
+    SWD/floor ("swd", vectors) with its interval and (figure, floor) replicates whose floor
+    draws are those of every record made here (as for runs measured alike), the figure's
+    spread giving the ratio about ``se``."""
     import numpy as np
 
     from diffusion_core.evaluation.intervals import headline_record
 
     floors = floor + np.random.default_rng(0).normal(0, 0.01, replicates)
     figures = ratio * floor + np.random.default_rng(seed + 1).normal(0, se * floor, replicates)
-    return {"fd": ratio * floor, "fd_at_n": ratio * floor, "fd_floor": floor,
-            **headline_record("fd", ratio * floor, floor, np.column_stack([figures, floors]), 0),
-            "feature_extractor_sha256": "ab" * 32, "reference_split": "test", "num_reference": 500,
-            "num_samples": 1000, "sampler": "ddim", "nfe": 9}
+    record = {name: ratio * floor, f"{name}_floor": floor,
+              **headline_record(name, ratio * floor, floor, np.column_stack([figures, floors]), 0),
+              "reference_split": "test", "num_reference": 500, "num_samples": 1000, "sampler": "ddim", "nfe": 9}
+    if name == "fd":
+        record.update(fd_at_n=ratio * floor, feature_extractor_sha256="ab" * 32)
+    return record

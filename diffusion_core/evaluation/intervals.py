@@ -183,4 +183,4 @@ def headline_record(name: str, figure: float, floor: float, reps, seed: int, lev
             f"{name}_ratio_high": ci["high"], f"{name}_within_floor": bool(ci["low"] <= 1.0),
             f"{name}_replicates": np.round(np.asarray(reps), 10).tolist(),
             "interval_level": level, "bootstrap_replicates": int(len(reps)), "bootstrap_seed": int(seed),
-            "interval_method": "bootstrap over samples, reference and floor pool (normal interval, delta method)"}
+            "interval_method": "bootstrap over the samples; reference and floor pool fixed (normal interval, delta method)"}

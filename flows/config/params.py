@@ -252,7 +252,7 @@ class EvaluateParams:
     nfe_sweep_samples: int = 500
     out_dir: str = "metrics"
     split: str = "test"  # the reference: test (the report's, metrics/<run>.json) | val (tuning, metrics/val/)
-    bootstrap: int = 200  # replicates behind each headline's interval (samples, reference and floor redrawn)
+    bootstrap: int = 200  # replicates behind each headline's interval (samples redrawn; reference and floor fixed)
 
     def check(self, name: str) -> None:
         require(self.bootstrap >= 20, f"{name}.bootstrap", f"needs at least 20 replicates, got {self.bootstrap}")

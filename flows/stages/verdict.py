@@ -66,7 +66,7 @@ def _models_sentence(rows: list[dict], level: float) -> str | None:
         return None
     label = rows[0].get("headline_label") or ""
     head = (f"Trained models, at {level:.0%} family-wise confidence (Bonferroni over {pairs[0]['pairs']} pairs; "
-            f"bootstrap over samples, reference and floor): ")
+            f"bootstrap over the samples, reference and floor shared): ")
     return head + "; ".join(_pair_sentences(pairs, label)) + "."
 
 
