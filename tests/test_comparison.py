@@ -107,6 +107,12 @@ def test_vector_figures_carry_the_swd_ratio_error_and_how_they_were_measured():
     figure = figures.headline(out)
     assert figure["metric"] == "swd_ratio" and figure["se"] == out["swd_ratio_sem"]
     assert figure["low"] < figure["value"] < figure["high"] and figures.ranked(figure)
+    assert out["jackknife_groups"] == 10 and "jackknife=10" in figures.measurement(out)
+    other = figures.headline(vector_metrics(_gaussian(300, 2, 4), _gaussian(300, 2, 2), _gaussian(2000, 2, 3),
+                                            params, "toy:gmm8"))
+    with_reference = figures.pairwise([("a", figure), ("b", other)])[0]
+    samples_only = figures.pairwise([("a", {**figure, "jackknife": None}), ("b", {**other, "jackknife": None})])[0]
+    assert with_reference["se"] > samples_only["se"]  # the reference's noise is in the difference
 
 
 # --------------------------------------------------------------------------- MLflow

@@ -144,4 +144,56 @@ def test_the_calibration_benchmark_reports_error_rate_power_and_the_se_ratio(cap
     null, shifted = verdict_calibration.main(["--repeats", "6", "--shifts", "0", "0.6", "--replicates", "30"])
     assert null["called"] <= 1 / 6 and shifted["called"] == 1.0  # a large shift is found every time
     assert null["se_over_sd"] > 0.5  # a bootstrap se, not a constant
+    assert shifted["se_over_sd"] > shifted["samples_only_se_over_sd"]  # the reference's noise added
     assert "| 0.6 | 6 | 1.000 |" in capsys.readouterr().out
+
+
+def test_the_jackknife_variance_of_a_mean_is_the_classical_one():
+    """Leave-one-out means: (n − 1)/n Σ (θ_i − θ̄)² = s²/n exactly (Efron & Tibshirani 11.5)."""
+    x = np.random.default_rng(9).normal(size=50)
+    leave_one_out = (x.sum() - x) / (x.size - 1)
+    assert intervals.jackknife_variance(leave_one_out) == pytest.approx(x.var(ddof=1) / x.size, rel=1e-12)
+
+
+def _measured(rng, shift: float, seed: int, reference=None, samples=None) -> dict:
+    """FD/floor at n = 200 of a Gaussian run against a fresh (or given) reference."""
+    ref = _gaussian_run(rng, size=200) if reference is None else reference
+    x = _gaussian_run(rng, shift) if samples is None else samples
+    pool = _gaussian_run(np.random.default_rng(99), size=600)  # the train split: fixed, like the pipeline's
+    fd = intervals.fd_against(ref)
+    at_n = lambda s: np.mean([fd(s[np.random.default_rng([seed, i]).permutation(len(s))[:200]])  # noqa: E731
+                              for i in range(8)])
+    return intervals.measure_headline("fd", intervals.fd_against, x, ref, pool, 200, at_n(x), at_n(pool), 40, seed)
+
+
+def test_the_interval_covers_a_fresh_reference_as_well_as_fresh_samples():
+    """60 repeats, samples and reference drawn afresh each time: the mean standard error with
+    the reference jackknife is within 30% of the ratio's spread across repeats, while the
+    bootstrap alone (the reference held fixed) falls short of it."""
+    rng = np.random.default_rng(10)
+    runs = [_measured(rng, 0.3, seed) for seed in range(60)]
+    spread = np.std([r["fd_ratio"] for r in runs], ddof=1)
+    with_jackknife = np.mean([r["fd_ratio_sem"] for r in runs])
+    floor = lambda r: r["fd_replicates"][0][1]  # noqa: E731  (the same in every replicate)
+    bootstrap_only = np.mean([intervals.ratio_interval(r["fd_ratio"] * floor(r), floor(r), r["fd_replicates"])["se"]
+                              for r in runs])
+    assert 0.7 < with_jackknife / spread < 1.3, (with_jackknife, spread)
+    assert bootstrap_only < 0.85 * spread
+
+
+def test_jackknifes_pair_runs_on_one_reference_and_refuse_mixed_measurements():
+    rng = np.random.default_rng(11)
+    ref = _gaussian_run(rng, size=200)
+    a, b = _measured(rng, 0.0, 3, reference=ref), _measured(rng, 0.0, 3, reference=ref)
+    assert a["jackknife_groups"] == 10 and np.array(a["fd_jackknife"]).shape == (10, 2)
+    np.testing.assert_array_equal(np.array(a["fd_jackknife"])[:, 1], np.array(b["fd_jackknife"])[:, 1])
+    args = (a["fd_ratio"], a["fd_replicates"], b["fd_ratio"], b["fd_replicates"])
+    paired = intervals.difference(*args, floor=1.0, jackknife_a=a["fd_jackknife"], jackknife_b=b["fd_jackknife"])
+    assert paired["se"] >= intervals.difference(*args, floor=1.0)["se"]
+    with pytest.raises(ValueError, match="one run has a reference jackknife"):
+        intervals.difference(*args, floor=1.0, jackknife_a=a["fd_jackknife"])
+    other = _measured(rng, 0.0, 4, reference=ref)  # another seed: other groups
+    with pytest.raises(ValueError, match="not paired"):
+        intervals.difference(*args, floor=1.0, jackknife_a=a["fd_jackknife"], jackknife_b=other["fd_jackknife"])
+    with pytest.raises(ValueError, match="jackknife groups"):
+        intervals.reference_jackknife(intervals.fd_against, ref, ref[:10], ref, 5, 6, 0)

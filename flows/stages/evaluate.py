@@ -46,9 +46,8 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
         "floor_split": f"train subsets vs {split}", "feature_extractor": "none (raw coordinates)",
         "feature_extractor_sha256": None,
     }
-    reps = intervals.replicates(lambda ref: metrics.sliced_wasserstein_against(ref, proj, seed), samples, test,
-                                train, n, e.bootstrap, seed)
-    out.update(intervals.headline_record("swd", out["swd"], out["swd_floor"], reps, seed))
+    out.update(intervals.measure_headline("swd", lambda ref: metrics.sliced_wasserstein_against(ref, proj, seed),
+                                          samples, test, train, n, out["swd"], out["swd_floor"], e.bootstrap, seed))
     toy = source.split(":", 1)[1] if source.startswith("toy:") else None
     if toy in ("checkerboard", "gmm8"):
         out["off_support"] = toys.off_support_fraction(toy, samples)

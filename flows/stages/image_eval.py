@@ -45,7 +45,7 @@ PR_DRAWS = 10  # subsets of the samples (and of train, for the floor) behind pre
 
 def _fd_block(fake, test, train, seed: int, replicates: int) -> dict:
     """FD of all samples, and of test-sized draws of them beside the floor (mean and range
-    over train draws of that size); their ratio with its bootstrap interval (the headline)."""
+    over train draws of that size); their ratio with its interval (the headline)."""
     n = min(len(test.kept_features), len(fake.kept_features), len(train.kept_features))
     floors = fd_draws(train.kept_features, test.kept_features, n, seed)
     at_n = fd_draws(fake.kept_features, test.kept_features, n, seed)
@@ -55,9 +55,8 @@ def _fd_block(fake, test, train, seed: int, replicates: int) -> dict:
            "fd_floor_max": float(np.max(floors)), "fd_floor_draws": len(floors),
            "fd_train_resampled": float(np.mean(fd_draws(train.kept_features, test.kept_features,
                                                          n, seed, replace=True)))}
-    reps = intervals.replicates(intervals.fd_against, fake.kept_features, test.kept_features,
-                                train.kept_features, n, replicates, seed)
-    out.update(intervals.headline_record("fd", out["fd_at_n"], out["fd_floor"], reps, seed))
+    out.update(intervals.measure_headline("fd", intervals.fd_against, fake.kept_features, test.kept_features,
+                                          train.kept_features, n, out["fd_at_n"], out["fd_floor"], replicates, seed))
     out["fd_train_resampled_ratio"] = out["fd_train_resampled"] / out["fd_floor"]
     return out
 

@@ -25,7 +25,8 @@ from flows.tracking import figures
 
 LEVEL = figures.LEVEL
 MIN_SEEDS = 3  # the fewest training seeds a claim about a recipe rests on
-FIELDS = ("metric", "value", "label", "within_floor", "se", "low", "high", "level", "replicates", "figure", "floor")
+FIELDS = ("metric", "value", "label", "within_floor", "se", "low", "high", "level", "replicates", "jackknife",
+          "figure", "floor")
 
 
 def figure_of(row: dict) -> dict:
@@ -162,7 +163,7 @@ def _change(before: list[dict], after: list[dict], level: float) -> dict | None:
     if len(before) > 1 or len(after) > 1 or not (figures.ranked(a) and figures.ranked(b)):
         return None
     diff = intervals.difference(b["figure"], b["replicates"], a["figure"], a["replicates"], floor=float(a["floor"]),
-                                level=level)
+                                level=level, jackknife_a=b.get("jackknife"), jackknife_b=a.get("jackknife"))
     return {**diff, "by": "models"}
 
 

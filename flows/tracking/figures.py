@@ -2,11 +2,11 @@
 
 The primary figure (lower is better) is the floor-normalised one at the held-out size: FD in
 the in-domain classifier's features over its floor for images (``fd_ratio``), sliced
-Wasserstein-2 over its floor for vectors (``swd_ratio``), each with a bootstrap interval over
-the samples, the reference and the floor's pool (``diffusion_core.evaluation.intervals``);
+Wasserstein-2 over its floor for vectors (``swd_ratio``), each with an interval from a
+bootstrap over the samples and a jackknife over the reference (``diffusion_core.evaluation.intervals``);
 records written before floors fall back to raw FD or SWD, with no interval. Figures are
 comparable or not ranked: only figures measured alike (same figure, feature extractor hash,
-reference split and size, sample count, bootstrap draws) are compared, and a difference is
+reference split and size, sample count, bootstrap draws, jackknife groups) are compared, and a difference is
 called real only when its interval at the stated family-wise level excludes zero. A figure
 without an interval is listed, never ranked. The report (``flows.stages.compare``) and the
 registry's champion rule (``flows.tracking.registry``) both decide through ``pairwise``.
@@ -27,7 +27,8 @@ FIGURE_OF = {"image": "fd_at_n", "vector": "swd"}  # the figure the ratio divide
 # what makes two figures comparable, as (metrics key, name in a report)
 MEASURED_BY = (("feature_extractor_sha256", "feature extractor"), ("reference_split", "reference split"),
                ("num_reference", "reference size"), ("num_samples", "sample count"),
-               ("bootstrap_seed", "bootstrap seed"), ("bootstrap_replicates", "bootstrap replicates"))
+               ("bootstrap_seed", "bootstrap seed"), ("bootstrap_replicates", "bootstrap replicates"),
+               ("jackknife_groups", "reference jackknife groups"))
 
 
 def finite(value) -> bool:
@@ -46,8 +47,9 @@ def _interval(metrics: dict, name: str) -> dict:
     keys = {"se": f"{name}_ratio_sem", "low": f"{name}_ratio_low", "high": f"{name}_ratio_high"}
     reps = metrics.get(f"{name}_replicates")
     if not all(finite(metrics.get(k)) for k in keys.values()) or not reps:
-        return {"se": None, "low": None, "high": None, "replicates": None, "level": None}
+        return {"se": None, "low": None, "high": None, "replicates": None, "jackknife": None, "level": None}
     return {**{k: float(metrics[v]) for k, v in keys.items()}, "replicates": reps,
+            "jackknife": metrics.get(f"{name}_jackknife"),
             "level": metrics.get("interval_level", LEVEL)}
 
 
@@ -93,7 +95,8 @@ def measurement(metrics: dict) -> str:
     sha = metrics.get("feature_extractor_sha256")
     return (f"extractor={sha[:12] if sha else 'none'} reference={_tag(metrics.get('reference_split'))}:"
             f"{_tag(metrics.get('num_reference'))} samples={_tag(metrics.get('num_samples'))} "
-            f"bootstrap={_tag(metrics.get('bootstrap_seed'))}x{_tag(metrics.get('bootstrap_replicates'))}")
+            f"bootstrap={_tag(metrics.get('bootstrap_seed'))}x{_tag(metrics.get('bootstrap_replicates'))}"
+            f"{' jackknife=' + str(metrics['jackknife_groups']) if metrics.get('jackknife_groups') else ''}")
 
 
 def measurement_tags(metrics: dict, kind: str | None = None) -> dict:
@@ -140,7 +143,8 @@ def pairwise(named: list[tuple[str, dict]], level: float = LEVEL) -> list[dict]:
     out = []
     for (name_a, a), (name_b, b) in pairs:
         diff = intervals.difference(b["figure"], b["replicates"], a["figure"], a["replicates"],
-                                    floor=float(a["floor"]), level=each)
+                                    floor=float(a["floor"]), level=each,
+                                    jackknife_a=b.get("jackknife"), jackknife_b=a.get("jackknife"))
         out.append({"a": name_a, "b": name_b, **diff, "family_level": level, "pairs": len(pairs)})
     return out
 

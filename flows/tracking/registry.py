@@ -75,9 +75,8 @@ def version_tags(figure: dict, metrics: dict, model_dir: Path, key: str) -> dict
     what was trained (framework, recipe, steps, training seed) and sampled (sampler, NFE, seed)."""
     config, train = _optional_json(model_dir / "model.json"), _optional_json(model_dir / "train_summary.json")
     interval = {f"primary_{k}": _tag(figure.get(k)) for k in ("se", "low", "high", "level", "figure", "floor")}
-    replicates = figures.replicates_tag(figure["replicates"]) if figure.get("replicates") else ""
-    return {"primary_metric": figure["metric"], "primary_value": repr(figure["value"]), **interval,
-            "primary_replicates": replicates, **figures.measurement_tags(metrics),
+    pairs = {f"primary_{k}": figures.replicates_tag(figure[k]) if figure.get(k) else "" for k in ("replicates", "jackknife")}
+    return {"primary_metric": figure["metric"], "primary_value": repr(figure["value"]), **interval, **pairs, **figures.measurement_tags(metrics),
             "framework": config.get("framework", key), "run": key,
             "recipe": metrics.get("recipe") or config.get("recipe", "custom"),
             "steps": _tag(train.get("steps")), "stopped_by": _tag(train.get("stopped_by")),
@@ -217,7 +216,8 @@ def _tagged_figure(tags: dict) -> dict:
     hence no rank, for versions registered before intervals)."""
     number = lambda key: float(tags[key]) if tags.get(key) else None  # noqa: E731
     return {"value": float(tags["primary_value"]), "figure": number("primary_figure"),
-            "floor": number("primary_floor"), "replicates": figures.replicates_from_tag(tags.get("primary_replicates"))}
+            "floor": number("primary_floor"), "replicates": figures.replicates_from_tag(tags.get("primary_replicates")),
+            "jackknife": figures.replicates_from_tag(tags.get("primary_jackknife"))}
 
 
 def ranking(dataset: str, newest: tuple[str, int] | None = None) -> dict:
