@@ -138,13 +138,14 @@ def _pipeline(root: Path, api_url: str) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _flow_states(api_url: str) -> list:
+def _flow_states(api_url: str) -> dict:
+    """Every flow run's state on the server, by flow run id."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         with get_client(sync_client=True) as client:
-            return [run.state for run in client.read_flow_runs()]
+            return {run.id: run.state for run in client.read_flow_runs()}
 
 
 def test_a_pipeline_stopped_by_sigterm_is_cancelled_and_its_run_killed(prefect_server, tmp_path):
@@ -160,7 +161,7 @@ def test_a_pipeline_stopped_by_sigterm_is_cancelled_and_its_run_killed(prefect_s
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    states = _flow_states(api_url)
+    states = list(_flow_states(api_url).values())
     stopped = [s for s in states if s.type.value == "CANCELLED"]
     assert len(stopped) == 1 and stopped[0].name == "Cancelled", [(s.name, s.message) for s in states]
     assert "SIGTERM" in (stopped[0].message or "") or "stop" in (stopped[0].message or "").lower()
@@ -170,12 +171,39 @@ def test_a_pipeline_stopped_by_sigterm_is_cancelled_and_its_run_killed(prefect_s
     assert "TrainingInterrupted" in run.data.tags[tracking.ERROR_TAG]
 
 
+def test_a_pipeline_stopped_while_sampling_is_cancelled_and_its_run_killed(prefect_server, tmp_path):
+    """Outside training's checkpointed stop, SIGTERM stops at once (sampling keeps its finished
+    parts), and the run and the flow still end as a stop, not a crash or a failure."""
+    api_url, _ = prefect_server
+    write_params(tmp_path, tiny_params(vector={"steps": 40, "num_samples": 40000},
+                                       ddpm={"sampler": {"name": "ancestral"}}))
+    earlier = _flow_states(api_url)
+    proc = _pipeline(tmp_path, api_url)
+    parts = tmp_path / "samples" / "ddpm" / "parts"
+    try:
+        wait_for(lambda: parts.is_dir() and any(parts.iterdir()), "a first sample part", timeout_s=300,
+                 alive=proc, detail=log_tail(tmp_path / "pipeline.log"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 1, log_tail(tmp_path / "pipeline.log")()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    states = [s for run, s in _flow_states(api_url).items() if run not in earlier]
+    assert len(states) == 1 and states[0].name == "Cancelled", [(s.name, s.message) for s in states]
+    assert "SIGTERM" in states[0].message
+    with in_workspace(tmp_path):
+        run = _runs(tracking.client(), "toy-checkerboard")[0]
+    assert run.info.status == "KILLED" and run.info.end_time, run.info
+    assert "SIGTERM" in run.data.tags[tracking.ERROR_TAG]
+
+
 def test_a_failed_pipeline_is_failed_with_the_errors_message(prefect_server, tmp_path):
     api_url, _ = prefect_server
     (tmp_path / "no-images").mkdir()  # params are valid, prepare fails inside the flow
     write_params(tmp_path, tiny_params(source=f"folder:{tmp_path / 'no-images'}"))
     proc = _pipeline(tmp_path, api_url)
     assert proc.wait(timeout=300) != 0, log_tail(tmp_path / "pipeline.log")()
-    failed = wait_for(lambda: [s for s in _flow_states(api_url) if s.type.value == "FAILED"],
+    failed = wait_for(lambda: [s for s in _flow_states(api_url).values() if s.type.value == "FAILED"],
                       "the flow run's Failed state", timeout_s=30)
     assert len(failed) == 1 and "no-images" in failed[0].message, [(s.name, s.message) for s in failed]

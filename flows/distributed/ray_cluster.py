@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 
 LOCAL_ENV = {
@@ -54,7 +56,18 @@ def check_address(address: str | None = None, timeout_s: float = 5.0) -> None:
 
 
 def connect() -> None:
-    """ray.init against RAY_ADDRESS, or a local instance bound to 127.0.0.1."""
+    """ray.init against RAY_ADDRESS, or a local instance bound to 127.0.0.1. The process keeps
+    its SIGTERM handler: ray.init puts in one that calls sys.exit, which crashed a flow run
+    stopped while sampling instead of cancelling it (stop_request.signals_interrupt)."""
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _init()
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init() -> None:
     address = os.environ.get("RAY_ADDRESS")
     if not address:
         for key, value in LOCAL_ENV.items():

@@ -136,6 +136,28 @@ def signals_request_stop(stop: str, run_name: str):
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def signals_interrupt(what: str):
+    """While the block runs in the main thread, SIGTERM or SIGINT raises TrainingInterrupted at
+    once, so a stage outside training's loop (sampling, evaluation, registering) ends its MLflow
+    run KILLED and a flow Cancelled, not killed mid-write (sampling keeps its finished parts: the
+    same command resumes). Training's own handler (checkpoint first) takes over inside it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TrainingInterrupted(f"{what}: {signal.Signals(signum).name}: stopped; run the same command "
+                                  f"again to resume")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
 def fit_watching_signals(trainer, stop: str, run_name: str):
     """trainer.fit(), with SIGTERM and SIGINT asking for a checkpointed stop. fit() runs in a
     helper thread so that the main thread catches the signals (Ray Train's fit() in the main

@@ -13,6 +13,7 @@ import sys
 from flows.config.deviations import deviations_markdown
 from flows.config.params import ConfigError, load_params
 from flows.distributed import ray_cluster
+from flows.distributed.stop_request import signals_interrupt
 from flows.entry.deploy import check_prefect_api, run_command
 from flows.entry.lock import workspace_lock
 from flows.entry.pipeline import run_pipeline, with_overrides
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("deploy", "serve"):
             result = run_command(args)
         elif args.command in LOCKED:
-            with workspace_lock(".", args.wait):
+            with workspace_lock(".", args.wait), signals_interrupt(f"diffusion {args.command}"):
                 result = _run(args.command, params, getattr(args, "framework", None))
         else:
             result = _run(args.command, params, getattr(args, "framework", None))

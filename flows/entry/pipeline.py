@@ -15,6 +15,7 @@ from flows.config.params import Params, as_dict, load_params, parse_params
 from flows.config.ladder import with_ladder
 from flows.config.recipes import with_seeds
 from flows.config.validation import ConfigError
+from flows.distributed.stop_request import signals_interrupt
 from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
 from flows.entry.lock import WorkspaceLocked, workspace_lock
 from flows.stages import data, evaluate, sample, train
@@ -116,8 +117,10 @@ def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = 
     params = with_overrides(params or load_params(params_path), source, frameworks, seeds, ladder)
     with workspace_lock("."):  # a scheduled run and a manual one never share the outputs
         try:
-            return _run_stages(params)
-        except TrainingInterrupted as err:  # a stop asked for, checkpointed: not a failure
+            # in place of Prefect's own SIGTERM handler, whose TerminationSignal crashes the run
+            with signals_interrupt("diffusion pipeline"):
+                return _run_stages(params)
+        except TrainingInterrupted as err:  # a stop asked for (training's checkpointed): not a failure
             return Cancelled(message=f"{err}")
 
 

@@ -146,16 +146,16 @@ def _check_extractor(params: Params) -> dict:
 
 def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict]) -> Path:
     """metrics/<framework>.json (a DVC metric) and the NFE sweep, or both under metrics/val/
-    against val; then the framework's MLflow run: metrics prefixed eval_ (test) or val_."""
+    against val; then the framework's MLflow run (open: ``evaluate``): metrics prefixed eval_
+    (test) or val_."""
     out, split = metrics_dir(params), params.evaluate.split
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{framework}.json"
     write_json(path, result)
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    with tracking.stage_run(run_id):  # reopened for this stage, ended again
-        tracking.log_dataset(run_id, tracking.experiment_name(params.data.source), split,
-                             manifest_hash(params), params.data.out_dir)
-        _log_to_run(run_id, framework, split, result, sweep, path)
+    tracking.log_dataset(run_id, tracking.experiment_name(params.data.source), split,
+                         manifest_hash(params), params.data.out_dir)
+    _log_to_run(run_id, framework, split, result, sweep, path)
     return path
 
 
@@ -196,13 +196,22 @@ def _quality(params: Params, sample_dir: Path, kind: str) -> dict:
 def evaluate(params: Params, framework: str) -> dict:
     """Compute every metric (and the quality-against-NFE sweep) against evaluate.split first,
     then write metrics/<framework>.json (metrics/val/ for val) and log to the framework's MLflow
-    run: bad input changes nothing."""
+    run, RUNNING while it measures (KILLED if stopped): bad input changes nothing."""
     sample_dir = Path(params.sample.out_dir) / framework
-    tracking.load_run_id(Path(params.train.out_dir) / framework)  # names the file if train never ran
+    run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)  # names the file if train never ran
     sampling = json.loads((sample_dir / "sampling.json").read_text())
     data = _check_samples(sample_dir, params)
     _check_extractor(params)
-    result = _quality(params, sample_dir, data["kind"])
+    with tracking.stage_run(run_id):  # reopened for this stage, ended again
+        result = _measure(params, framework, sample_dir, data["kind"], sampling)
+    print(f"evaluate {framework} against {params.evaluate.split}: " + ", ".join(
+        f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
+    return result
+
+
+def _measure(params: Params, framework: str, sample_dir: Path, kind: str, sampling: dict) -> dict:
+    """The metrics of checked samples, written and logged (``_save_and_log``)."""
+    result = _quality(params, sample_dir, kind)
     recipe = _recipe(params, framework)
     result.update(framework=framework, recipe=recipe, sampler=sampling["sampler"], nfe=sampling["nfe"],
                   seed=sampling["seed"], dataset=params.data.source)
@@ -211,6 +220,4 @@ def evaluate(params: Params, framework: str) -> dict:
     sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []
     sweep = with_sweep_floors(params, sweep, result, recipe)
     _save_and_log(params, framework, result, sweep)
-    print(f"evaluate {framework} against {params.evaluate.split}: " + ", ".join(
-        f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))
     return result

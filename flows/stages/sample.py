@@ -22,6 +22,16 @@ def sample(params: Params, framework: str) -> dict:
 
     meta = dataset_meta(params)
     out = Path(params.sample.out_dir) / framework
+    run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
+    with tracking.stage_run(run_id):  # RUNNING while it draws, ended again (KILLED if stopped)
+        info = _draw_and_write(params, framework, meta, out)
+        tracking.log_metrics(run_id, {"sample_nfe": info["nfe"], "sample_seconds": info["seconds"]})
+        tracking.log_artifacts(run_id, out / "samples.png", "samples")
+    return info
+
+
+def _draw_and_write(params: Params, framework: str, meta: dict, out: Path) -> dict:
+    """Draw the samples (resuming finished parts); write shards, .npz, picture and sampling.json."""
     start = time.time()
     x, nfe, drawing = draw_stage(params, framework, meta, out / "parts")
     shards.write_shards(out / "shards", {"samples": (x, None)}, params.sample.samples_per_shard,
@@ -35,8 +45,4 @@ def sample(params: Params, framework: str) -> dict:
             "workers": drawing["workers"], "drawn": drawing["drawn"], "reused": drawing["reused"],
             "samples_per_s": drawing["samples_per_s"]}
     write_json(out / "sampling.json", info)
-    run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    with tracking.stage_run(run_id):  # reopened for this stage, ended again
-        tracking.log_metrics(run_id, {"sample_nfe": nfe, "sample_seconds": info["seconds"]})
-        tracking.log_artifacts(run_id, out / "samples.png", "samples")
     return info
