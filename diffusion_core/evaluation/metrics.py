@@ -2,7 +2,7 @@
 
 Pure numpy/scipy, float64 internally. Every function validates its inputs and raises a
 ValueError that names the offending argument. Feature extraction for images lives in
-``diffusion_core.classifier``; this module only sees arrays.
+``diffusion_core.features``; this module only sees arrays.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def _per_example(value, x: torch.Tensor) -> torch.Tensor:
 
 class GaussianMixtureDenoiser(nn.Module):
     """The exact posterior-mean denoiser D(x; alpha, sigma) = E[x0 | x_t = x] of an isotropic
-    Gaussian mixture; a drop-in replacement for `diffusion_core.preconditioning.Denoiser`.
+    Gaussian mixture; a drop-in replacement for `diffusion_core.models.denoiser.Denoiser`.
 
     Computes in float64 and returns the input's dtype (float32 for float32 input).
     """

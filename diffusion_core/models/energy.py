@@ -1,11 +1,11 @@
 """Energy-based models as score models: s(x, c) = -grad_x E(x, c).
 
 An energy network maps (x, c_noise) to one scalar per example. Any of the shared networks
-(`diffusion_core.nets.MLP`, `UNet`) serves: their output has the shape of x, and the energy is
-its sum over the non-batch dims. For the MLP that sum is a final Linear(width, 1) written with
-redundant weights (sum_j (W h + b)_j = (1^T W) h + 1^T b), so nothing is lost in expressiveness
-and the network keeps its JSON config (`build_network`) unchanged; a network that already
-returns (B,) or (B, 1) is used as is.
+(`diffusion_core.models.networks.MLP`, `UNet`) serves: their output has the shape of x, and
+the energy is its sum over the non-batch dims. For the MLP that sum is a final
+Linear(width, 1) written with redundant weights (sum_j (W h + b)_j = (1^T W) h + 1^T b), so
+nothing is lost in expressiveness and the network keeps its JSON config (`build_network`)
+unchanged; a network that already returns (B,) or (B, 1) is used as is.
 
 `EnergyMLP` is a plain SiLU MLP with a scalar head for low-dimensional toys: score matching on
 an energy differentiates the network two or three times (score, its divergence, the parameter
