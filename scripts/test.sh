@@ -2,9 +2,9 @@
 # Runs the test suite with telemetry off and services bound to loopback: both tiers in one
 # pytest call by default (one closing line for CI); arguments pass through, so
 # `bash scripts/test.sh -m "not slow"` runs the fast tier alone and `-m slow` the service tier.
-# One process by default: the service tests are CPU-bound (Ray Train, sampling) and on two cores two
-# pytest-xdist workers made the suite slower (22 against 17 min); on a bigger machine
-# TEST_WORKERS=4 runs four, one test file each at a time.
+# One process by default: the service tests are CPU-bound (Ray Train, sampling), so on two cores
+# pytest-xdist workers only compete for them and for Ray's CPUs (docs/performance.md); on a
+# bigger machine TEST_WORKERS=4 runs four, one test file each at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true

@@ -18,12 +18,12 @@ LOCAL_ENV = {
     # share a core then crawls. The local instance runs them at the driver's priority.
     "RAY_worker_niceness": "0",
     # Ray Train's controller polls its workers every 2 s by default, and a run's start, each
-    # checkpoint's registration and its end each wait for polls: a 60-step run spent 6 of its
-    # 17 s waiting. A local instance's handful of workers is cheap to poll often.
+    # checkpoint's registration and its end each wait for polls, which dominates a short run
+    # (docs/performance.md). A local instance's handful of workers is cheap to poll often.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     # Ray Train's preemption watcher asks Ray every 5 s whether a cloud provider is draining the
-    # node; nothing drains a local instance, and its actor costs ~0.6% of a core while training
-    # (its process wakes 100 times a second, as every Ray worker process does).
+    # node; nothing drains a local instance, and its actor takes CPU from training (its process
+    # wakes 100 times a second, as every Ray worker process does; docs/performance.md).
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     # Ray Train sends a worker's print() to its logger and, with stdout wrapped, to stdout as
     # well: every progress line came out twice.

@@ -30,7 +30,8 @@ class TrainingInterrupted(RuntimeError):
 
 def distributed() -> bool:
     """Whether there are other ranks to agree with: a one-worker group (Ray Train makes a process
-    group for it too) skips the collectives, which cost ~1% of a small model's step."""
+    group for it too) skips the collectives, a fixed cost on every step that weighs most on a
+    small model (docs/performance.md)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 

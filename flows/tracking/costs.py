@@ -21,7 +21,7 @@ from diffusion_core.data.atomic import write_json
 COSTS_DIR = Path("costs")
 SAMPLE_S = 0.5  # how often the resident memory of the node's processes is read
 LIST_S = 5.0  # how often they are listed again: a listing reads every process's /proc entry,
-# ~6 ms on a machine running Ray, 1% of a core every 0.5 s, which training's 2 cores then lack
+# which at SAMPLE_S's rate takes CPU that training lacks on a small machine (docs/performance.md)
 
 
 def _node_processes() -> list[psutil.Process]:
