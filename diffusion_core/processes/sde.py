@@ -119,7 +119,18 @@ class ReverseSDE:
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
 
 
-class VPSDE(SDE):
+class StandardNormalPrior(SDE):
+    """A process whose prior p_T is the standard normal N(0, I): VP and sub-VP."""
+
+    def prior_sampling(self, shape, generator=None):
+        return normal(shape, generator)
+
+    def prior_logp(self, z):
+        d = z[0].numel()
+        return -0.5 * d * np.log(2 * np.pi) - 0.5 * sum_except_batch(z**2)
+
+
+class VPSDE(StandardNormalPrior):
     """Variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (eq. 11).
 
     schedule "linear": beta(t) = beta_min + t (beta_max - beta_min); its discretization with
@@ -231,13 +242,6 @@ class VPSDE(SDE):
         alpha = torch.exp(self.log_alpha(t))
         return alpha, torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
 
-    def prior_sampling(self, shape, generator=None):
-        return normal(shape, generator)
-
-    def prior_logp(self, z):
-        d = z[0].numel()
-        return -0.5 * d * np.log(2 * np.pi) - 0.5 * sum_except_batch(z**2)
-
     def discretize(self, x, t):
         """DDPM's chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z (eq. 2 of Ho et al.)."""
         index = self.timestep_index(batch_of(t, x))
@@ -269,7 +273,7 @@ def _time_of_integrated_beta(big_b: torch.Tensor, beta_min: float, beta_max: flo
     return 2 * big_b / (beta_min + torch.sqrt(beta_min**2 + 2 * slope * big_b))  # no cancellation
 
 
-class SubVPSDE(SDE):
+class SubVPSDE(StandardNormalPrior):
     """Sub-VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw (eq. 34).
 
     Same mean as VP, alpha(t) = exp(-1/2 int_0^t beta), but a smaller marginal standard
@@ -312,13 +316,6 @@ class SubVPSDE(SDE):
         t = torch.as_tensor(t)
         big_b = self.integrated_beta(t)
         return torch.exp(-0.5 * big_b), -torch.expm1(-big_b)
-
-    def prior_sampling(self, shape, generator=None):
-        return normal(shape, generator)
-
-    def prior_logp(self, z):
-        d = z[0].numel()
-        return -0.5 * d * np.log(2 * np.pi) - 0.5 * sum_except_batch(z**2)
 
 
 class VESDE(SDE):
@@ -390,14 +387,18 @@ class VESDE(SDE):
         sigma = self.discrete_sigmas[self.timestep_index(torch.as_tensor(t)).cpu()]
         return torch.ones_like(sigma), sigma
 
+    def rung_sigmas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma_i of the rung each t falls on and sigma_{i-1} below it, sigma_{-1} = 0 (float64,
+        on t's device): the step NCSN's chain and its ancestral sampler both take."""
+        index = self.timestep_index(t)
+        sigmas = self.discrete_sigmas.to(index.device)
+        sigma = sigmas[index]
+        return sigma, torch.where(index == 0, torch.zeros_like(sigma), sigmas[(index - 1).clamp(min=0)])
+
     def discretize(self, x, t):
         """NCSN's chain x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z with sigma_{-1} = 0."""
-        index = self.timestep_index(batch_of(t, x))
-        sigmas = self.discrete_sigmas.to(x.device)
-        sigma = sigmas[index]
-        adjacent = torch.where(index == 0, torch.zeros_like(sigma),
-                               sigmas[(index - 1).clamp(min=0)])
-        return torch.zeros_like(x), torch.sqrt(sigma**2 - adjacent**2).to(x.dtype)
+        sigma, below = self.rung_sigmas(batch_of(t, x))
+        return torch.zeros_like(x), torch.sqrt(sigma**2 - below**2).to(x.dtype)
 
 
 def noise_ladder(process) -> torch.Tensor:
