@@ -21,13 +21,14 @@ form: the score-SDE paper's s(x, t) (`score_of_time`), NCSN's s(x, sigma) (`scor
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from diffusion_core.models.conditioning import EDMConditioning, edm_input_scale
 from diffusion_core.tensors import append_dims, batch_of
+from diffusion_core.types import ScoreFn
 
 PARAMETERIZATIONS = ("eps", "x0", "edm")
 
@@ -106,9 +107,6 @@ def predict_x0(denoiser: Denoiser, x: torch.Tensor, alpha, sigma, clip: float | 
     """The denoiser's x0 estimate at scalar or per-example alpha, sigma, clipped to +-clip."""
     x0 = denoiser(x, batch_of(alpha, x), batch_of(sigma, x)).x0
     return x0.clamp(-clip, clip) if clip is not None else x0
-
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def score_of_time(denoiser: Denoiser, process) -> ScoreFn:

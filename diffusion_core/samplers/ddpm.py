@@ -6,16 +6,13 @@ explicit tensor so it can be checked against another implementation.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from diffusion_core.models.denoiser import predict_x0
 from diffusion_core.noise import normal
 from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.samplers.edm import karras_sigmas
-
-Progress = Callable[[int, int], None] | None
+from diffusion_core.types import Progress
 
 
 def ddpm_ancestral_step(denoiser, chain: DDPMChain, x, index: int, noise, clip=None):

@@ -14,13 +14,11 @@ for VP and VE models: the grid is a sequence of noise levels.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
 from diffusion_core.models.denoiser import predict_x0
-
-Progress = Callable[[int, int], None] | None
+from diffusion_core.types import Progress
 
 
 def dpm_solver_pp_step(x: torch.Tensor, s: float, s_next: float, data: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,10 @@ VP and VE models alike through the same `Denoiser`.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from diffusion_core.models.denoiser import predict_x0
-
-Progress = Callable[[int, int], None] | None
+from diffusion_core.types import Progress
 
 # EDM's largest noise level (Karras et al., 2022, section 5): above it the rescaled marginal is
 # the prior to within (data variance) / s^2, and the ODE does next to nothing.

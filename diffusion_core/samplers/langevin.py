@@ -10,15 +10,12 @@ locally.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from diffusion_core.noise import normal
 from diffusion_core.objectives.score_matching import validate_sigmas
 from diffusion_core.tensors import batch_of
-
-Progress = Callable[[int, int], None] | None
+from diffusion_core.types import Progress
 
 
 def check_positive(name: str, value) -> float:

@@ -9,16 +9,12 @@ stochastic step takes its noise as an explicit tensor, drawn by the loops from a
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from diffusion_core.noise import normal
 from diffusion_core.processes.sde import SDE, VESDE, VPSDE
 from diffusion_core.tensors import append_dims, batch_of
-
-Progress = Callable[[int, int], None] | None
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from diffusion_core.types import Progress, ScoreFn
 
 
 class _Counted:
