@@ -307,10 +307,6 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def set_epoch(self, epoch: int) -> None:
-        """Change the epoch, which reseeds shard and sample shuffling."""
-        self.epoch = epoch
-
     def _seed_for(self, worker: int, stream: int) -> int:
         entropy = [self.seed, self.epoch, self.rank, worker, stream]
         return int(np.random.SeedSequence(entropy).generate_state(1)[0])

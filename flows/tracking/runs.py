@@ -17,7 +17,6 @@ from pathlib import Path
 
 from diffusion_core.data.atomic import write_json
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_FILE = "mlflow_run.json"
 # The experiment tag MLflow 3's UI reads and writes for an experiment's type (its "Machine
 # learning" / "GenAI apps & agents" selector): mlflow/server/js (setExperimentTag with key
