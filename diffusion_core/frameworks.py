@@ -31,7 +31,7 @@ from diffusion_core.objectives.denoising import ddpm_loss, lognormal_loss
 from diffusion_core.processes.build import build_process
 from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import VPSDE
-from diffusion_core.samplers import registry as sampling
+from diffusion_core.samplers import registry as sampler_registry
 
 # The three frameworks. What each trains and samples with (process, parameterization, loss,
 # sampler) is its section of the params, written into the model's JSON config below.
@@ -99,11 +99,11 @@ class DiffusionModel:
     @torch.no_grad()
     def sample(self, n: int, shape: tuple, settings: dict, noise: NoiseSource = None,
                clip: float | None = None, progress=None):
-        """n samples of per-example `shape` drawn by the sampler `settings["name"]`;
-        returns (samples, number of network evaluations)."""
+        """n samples of per-example `shape` drawn by the registered sampler `settings["name"]`
+        (samplers.registry); returns (samples, number of network evaluations)."""
         self.denoiser.eval()
         x = self.process.prior_sampling((n, *shape), noise)
-        x, nfe = sampling.draw(self, x, settings, noise, clip, progress)
+        x, nfe = sampler_registry.draw(self, x, settings, noise, clip, progress)
         return (x.clamp(-clip, clip) if clip is not None else x), nfe
 
     def save(self, directory: Path, state_dict: dict | None = None) -> None:

@@ -141,10 +141,10 @@ def _cases():
 
 
 def test_every_sampler_is_in_the_batch_contract():
-    assert set(FEW_STEPS) == set(registry.SAMPLER_PROCESSES)
+    assert set(FEW_STEPS) == set(registry.SAMPLERS)
     covered = {(p.values[1]["name"], p.values[0]["process"]["kind"]) for p in _cases()}
-    assert covered == {(name, kind) for name, kinds in registry.SAMPLER_PROCESSES.items()
-                       for kind in kinds if kind != "subvp"}
+    assert covered == {(name, kind) for name, spec in registry.SAMPLERS.items()
+                       for kind in spec.processes if kind != "subvp"}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """EDM's deterministic sampler (Karras et al., 2022): Heun's method on the probability-flow ODE
 in the rescaled space x / alpha, over Karras-spaced noise levels.
 
-The ODE in noise level s is dx/ds = (x - D(x; s)) / s for every process, so one sampler serves
-VP and VE models alike through the same `Denoiser`.
+The ODE in noise level s is dx/ds = (x - D(x; s)) / s for every process, so `heun_pf_ode`
+takes any process's noise levels through the same `Denoiser`. The registry's `heun` sampler
+draws from VP models only: it spaces its levels on the model's DDPM chain.
 """
 from __future__ import annotations
 

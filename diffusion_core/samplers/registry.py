@@ -1,123 +1,103 @@
-"""The samplers a `DiffusionModel` can be drawn with, by name.
+"""The samplers a `DiffusionModel` can be drawn with: one `SamplerSpec` per sampler, registered once.
 
-Each entry adapts one sampler function of the core to the model: it receives the model, x_T
-drawn from the model's prior, the sampler's settings (a dict from params), the noise source,
-the clip bound and a progress callback, and returns (samples, NFE). `SAMPLER_SETTINGS` lists
-each sampler's settings with their defaults; an unknown setting is an error, so a typo in
-params.yaml never falls back to a default silently. `check_fits` also refuses a sampler that
-cannot draw from a given process, naming the setting.
+A spec holds all the platform knows about a sampler: its settings with their defaults (an unknown
+setting is an error, so a typo in params.yaml never falls back to a default silently), the
+processes it draws from, the checks of its setting values and of their fit to a process, and the
+draw function that adapts one sampler function of the core to the model. Params validation,
+`check_fits` and `draw` all read the one table `SAMPLERS`: adding a sampler is one
+`register(SamplerSpec(...))`. Every check raises a ValueError whose message starts with the
+offending setting ("name", "predictor", "steps", ...).
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 
 from diffusion_core.models.denoiser import score_of_noise_level, score_of_time
 from diffusion_core.processes.build import build_process
 from diffusion_core.processes.ddpm_chain import DDPMChain
-from diffusion_core.processes.sde import noise_ladder
-from diffusion_core.samplers import ddpm as samplers
+from diffusion_core.processes.sde import SDE, noise_ladder
+from diffusion_core.samplers import ddpm as ddpm_samplers
 from diffusion_core.samplers import dpm_solver, edm, langevin
 from diffusion_core.samplers import sde as sde_samplers
 
-SAMPLER_SETTINGS = {
-    "ancestral": {},
-    "ddim": {"steps": 50, "eta": 0.0, "spacing": "uniform"},
-    "heun": {"steps": 35, "rho": 7.0},
-    "dpmpp_2m": {"steps": 20, "spacing": "time", "rho": 7.0, "eps": 1e-2},
-    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
-           "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
-    "ode": {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
-            "denoise": True},
-    "annealed_langevin": {"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
-    "langevin": {"steps": 1000, "step_size": 2e-5, "denoise": True},
-}
+ALL_PROCESSES = ("vp", "subvp", "ve")  # the reverse SDE and the probability-flow ODE exist for each
+COUNTS = ("steps", "steps_per_sigma")  # settings that count steps: at least one
 
 
-DPMPP_SPACINGS = ("logsnr", "karras", "time")
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler, as `params.yaml`'s `sampler.name` names it.
 
-# The processes each sampler draws from: DDPM's chain is the vp discretization, the NCSN ladder
-# the ve one; the reverse SDE and the probability-flow ODE exist for every process.
-SAMPLER_PROCESSES = {"ancestral": ("vp",), "ddim": ("vp",), "heun": ("vp",),
-                     "dpmpp_2m": ("vp", "subvp", "ve"),
-                     "annealed_langevin": ("ve",), "langevin": ("ve",),
-                     "pc": ("vp", "subvp", "ve"), "ode": ("vp", "subvp", "ve")}
+    settings: each setting with its default; the default's type is the setting's type.
+    processes: the process kinds it draws from ("vp", "subvp", "ve").
+    draw: (model, x_T, resolved settings, noise, clip, progress) -> (samples, NFE).
+    check: (resolved settings) -> None; refuses values beyond their types.
+    check_process: (resolved settings, built process of a kind it draws from) -> None; refuses
+    what that process cannot take (DDIM's steps on the chain, a ladder's rungs).
+    """
+
+    name: str
+    settings: Mapping[str, object]
+    processes: tuple[str, ...]
+    draw: Callable
+    check: Callable[[dict], None] = lambda settings: None
+    check_process: Callable[[dict, SDE], None] = lambda settings, process: None
+
+    def __post_init__(self):
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        object.__setattr__(self, "processes", tuple(self.processes))
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register(spec: SamplerSpec) -> SamplerSpec:
+    """Add `spec` to `SAMPLERS`; a name already taken is a ValueError (unregister it first)."""
+    if spec.name in SAMPLERS:
+        raise ValueError(f"name: a sampler {spec.name!r} is registered already")
+    SAMPLERS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> SamplerSpec:
+    """Remove the sampler `name` from `SAMPLERS`; returns its spec."""
+    return SAMPLERS.pop(name)
+
+
+def spec_of(name) -> SamplerSpec:
+    """The spec registered as `name`; a ValueError starting "name:" for any other."""
+    if name not in SAMPLERS:
+        raise ValueError(f"name: must be one of {sorted(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name]
+
+
+class _Settings(Mapping):
+    """name -> that sampler's settings with their defaults: a read-only view of `SAMPLERS`."""
+
+    def __getitem__(self, name):
+        return SAMPLERS[name].settings
+
+    def __iter__(self):
+        return iter(SAMPLERS)
+
+    def __len__(self):
+        return len(SAMPLERS)
+
+
+SAMPLER_SETTINGS = _Settings()
 
 
 def fits_process(sampler: str, process_kind: str) -> bool:
     """Whether the sampler named `sampler` can draw from a model of process `process_kind`."""
-    return process_kind in SAMPLER_PROCESSES.get(sampler, ())
+    return sampler in SAMPLERS and process_kind in SAMPLERS[sampler].processes
 
 
 def samplers_for(process_kind: str) -> list[str]:
-    return [name for name in SAMPLER_PROCESSES if fits_process(name, process_kind)]
-
-
-def check_fits(settings: dict, process) -> dict:
-    """`settings` resolved (`resolve_settings`), once the sampler is known to draw from
-    `process`: a process config as in a model config ({"kind": "vp" | "subvp" | "ve", ...the
-    process's arguments}) or a built process. A ValueError whose message starts with the
-    offending setting ("name", "predictor", "steps", ...) otherwise."""
-    settings = resolve_settings(settings)
-    if isinstance(process, dict):
-        process = build_process(process)
-    name, kind = settings["name"], process.kind
-    if not fits_process(name, kind):
-        raise ValueError(f"name: sampler {name!r} does not draw from a {kind} process; use one "
-                         f"of {samplers_for(kind)}")
-    if name == "pc" and settings["predictor"] == "ancestral" and kind not in sde_samplers.ANCESTRAL_KINDS:
-        raise ValueError(f"predictor: 'ancestral' steps the discrete chain of the "
-                         f"{' and '.join(sde_samplers.ANCESTRAL_KINDS)} processes only, not {kind}")
-    if name == "pc" and settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
-        process.ladder(settings["steps"])  # "steps: ..." unless 2 <= steps <= N
-    if name == "ddim":
-        levels = DDPMChain.from_process(process).noise_level(torch.arange(process.N))
-        samplers.ddim_timesteps(process.N, settings["steps"], settings["spacing"], levels)
-    return settings
-
-
-def _check_pc(settings: dict) -> None:
-    sde_samplers.check_choice(settings["predictor"], sde_samplers.PREDICTORS, "predictor")
-    sde_samplers.check_choice(settings["corrector"], sde_samplers.CORRECTORS, "corrector")
-    if not settings["snr"] > 0:
-        raise ValueError(f"snr: must be positive, got {settings['snr']}")
-    _check_eps(settings["eps"])
-    if settings["corrector_steps"] < 0:
-        raise ValueError(f"corrector_steps: must be >= 0, got {settings['corrector_steps']}")
-    if settings["steps"] < 2:
-        raise ValueError(f"steps: must be >= 2, got {settings['steps']}")
-
-
-def _check_ode(settings: dict) -> None:
-    sde_samplers.check_choice(settings["solver"], sde_samplers.ODE_METHODS, "solver")
-    for key in ("rtol", "atol"):
-        if not settings[key] > 0:
-            raise ValueError(f"{key}: must be positive, got {settings[key]}")
-    _check_eps(settings["eps"])
-
-
-def _check_eps(eps: float) -> None:
-    """The time grids run from T = 1 down to eps."""
-    if not 0 < eps < 1:
-        raise ValueError(f"eps: the time grid runs from T = 1 down to eps, so eps must lie in "
-                         f"(0, 1), got {eps}")
-
-
-def _check_dpmpp(settings: dict) -> None:
-    _check_eps(settings["eps"])
-    if settings["spacing"] not in DPMPP_SPACINGS:
-        raise ValueError(f"spacing: must be one of {sorted(DPMPP_SPACINGS)}, got {settings['spacing']!r}")
-
-
-def _check_langevin(settings: dict) -> None:
-    for key in ("eps", "step_size"):
-        if key in settings and not settings[key] > 0:
-            raise ValueError(f"{key}: the Langevin step size must be positive, got {settings[key]}")
-
-
-# Checks of a sampler's setting values beyond their types; each raises "key: message".
-SAMPLER_CHECKS = {"pc": _check_pc, "ode": _check_ode, "annealed_langevin": _check_langevin,
-                  "langevin": _check_langevin,
-                  "dpmpp_2m": _check_dpmpp}
+    return [name for name in SAMPLERS if fits_process(name, process_kind)]
 
 
 def _same_kind(value, default) -> bool:
@@ -129,30 +109,125 @@ def _same_kind(value, default) -> bool:
 
 
 def resolve_settings(settings: dict) -> dict:
-    """settings with the sampler's defaults filled in; unknown names or keys are a ValueError
-    whose message starts with the offending key."""
-    name = settings.get("name")
-    if name not in SAMPLER_SETTINGS:
-        raise ValueError(f"name: must be one of {sorted(SAMPLER_SETTINGS)}, got {name!r}")
-    defaults = SAMPLER_SETTINGS[name]
+    """settings with the sampler's defaults filled in, checked by its spec; an unknown name or
+    key, a value of the wrong type or out of range is a ValueError naming it."""
+    spec = spec_of(settings.get("name"))
     for key, value in settings.items():
-        if key != "name" and key not in defaults:
-            raise ValueError(f"{key}: not a setting of {name}; known: {sorted(defaults)}")
-        if key in defaults and not _same_kind(value, defaults[key]):
-            raise ValueError(f"{key}: expected {type(defaults[key]).__name__}, got {value!r}")
-    resolved = {**defaults, **settings}
-    if name in SAMPLER_CHECKS:
-        SAMPLER_CHECKS[name](resolved)
+        if key != "name" and key not in spec.settings:
+            raise ValueError(f"{key}: not a setting of {spec.name}; known: {sorted(spec.settings)}")
+        if key in spec.settings and not _same_kind(value, spec.settings[key]):
+            raise ValueError(f"{key}: expected {type(spec.settings[key]).__name__}, got {value!r}")
+    resolved = {**spec.settings, **settings}
+    spec.check(resolved)
+    for key in COUNTS:
+        if key in resolved and resolved[key] < 1:
+            raise ValueError(f"{key}: must be >= 1, got {resolved[key]}")
     return resolved
 
 
+def check_fits(settings: dict, process) -> dict:
+    """`settings` resolved (`resolve_settings`), once the sampler is known to draw from
+    `process`: a process config as in a model config ({"kind": "vp" | "subvp" | "ve", ...the
+    process's arguments}) or a built process. A ValueError naming the offending setting otherwise."""
+    settings = resolve_settings(settings)
+    if isinstance(process, dict):
+        process = build_process(process)
+    spec, kind = SAMPLERS[settings["name"]], process.kind
+    if kind not in spec.processes:
+        raise ValueError(f"name: sampler {spec.name!r} does not draw from a {kind} process; use one "
+                         f"of {samplers_for(kind)}")
+    spec.check_process(settings, process)
+    return settings
+
+
+def draw(model, x, settings: dict, noise, clip=None, progress=None):
+    """Run the sampler `settings["name"]` from x_T; returns (samples, NFE). `clip` bounds the
+    x0 predictions of the samplers that form one (DDPM's and DDIM's) and the final samples."""
+    settings = check_fits(settings, model.process)
+    return SAMPLERS[settings["name"]].draw(model, x, settings, noise, clip, progress)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_eps(settings: dict) -> None:
+    """The time grids run from T = 1 down to eps."""
+    if not 0 < settings["eps"] < 1:
+        raise ValueError(f"eps: the time grid runs from T = 1 down to eps, so eps must lie in "
+                         f"(0, 1), got {settings['eps']}")
+
+
+def _check_ddim(settings: dict) -> None:
+    if settings["spacing"] not in ddpm_samplers.DDIM_SPACINGS:
+        raise ValueError(f"spacing: must be one of {ddpm_samplers.DDIM_SPACINGS}, got {settings['spacing']!r}")
+    if not 0 <= settings["eta"] <= 1:
+        raise ValueError(f"eta: DDIM's eta must lie in [0, 1] (0: deterministic, 1: DDPM's variance), "
+                         f"got {settings['eta']}")
+
+
+def _check_ddim_process(settings: dict, process) -> None:
+    """DDIM's sub-sequence of `steps` indices exists on the process's chain."""
+    levels = DDPMChain.from_process(process).noise_level(torch.arange(process.N))
+    ddpm_samplers.ddim_timesteps(process.N, settings["steps"], settings["spacing"], levels)
+
+
+def _check_heun(settings: dict) -> None:
+    if not settings["rho"] > 0:
+        raise ValueError(f"rho: Karras' rho must be positive, got {settings['rho']}")
+
+
+DPMPP_SPACINGS = ("logsnr", "karras", "time")
+
+
+def _check_dpmpp(settings: dict) -> None:
+    _check_eps(settings)
+    if settings["spacing"] not in DPMPP_SPACINGS:
+        raise ValueError(f"spacing: must be one of {sorted(DPMPP_SPACINGS)}, got {settings['spacing']!r}")
+
+
+def _check_pc(settings: dict) -> None:
+    sde_samplers.check_pc(settings["predictor"], settings["corrector"], settings["snr"],
+                          settings["corrector_steps"])
+    _check_eps(settings)
+    if settings["steps"] < 2:
+        raise ValueError(f"steps: must be >= 2, got {settings['steps']}")
+
+
+def _check_pc_process(settings: dict, process) -> None:
+    """The ancestral predictor steps the discrete chains of VP and VE only; the ladder
+    predictors walk a coarsening of the process's N rungs (`SDE.ladder` refuses others)."""
+    kind = process.kind
+    if settings["predictor"] == "ancestral" and kind not in sde_samplers.ANCESTRAL_KINDS:
+        raise ValueError(f"predictor: 'ancestral' steps the discrete chain of the "
+                         f"{' and '.join(sde_samplers.ANCESTRAL_KINDS)} processes only, not {kind}")
+    if settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
+        process.ladder(settings["steps"])
+
+
+def _check_ode(settings: dict) -> None:
+    sde_samplers.check_choice(settings["solver"], sde_samplers.ODE_METHODS, "solver")
+    sde_samplers.check_tolerances(settings["rtol"], settings["atol"])
+    _check_eps(settings)
+
+
+def _check_langevin(settings: dict) -> None:
+    for key in ("eps", "step_size"):
+        if key in settings and not settings[key] > 0:
+            raise ValueError(f"{key}: the Langevin step size must be positive, got {settings[key]}")
+
+
+# --------------------------------------------------------------------------- draws
+
+
 def _ancestral(model, x, settings, noise, clip, progress):
-    return samplers.ddpm_ancestral(model.denoiser, model.chain, x, noise, clip, progress)
+    """DDPM ancestral sampling over every step of the model's chain (Ho et al., 2020, alg. 2)."""
+    return ddpm_samplers.ddpm_ancestral(model.denoiser, model.chain, x, noise, clip, progress)
 
 
 def _ddim(model, x, settings, noise, clip, progress):
-    return samplers.ddim(model.denoiser, model.chain, x, settings["steps"], settings["eta"],
-                         noise, clip, progress, settings["spacing"])
+    """DDIM (Song et al., 2021) on `steps` indices of the model's chain, spaced by `spacing`."""
+    return ddpm_samplers.ddim(model.denoiser, model.chain, x, settings["steps"], settings["eta"],
+                              noise, clip, progress, settings["spacing"])
 
 
 def _heun(model, x, settings, noise, clip, progress):
@@ -186,11 +261,11 @@ def dpmpp_sigmas(process, settings: dict, s_max: float) -> torch.Tensor:
     """DPM-Solver++'s `steps` noise levels from s_max down, then 0, by `spacing`:
     - time (the default): uniform in t from s_max's time to 0, the last level at t_max / steps
       (diffusers' "linspace" grid; `eps` unused). It spends few steps at low noise, where a
-      learned network errs most: on digits networks it beats logsnr at 10-50 NFE and matches or
-      beats diffusers' scheduler at every NFE (benchmarks/few_step_digits.py).
-    - logsnr: uniform in log-SNR down to the level at `eps` (Lu et al., 2022, section 3.3), the
-      best with an exact denoiser (benchmarks/few_step_samplers.py); eps = 1e-2 is s ~ 0.045
-      on the vp chain.
+      learned network errs most, hence the default for learned networks (docs/performance.md,
+      benchmarks/few_step_digits.py).
+    - logsnr: uniform in log-SNR down to the level at `eps` (Lu et al., 2022, section 3.3), for
+      an exact denoiser (benchmarks/few_step_samplers.py); eps = 1e-2 is s ~ 0.045 on the vp
+      chain.
     - karras: Karras et al.'s rho spacing between the same ends as logsnr."""
     steps = settings["steps"]
     if settings["spacing"] == "time":
@@ -256,13 +331,20 @@ def _langevin(model, x, settings, noise, clip, progress):
         final_denoise=settings["denoise"])
 
 
-SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "heun": _heun, "dpmpp_2m": _dpmpp_2m,
-            "pc": _pc, "ode": _ode,
-            "annealed_langevin": _annealed_langevin, "langevin": _langevin}
-
-
-def draw(model, x, settings: dict, noise, clip=None, progress=None):
-    """Run the sampler `settings["name"]` from x_T; returns (samples, NFE). `clip` bounds the
-    x0 predictions of the samplers that form one (DDPM's and DDIM's) and the final samples."""
-    settings = check_fits(settings, model.process)
-    return SAMPLERS[settings["name"]](model, x, settings, noise, clip, progress)
+# DDPM's chain is the vp discretization, the NCSN ladder the ve one; the reverse SDE and the
+# probability-flow ODE exist for every process.
+register(SamplerSpec("ancestral", {}, ("vp",), _ancestral))
+register(SamplerSpec("ddim", {"steps": 50, "eta": 0.0, "spacing": "uniform"}, ("vp",), _ddim,
+                     _check_ddim, _check_ddim_process))
+register(SamplerSpec("heun", {"steps": 35, "rho": 7.0}, ("vp",), _heun, _check_heun))
+register(SamplerSpec("dpmpp_2m", {"steps": 20, "spacing": "time", "rho": 7.0, "eps": 1e-2},
+                     ALL_PROCESSES, _dpmpp_2m, _check_dpmpp))
+register(SamplerSpec("pc", {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
+                            "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
+                     ALL_PROCESSES, _pc, _check_pc, _check_pc_process))
+register(SamplerSpec("ode", {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
+                             "denoise": True}, ALL_PROCESSES, _ode, _check_ode))
+register(SamplerSpec("annealed_langevin", {"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
+                     ("ve",), _annealed_langevin, _check_langevin))
+register(SamplerSpec("langevin", {"steps": 1000, "step_size": 2e-5, "denoise": True}, ("ve",),
+                     _langevin, _check_langevin))

@@ -38,11 +38,6 @@ def check_choice(name: str, choices, parameter: str) -> None:
         raise ValueError(f"{parameter} must be one of {sorted(choices)}, got {name!r}")
 
 
-def _lookup(registry: dict, name: str, parameter: str):
-    check_choice(name, registry, parameter)
-    return registry[name]
-
-
 # --------------------------------------------------------------------------- time grids
 
 
@@ -175,6 +170,18 @@ CORRECTORS = {"langevin": langevin, "none": no_corrector}
 # --------------------------------------------------------------------------- PC sampler
 
 
+def check_pc(predictor: str, corrector: str, snr: float, corrector_steps: int) -> None:
+    """The rules of predictor-corrector sampling's settings, for the sampler and the registry
+    alike: a known predictor and corrector, snr > 0, corrector_steps >= 0. The ValueError
+    starts with the setting's name."""
+    check_choice(predictor, PREDICTORS, "predictor")
+    check_choice(corrector, CORRECTORS, "corrector")
+    if not snr > 0:
+        raise ValueError(f"snr: must be positive, got {snr}")
+    if int(corrector_steps) < 0:
+        raise ValueError(f"corrector_steps: must be >= 0, got {corrector_steps}")
+
+
 @torch.no_grad()
 def pc_sampler(score_fn: ScoreFn, sde: SDE, x_T: torch.Tensor, time_grid,
                predictor: str = "reverse_diffusion", corrector: str = "langevin",
@@ -183,18 +190,15 @@ def pc_sampler(score_fn: ScoreFn, sde: SDE, x_T: torch.Tensor, time_grid,
                denoise: bool = True) -> tuple[torch.Tensor, int]:
     """Predictor-corrector sampling (Song et al., 2021, algorithm 1); returns (samples, NFE).
 
-    At each grid time t_i: `n_corrector_steps` corrector steps, then one predictor step towards
-    t_{i+1} (0 after the last). `denoise` returns the last predictor step's mean, without noise.
+    At each grid time t_i: `n_corrector_steps` corrector steps (the registry's `corrector_steps`
+    setting), then one predictor step towards t_{i+1} (0 after the last). `denoise` returns the
+    last predictor step's mean, without noise.
     The "reverse_diffusion" and "ancestral" predictors step the process's own discretization, so
     their grid must hold sde.N points, one per rung.
     """
-    predict = _lookup(PREDICTORS, predictor, "predictor")
-    correct = _lookup(CORRECTORS, corrector, "corrector")
+    check_pc(predictor, corrector, snr, n_corrector_steps)
+    predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     grid = check_time_grid(time_grid, sde.T)
-    if not snr > 0:
-        raise ValueError(f"snr must be positive, got {snr}")
-    if int(n_corrector_steps) < 0:
-        raise ValueError(f"n_corrector_steps must be >= 0, got {n_corrector_steps}")
     if predictor in LADDER_PREDICTORS:
         _check_ladder(sde, grid, predictor)
     counted, x = _Counted(score_fn), x_T
@@ -338,10 +342,11 @@ DIRECTIONS = ("decode", "encode")
 
 
 def check_tolerances(rtol: float, atol: float) -> None:
-    if not rtol > 0:
-        raise ValueError(f"rtol must be positive, got {rtol}")
-    if not atol > 0:
-        raise ValueError(f"atol must be positive, got {atol}")
+    """The adaptive solver's relative and absolute tolerances are positive, for the ODE sampler,
+    the likelihood and the registry alike; the ValueError starts with the one that is not."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not value > 0:
+            raise ValueError(f"{name}: must be positive, got {value}")
 
 
 @torch.no_grad()
