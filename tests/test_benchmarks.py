@@ -1,44 +1,110 @@
-"""Each benchmark runs at its smallest size and prints its reference beside its own figure."""
+"""Each benchmark runs at its smallest size and prints its reference beside its own figure.
+
+The checks are what a broken benchmark would get wrong: its reference ran, its ratio divides two
+different timings (or figures) the right way round, and its output names both. What the
+benchmark is told it measured comes from spies on the functions it calls, not from its own
+result; the arithmetic of the shared pieces is checked on made-up inputs."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from benchmarks import network_throughput
+from benchmarks import network_throughput, timing
 
 pytest.importorskip("diffusers")
 
 
-def test_network_throughput_compares_equal_sized_networks(capsys):
+def spy(monkeypatch, module, name: str) -> list:
+    """(args, returned) of every call the benchmark makes to module.name, in order."""
+    calls, real = [], getattr(module, name)
+
+    def spied(*args, **kwargs):
+        calls.append((args, real(*args, **kwargs)))
+        return calls[-1][1]
+    monkeypatch.setattr(module, name, spied)
+    return calls
+
+
+@pytest.fixture
+def timed(monkeypatch) -> list:
+    """(callable, seconds) of every callable `benchmarks.timing` times, in order."""
+    return spy(monkeypatch, timing, "seconds")
+
+
+def back_to_back(timed: list) -> list[tuple[float, float]]:
+    """(figure's seconds, reference's seconds) of each pair `paired_ratios` timed: two different
+    callables, two different timings."""
+    pairs = list(zip(timed[0::2], timed[1::2]))
+    assert len(timed) == 2 * len(pairs)
+    for ((fn,), a), ((reference,), b) in pairs:
+        assert fn is not reference and a != b
+    return [(a, b) for (_, a), (_, b) in pairs]
+
+
+def test_paired_ratios_divide_the_figures_time_by_the_references_in_the_same_repeat(monkeypatch):
+    clock, ran = [0.0], []
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = {"figure": iter([3.0, 6.0, 3.3]), "reference": iter([1.0, 2.0, 1.0])}  # repeat 2: a slow machine
+
+    def taking(name):
+        def fn():
+            ran.append(name)
+            clock[0] += next(durations[name])
+        return fn
+
+    result = timing.paired_ratios(taking("figure"), taking("reference"), 3)
+    assert ran == ["figure", "reference"] * 3  # back to back, the reference in every repeat
+    assert (result["ratio"], result["ratio_min"], result["ratio_max"]) == pytest.approx((3.0, 3.0, 3.3))
+    assert (result["seconds"], result["reference_seconds"]) == pytest.approx((3.3, 1.0))
+
+
+def test_network_throughput_compares_equal_sized_networks(timed, capsys):
     [result] = network_throughput.main(["--sizes", "8", "--steps", "1", "--repeats", "1", "--batch", "8"])
-    for layout in ("contiguous", "channels_last"):  # both networks in each memory order
+    pairs = back_to_back(timed)  # per memory order: diffusers' step, then the project's (the reference)
+    assert len(pairs) == len(network_throughput.LAYOUTS)
+    out = capsys.readouterr().out
+    for layout, (diffusers_s, project_s) in zip(network_throughput.LAYOUTS, pairs):
         row = result[layout]
         project, diffusers = row["project"], row["diffusers"]
         assert abs(project["params"] / diffusers["params"] - 1) <= 0.1
-        assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"] and project["steps_per_s"] > 0
+        assert row["ratio"] == pytest.approx(diffusers_s / project_s)  # the project's steps/s over diffusers'
+        assert (project["steps_per_s"], diffusers["steps_per_s"]) == pytest.approx((1 / project_s, 1 / diffusers_s))
         assert 0 < project["peak_fraction"] < 1 and 0 < diffusers["peak_fraction"] < 1
-    assert "channels_last: project" in capsys.readouterr().out
+        assert f"{layout}: project {project['steps_per_s']:.2f} steps/s" in out
+        assert f"diffusers {diffusers['steps_per_s']:.2f} (" in out
 
 
 @pytest.mark.slow  # starts Ray and two DDP workers
-def test_gpu_throughput_runs_on_the_cpu_at_its_tiny_size(tmp_path, capsys):
+def test_gpu_throughput_runs_on_the_cpu_at_its_tiny_size(tmp_path, monkeypatch, capsys):
     from benchmarks import gpu_throughput
 
+    peaks, runs = spy(monkeypatch, gpu_throughput, "peak_flops"), spy(monkeypatch, gpu_throughput, "run_workers")
     result = gpu_throughput.main(["--size", "tiny", "--workers", "1", "2", "--steps", "2", "--warmup", "1",
                                   "--precision", "bf16", "--channels-last", "--storage", str(tmp_path)])
     one, two = result["rows"]
-    assert (one["workers"], two["workers"]) == (1, 2) and one["scaling_efficiency"] == 1.0
-    assert one["images_per_s"] > 0 and two["images_per_s"] > 0 and result["step_flops"] > 0
-    assert 0 < one["peak_fraction"] < float("inf")  # bf16 matmul on a CPU sets no meaningful ceiling
-    assert "2 worker(s)" in capsys.readouterr().out
+    [(_, peak)], [(_, ran_one), (_, ran_two)] = peaks, runs  # the device's peak measured in this run
+    assert (one["workers"], two["workers"]) == (1, 2) and result["peak_flops"] == peak > 0
+    assert (one["images_per_s"], two["images_per_s"]) == (ran_one["images_per_s"], ran_two["images_per_s"])
+    assert ran_one["images_per_s"] != ran_two["images_per_s"]
+    assert two["scaling_efficiency"] == pytest.approx(ran_two["images_per_s"] / (2 * ran_one["images_per_s"]))
+    out = capsys.readouterr().out
+    assert f"peak {peak / 1e12:.3f} TFLOP/s" in out and "2 worker(s)" in out and "against 1 worker(s)" in out
 
 
-def test_sampler_overhead_times_the_sampler_against_its_forward_passes(capsys):
+def test_sampler_overhead_times_the_sampler_against_its_forward_passes(timed, monkeypatch, capsys):
     from benchmarks import sampler_overhead
 
-    [ddim, langevin] = sampler_overhead.main(["--batch", "4", "--repeats", "1",
-                                              "--samplers", "ddim-50", "annealed-langevin"])
-    assert ddim["nfe"] == 50 and langevin["nfe"] > 0
-    assert ddim["ratio"] == pytest.approx(ddim["seconds"] / ddim["reference_seconds"])
-    assert "NFE x forward" in capsys.readouterr().out
+    references = spy(monkeypatch, sampler_overhead, "bare_forwards")
+    results = sampler_overhead.main(["--batch", "4", "--repeats", "1", "--samplers", "ddim-50", "annealed-langevin"])
+    pairs = back_to_back(timed)
+    assert [fn for (fn,), _ in timed[1::2]] == [forwards for _, forwards in references]  # the reference ran
+    assert [args[2] for args, _ in references] == [result["nfe"] for result in results]  # NFE forwards
+    assert results[0]["nfe"] == 50
+    out = capsys.readouterr().out
+    for result, (sampler_s, reference_s) in zip(results, pairs):
+        assert result["ratio"] == pytest.approx(sampler_s / reference_s)
+        assert (result["seconds"], result["reference_seconds"]) == (sampler_s, reference_s)
+        assert f"{sampler_s:.2f} s against NFE x forward {reference_s:.2f} s" in out
 
 
 def test_few_step_samplers_scores_every_sampler_against_the_reference(capsys):
@@ -58,33 +124,50 @@ def test_few_step_samplers_scores_every_sampler_against_the_reference(capsys):
 
 
 @pytest.mark.slow  # a train stage on Ray
-def test_pipeline_overhead_sets_the_train_stage_beside_the_plain_loop(capsys):
+def test_pipeline_overhead_sets_the_train_stage_beside_the_plain_loop(monkeypatch, capsys):
     from benchmarks import pipeline_overhead
 
+    plains = spy(monkeypatch, pipeline_overhead, "plain_loop")
+    stages = spy(monkeypatch, pipeline_overhead, "pipeline_run")
     result = pipeline_overhead.main(["--run", "ddpm", "--steps", "4", "--repeats", "1"])
-    assert result["plain"]["ratio"] == 1.0
+    [(_, plain_s)], [(_, (loop_s, stage_s))] = plains, stages  # the reference ran, then the train stage
+    assert plain_s != loop_s and result["plain"]["median"] == pytest.approx(4 / plain_s)
+    assert (result["loop"]["ratio"], result["stage"]["ratio"]) == pytest.approx((plain_s / loop_s, plain_s / stage_s))
     assert 0 < result["stage"]["median"] <= result["loop"]["median"]
-    assert "train stage end to end" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plain in-memory loop (reference)" in out and "train stage end to end" in out
 
 
-def test_data_path_sets_shards_beside_memory_and_the_training_step(capsys):
+def test_data_path_sets_shards_beside_memory_and_the_training_step(timed, capsys):
     from benchmarks import data_path
 
     result = data_path.main(["--examples", "64", "--shape", "1", "8", "8", "--per-shard", "16",
                              "--batch", "8", "--batches", "3", "--repeats", "1"])
-    assert result["write_mb_s"] > 0 and result["read_mb_s"] > 0 and result["memory_mb_s"] > 0
-    assert 0 < result["loader_share"] < 1
-    assert "memory copy (reference)" in capsys.readouterr().out
+    # one timing each: shard write, read, 3 loader batches, the memory copy (reference), a training step
+    (_, write_s), (_, read_s), (_, loader_s), (_, memory_s), (_, step_s) = timed
+    assert len({id(fn) for (fn,), _ in timed}) == 5
+    megabytes = result["megabytes"]
+    assert (result["write_mb_s"], result["read_mb_s"], result["memory_mb_s"]) == pytest.approx(
+        (megabytes / write_s, megabytes / read_s, megabytes / memory_s))
+    assert result["loader_share"] == pytest.approx(loader_s / 3 / (loader_s / 3 + step_s))
+    out = capsys.readouterr().out
+    assert f"memory copy (reference) {result['memory_mb_s']:.0f} MiB/s | shard write" in out
+    assert f"against a {1e3 * step_s:.0f} ms training step" in out
 
 
 @pytest.mark.slow  # trains the digits classifier (one epoch) and extracts every digit's features
-def test_floor_seen_unseen_sets_the_extractors_own_images_beside_unseen_ones(capsys):
+def test_floor_seen_unseen_sets_the_extractors_own_images_beside_unseen_ones(monkeypatch, capsys):
     from benchmarks import floor_seen_unseen
 
+    draws = spy(monkeypatch, floor_seen_unseen, "fd_draws")
     (row,) = floor_seen_unseen.main(["--seeds", "0", "--epochs", "1"])
-    assert row["seen_over_unseen"] == pytest.approx(row["seen"] / row["unseen"])
-    assert row["seen"] > 0 and row["unseen"] > 0 and 0 <= row["val_accuracy"] <= 1
-    assert "697 train / 300 val / 300 classifier / 500 test" in capsys.readouterr().out
+    # against val: the classifier's own images, then unseen train images (the reference); then the report's
+    seen, unseen, _ = (float(np.mean(fds)) for _, fds in draws)
+    assert (row["seen"], row["unseen"]) == (seen, unseen) and seen != unseen
+    assert row["seen_over_unseen"] == pytest.approx(seen / unseen) and 0 <= row["val_accuracy"] <= 1
+    out = capsys.readouterr().out
+    assert "697 train / 300 val / 300 classifier / 500 test" in out
+    assert f"seen {seen:.2f}, unseen {unseen:.2f}" in out
 
 
 @pytest.mark.slow  # trains the digits classifier on the pipeline's split
@@ -104,25 +187,46 @@ def test_the_digits_benchmarks_measure_against_val_with_the_pipelines_split():
 
 
 @pytest.mark.slow  # trains the digits classifier, three tiny models and samples 1,000 digits each
-def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(capsys):
+def test_same_compute_sets_the_recipes_beside_the_diffusers_baseline(monkeypatch, capsys):
     from benchmarks import same_compute
 
+    baselines = spy(monkeypatch, same_compute, "diffusers_baseline")
     result = same_compute.main(["--seconds", "1", "--step-cap", "3", "--samples", "1000", "--nfe", "2",
                                 "--runs", "ddpm-paper", "sde-edm"])
     rows = result["rows"]
     assert set(rows) == {"ddpm-paper", "sde-edm", same_compute.BASELINE, same_compute.PAPER_SAME_SAMPLERS}
     baseline, paper = rows[same_compute.BASELINE], rows[same_compute.PAPER_SAME_SAMPLERS]
-    assert baseline["steps"] == rows["ddpm-paper"]["steps"] == 3  # the same steps as the paper recipe
+    [(args, _)] = baselines  # the reference trained once, for the paper recipe's steps
+    assert args[2] == baseline["steps"] == rows["ddpm-paper"]["steps"] == 3
     assert abs(baseline["params"] / rows["ddpm-paper"]["params"] - 1) <= 0.1
-    assert baseline["fd"][2] == min(baseline["by"]["ddim"][2], baseline["by"]["dpm_solver"][2])
-    verdict = result["verdict"][2]
-    (a, ea), (b, eb) = paper["fd"][2], baseline["fd"][2]  # the paper recipe by diffusers' samplers
-    assert verdict["paper_gap_in_errors"] == pytest.approx((a - b) / (ea**2 + eb**2) ** 0.5)
-    assert verdict["best_improved"] == "sde-edm"
-    assert verdict["best_over_baseline"] == pytest.approx(rows["sde-edm"]["fd"][2][0] / baseline["fd"][2][0])
+    assert paper["fd"][2] != baseline["fd"][2] != rows["sde-edm"]["fd"][2]  # each verdict sets two figures
+    assert set(result["verdict"][2]) == {"paper_gap_in_errors", "best_improved", "best_over_baseline"}
     assert result["reference_split"] == "val"  # settings are chosen on val, never on test
     out = capsys.readouterr().out
-    assert "diffusers DDPM" in out and "reference: the val split (300 images)" in out
+    assert "diffusers DDPM" in out and "sde-edm" in out and "reference: the val split (300 images)" in out
+    assert "NFE 2: paper_gap_in_errors" in out
+
+
+def test_same_compute_verdict_sets_each_figure_against_the_baselines():
+    from benchmarks import same_compute
+
+    rows = {same_compute.BASELINE: {"fd": {10: (2.0, 0.3)}},
+            same_compute.PAPER_SAME_SAMPLERS: {"fd": {10: (2.5, 0.4)}}, "ddpm-paper": {"fd": {10: (9.0, 0.1)}},
+            "ddpm-edm": {"fd": {10: (1.5, 0.1)}}, "sde-edm": {"fd": {10: (1.2, 0.1)}}}
+    verdict = same_compute.verdict(rows, [10])[10]
+    assert verdict["paper_gap_in_errors"] == pytest.approx(1.0)  # (2.5 - 2.0) / sqrt(0.3^2 + 0.4^2)
+    assert verdict["best_improved"] == "sde-edm" and verdict["best_over_baseline"] == pytest.approx(0.6)
+
+
+def test_same_compute_baseline_is_the_better_of_diffusers_two_samplers(monkeypatch):
+    from benchmarks import same_compute
+
+    figures = {("ddim", 10): (1.5, 0.1), ("dpm_solver", 10): (1.8, 0.1),
+               ("ddim", 20): (1.9, 0.1), ("dpm_solver", 20): (1.6, 0.1)}
+    monkeypatch.setattr(same_compute, "diffusers_samples", lambda eps, scheduler, kind, n, nfe: (kind, nfe))
+    sampled = same_compute.diffusers_sampled(None, None, SimpleNamespace(ratio=figures.get), 8, [10, 20])
+    assert sampled["fd"] == {10: (1.5, 0.1), 20: (1.6, 0.1)}
+    assert sampled["by"] == {kind: {nfe: figures[kind, nfe] for nfe in (10, 20)} for kind in ("ddim", "dpm_solver")}
 
 
 @pytest.mark.slow  # trains the digits classifier and two tiny models, samples 1,000 digits each
@@ -133,9 +237,17 @@ def test_few_step_digits_pairs_each_spacing_with_diffusers_on_the_same_network(r
     result = few_step_digits.main(["--seeds", "0", "1", "--steps", "3", "--nfe", "2", "--samples", "1000",
                                    "--run", run])
     assert [set(figures) for figures in result["per_seed"]] == [{"logsnr", "time", "diffusers"}] * 2
-    gaps = [f["time"][2][0] - f["diffusers"][2][0] for f in result["per_seed"]]
-    mean, error = result["gaps"]["time"][2]
-    assert mean == pytest.approx(sum(gaps) / 2) and error == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
+    assert all(f["time"][2] != f["diffusers"][2] for f in result["per_seed"])  # the reference sampled too
+    assert set(result["gaps"]) == {"logsnr", "time"}
     out = capsys.readouterr().out
     assert "time - diffusers over 2 seeds" in out and f"{run} on digits" in out
     assert result["reference_split"] == "val" and "reference: the val split (300 images)" in out
+
+
+def test_few_step_digits_pairs_each_seeds_spacing_with_diffusers_on_that_seed():
+    from benchmarks.few_step_digits import DIFFUSERS, paired
+
+    per_seed = [{"time": {10: (2.0, 0.1)}, DIFFUSERS: {10: (1.7, 0.1)}},
+                {"time": {10: (1.5, 0.1)}, DIFFUSERS: {10: (1.6, 0.1)}}]
+    mean, error = paired(per_seed, "time", 10)  # gaps +0.3 and -0.1
+    assert mean == pytest.approx(0.1) and error == pytest.approx(0.2)
