@@ -103,12 +103,6 @@ def test_importance_sampled_times_keep_the_objective(process, weighting):
     assert abs(float(loss.mean() - objective)) < 4 * float(loss.std()) / n**0.5, (loss.mean(), objective)
 
 
-def test_time_of_noise_level_inverts_the_noise_level():
-    for process in (VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()):
-        t = torch.linspace(1e-4, 0.98, 50, dtype=F64)
-        torch.testing.assert_close(process.time_of_noise_level(process.noise_level(t)), t)
-
-
 # --- cross-framework sampling through the adapters --------------------------------------------
 class _Exact:
     """A model stand-in: a process and the exact denoiser of a 2-D Gaussian mixture."""
@@ -249,7 +243,7 @@ def test_toy_entropy_of_gmm8_is_its_analytic_value():
     ({"sampler": {"name": "pc", "corrector": "hmc"}}, "sde.sampler.corrector"),
     ({"sampler": {"name": "pc", "snr": 0}}, "sde.sampler.snr"),
     ({"sampler": {"name": "pc", "eps": 1.5}}, "sde.sampler.eps"),
-    ({"sampler": {"name": "pc", "steps": 10}}, "sde.sampler.steps"),
+    ({"sampler": {"name": "pc", "steps": 2000}}, "sde.sampler.steps"),  # a ladder of more rungs than N
     ({"sampler": {"name": "ode", "solver": "rk4"}}, "sde.sampler.solver"),
     ({"sampler": {"name": "ode", "rtol": 0.0}}, "sde.sampler.rtol"),
     ({"sampler": {"name": "ode", "atol": -1e-5}}, "sde.sampler.atol"),

@@ -4,14 +4,15 @@ read through any parameterization and trained with L_simple's uniform t or EDM's
 noise levels."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.denoising import WEIGHTINGS
-from diffusion_core.samplers.registry import fits_process, samplers_for
+from diffusion_core.processes.build import build_process
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.choices import RecipeChoices
-from flows.config.validation import check_sampler, require
+from flows.config.validation import ConfigError, check_sampler, require
 
 
 @dataclass(frozen=True)
@@ -27,28 +28,37 @@ class DDPMParams(RecipeChoices):  # + network, conditioning, ema, optimizer, bat
     lr_schedule: str | None = None  # overrides train.lr_schedule (a paper's constant rate, say)
     recipes: dict = field(default_factory=dict)  # name -> settings laid over this section (recipes.py)
 
+    def process_config(self) -> dict:
+        """The model config's process: the VP process whose N-step chain is DDPM's."""
+        return dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
+                    schedule=self.schedule)
+
     def model_parts(self, profile) -> dict:
         """The process, parameterization and loss entries of the model's JSON config; a
         lognormal loss takes its noise levels from the data's profile."""
         loss = (dict(kind="lognormal", p_mean=profile.p_mean, p_std=profile.p_std, weighting=self.weighting)
                 if self.noise == "lognormal" else dict(kind="ddpm", weighting=self.weighting))
-        return {"process": dict(kind="vp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N,
-                                schedule=self.schedule),
-                "parameterization": self.parameterization, "loss": loss}
+        return {"process": self.process_config(), "parameterization": self.parameterization, "loss": loss}
 
     def check(self, name: str) -> None:
-        check_sampler(self.sampler, f"{name}.sampler")
-        require(self.schedule in ("linear", "cosine"), f"{name}.schedule", "must be linear or cosine")
         require(self.N >= 2, f"{name}.N", "must be >= 2")
-        require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
-                 f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-        require(0 < self.beta_max / self.N < 1, f"{name}.beta_max",
-                 "the discrete betas beta_max / N must lie in (0, 1)")
+        process = self._process(name)
         require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
-                 f"must be one of {PARAMETERIZATIONS}")
+                f"must be one of {PARAMETERIZATIONS}")
         require(self.noise in ("uniform", "lognormal"), f"{name}.noise", "must be uniform or lognormal")
         require(self.weighting in WEIGHTINGS, f"{name}.weighting", f"must be one of {WEIGHTINGS}")
-        require(fits_process(self.sampler["name"], "vp"), f"{name}.sampler.name",
-                f"{self.sampler['name']!r} does not draw from ddpm's vp chain; use one of {samplers_for('vp')}")
+        check_sampler(self.sampler, f"{name}.sampler", process)
         require(self.lr_schedule in (None,) + LR_SCHEDULES, f"{name}.lr_schedule",
                 f"must be one of {LR_SCHEDULES} or null (train.lr_schedule), got {self.lr_schedule!r}")
+
+    def _process(self, name: str):
+        """The process built by the core, which checks its arguments (VPSDE: the schedule,
+        0 < beta_min < beta_max, beta_max / N < 1); a refusal is a ConfigError naming the field
+        of the first argument the core's message mentions."""
+        config = self.process_config()
+        try:
+            return build_process(config)
+        except ValueError as err:
+            arguments = "|".join(key for key in config if key != "kind")
+            named = re.search(rf"\b({arguments})\b", str(err))
+            raise ConfigError(f"{name}.{named.group(1)}: {err}" if named else f"{name}: {err}") from err

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.score_matching import EXACT_MAX_DIM, PROJECTIONS
-from diffusion_core.samplers.registry import fits_process, samplers_for
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.choices import RecipeChoices
 from flows.config.validation import ConfigError, check_sampler, require
@@ -36,15 +35,18 @@ class NCSNParams(RecipeChoices):  # + network, conditioning, ema, optimizer, bat
     lr_schedule: str | None = None  # overrides train.lr_schedule (a paper's constant rate, say)
     recipes: dict = field(default_factory=dict)  # name -> settings laid over this section (recipes.py)
 
+    def process_config(self) -> dict:
+        """The model config's process: the VE process whose N-step discretization is the ladder."""
+        return dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.num_scales)
+
     def model_parts(self, profile=None) -> dict:
         """The process, parameterization, loss and model kind entries of the model's config
         (NCSN's loss draws from its ladder; it takes nothing from the data's profile)."""
         loss = {"kind": OBJECTIVES[self.objective]}
         if self.objective == "ssm":
             loss.update(n_projections=self.n_projections, projection=self.projection)
-        return {"process": dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max,
-                                N=self.num_scales),
-                "parameterization": self.parameterization, "loss": loss, "model_kind": self.model}
+        return {"process": self.process_config(), "parameterization": self.parameterization,
+                "loss": loss, "model_kind": self.model}
 
     def check(self, name: str) -> None:
         require(math.isfinite(self.sigma_min) and self.sigma_min > 0, f"{name}.sigma_min",
@@ -60,10 +62,7 @@ class NCSNParams(RecipeChoices):  # + network, conditioning, ema, optimizer, bat
                 f"must be one of {PARAMETERIZATIONS}")
         require(self.projection in PROJECTIONS, f"{name}.projection", f"must be one of {PROJECTIONS}")
         require(self.n_projections >= 1, f"{name}.n_projections", "must be >= 1")
-        check_sampler(self.sampler, f"{name}.sampler")
-        require(fits_process(self.sampler["name"], "ve"), f"{name}.sampler.name",
-                f"{self.sampler['name']!r} does not draw from an ncsn model's ve process; "
-                f"use one of {samplers_for('ve')}")
+        check_sampler(self.sampler, f"{name}.sampler", self.process_config())
         require(self.lr_schedule in (None,) + LR_SCHEDULES, f"{name}.lr_schedule",
                 f"must be one of {LR_SCHEDULES} or null (train.lr_schedule), got {self.lr_schedule!r}")
 

@@ -23,7 +23,6 @@ from diffusion_core.data.sources import (
     source_kind,
 )
 from diffusion_core.frameworks import FRAMEWORKS
-from diffusion_core.samplers.registry import check_fits, resolve_settings
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from diffusion_core.training.precision import PRECISIONS
 from flows.config.ddpm import DDPMParams
@@ -349,23 +348,18 @@ class Params:
                 f"{key!r}: {framework} has no recipe {recipe!r}; known: {known}")
 
     def _check_chain_samplers(self, key: str) -> None:
-        """The run's sampler, and each NFE-sweep point that draws from it, fit the run's process
-        as the core checks it before drawing (`check_fits`: DDIM's steps on the chain, a
-        ladder's rungs); the sample stage would refuse them only after training."""
-        framework, recipe = split_run(key)
-        process = self.framework(key).model_parts(self.vector)["process"]
-        overridden = recipe is not None and "sampler" in getattr(self, framework).recipes[recipe]
-        where = f"{framework}.recipes.{recipe}.sampler" if overridden else f"{framework}.sampler"
-        checks = [(self.framework(key).sampler, where)]
+        """Each NFE-sweep point that draws from the run fits the run's process as the core checks
+        it before drawing (`check_fits`: DDIM's steps on the chain, a ladder's rungs); the sample
+        stage would refuse it only after training. (The run's own sampler is checked so by its
+        section.)"""
+        process = self.framework(key).process_config()
         for i, entry in enumerate(self.evaluate.nfe_sweep):
-            checks += [(point, f"evaluate.nfe_sweep[{i}]")
-                       for point in sweep_points([entry], key, process["kind"])]
-        for settings, name in checks:
-            try:
-                check_fits(settings, process)
-            except ValueError as err:
-                raise ConfigError(f"{_setting_named(str(err), settings, name)} (run {key!r}, a "
-                                  f"{process['kind']} process of N = {process['N']} steps)") from err
+            for point in sweep_points([entry], key, process["kind"]):
+                try:
+                    check_sampler(point, f"evaluate.nfe_sweep[{i}]", process)
+                except ConfigError as err:
+                    raise ConfigError(f"{err} (run {key!r}, a {process['kind']} process of "
+                                      f"N = {process['N']} steps)") from err
 
     def check_data(self, shape, n_train: int, n_references: tuple[int, ...]) -> None:
         """Checks that need the data's per-example shape and split sizes, as the stages meet
@@ -421,16 +415,6 @@ class Params:
         recipe's network, conditioning, EMA, optimiser and batch size over the shared defaults
         (choices.py); a ConfigError names the recipe's field."""
         return resolve_choices(self.framework(key), self, kind, run_section_name(key))
-
-
-def _setting_named(message: str, settings: dict, name: str) -> str:
-    """'<name>.<setting>: what' from a core message that starts with the setting ('steps: ...'
-    or 'steps must ...'); '<name>: message' when it names none."""
-    first, _, rest = message.partition(" ")
-    key = first.rstrip(":")
-    if key == "name" or key in resolve_settings(settings):
-        return f"{name}.{key}: {rest}"
-    return f"{name}: {message}"
 
 
 def _check_keys(tree, name: str = "") -> None:

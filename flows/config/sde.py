@@ -10,12 +10,6 @@ from diffusion_core.likelihood.vlb import MODEL_VARIANCES
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.continuous_dsm import DSM_WEIGHTINGS
 from diffusion_core.processes.build import PROCESSES
-from diffusion_core.samplers.registry import (
-    fits_process,
-    resolve_settings,
-    samplers_for,
-)
-from diffusion_core.samplers.sde import LADDER_PREDICTORS
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.choices import RecipeChoices
 from flows.config.validation import check_sampler, require, require_positive
@@ -64,14 +58,16 @@ class SDEParams(RecipeChoices):  # + network, conditioning, ema, optimizer, batc
     recipes: dict = field(default_factory=dict)  # name -> settings laid over this section (recipes.py)
     likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)  # evaluate, every framework
 
+    def process_config(self) -> dict:
+        """The model config's process: `process` with the arguments of its kind."""
+        if self.process == "ve":
+            return dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
+        return dict(kind=self.process, beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
+
     def model_parts(self, profile) -> dict:
         """The process, parameterization and loss entries of the model's JSON config; the
         lognormal weighting takes its noise levels from the data's profile."""
-        if self.process == "ve":
-            process = dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
-        else:
-            process = dict(kind=self.process, beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
-        return {"process": process, "parameterization": self.parameterization,
+        return {"process": self.process_config(), "parameterization": self.parameterization,
                 "loss": dict(kind="dsm", eps=self.eps, weighting=self.weighting,
                              p_mean=profile.p_mean, p_std=profile.p_std, importance=self.importance)}
 
@@ -90,19 +86,6 @@ class SDEParams(RecipeChoices):  # + network, conditioning, ema, optimizer, batc
                 f"must be one of {DSM_WEIGHTINGS}, got {self.weighting!r}")
         require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
                 f"must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
-        check_sampler(self.sampler, f"{name}.sampler")
-        self._check_sampler_fits_process(f"{name}.sampler")
+        check_sampler(self.sampler, f"{name}.sampler", self.process_config())
         require(self.lr_schedule in (None,) + LR_SCHEDULES, f"{name}.lr_schedule",
                 f"must be one of {LR_SCHEDULES} or null (train.lr_schedule), got {self.lr_schedule!r}")
-
-    def _check_sampler_fits_process(self, name: str) -> None:
-        settings = resolve_settings(self.sampler)
-        sampler, predictor, steps = settings["name"], settings.get("predictor"), settings.get("steps")
-        require(fits_process(sampler, self.process), f"{name}.name",
-                f"{sampler!r} does not draw from a {self.process} process; use one of "
-                f"{samplers_for(self.process)}")
-        require(not (self.process == "subvp" and predictor == "ancestral"), f"{name}.predictor",
-                "ancestral is defined for the vp and ve processes only")
-        require(not (sampler == "pc" and predictor in LADDER_PREDICTORS and self.process == "vp"
-                     and self.beta_max / steps >= 1), f"{name}.steps",
-                f"{predictor!r} steps vp's discrete betas beta_max / steps; need steps > beta_max")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from diffusion_core.samplers.ddpm import DDIM_SPACINGS
-from diffusion_core.samplers.registry import resolve_settings
+from diffusion_core.samplers.registry import SAMPLERS, check_fits, resolve_settings
 
 SEED_LIMIT = 2**32  # seeds lie in [0, 2**32): numpy refuses negative ones, torch ones past 2**64
 
@@ -49,7 +48,7 @@ def check_numbers(section, name: str) -> None:
 
 
 def _check_sampler_form(settings: dict, name: str) -> None:
-    """What the core's sampler table assumes before it looks: string keys, a string name,
+    """What the core's sampler registry assumes before it looks: string keys, a string name,
     finite numbers (its checks compare, and NaN or infinity passes `> 0`)."""
     require(isinstance(settings, dict), name, f"expected a mapping, got {settings!r}")
     for key, value in settings.items():
@@ -60,28 +59,24 @@ def _check_sampler_form(settings: dict, name: str) -> None:
             f"must name a sampler (a string), got {settings.get('name')!r}")
 
 
-def _check_sampler_values(resolved: dict, name: str) -> None:
-    """Value ranges the core's samplers refuse only when they run (DDIM's spacing and eta,
-    Heun's rho)."""
-    for key in ("steps", "steps_per_sigma"):
-        if key in resolved:
-            require(resolved[key] >= 1, f"{name}.{key}", "must be >= 1")
-    if resolved["name"] == "ddim":
-        require(resolved["spacing"] in DDIM_SPACINGS, f"{name}.spacing",
-                f"must be one of {DDIM_SPACINGS}, got {resolved['spacing']!r}")
-        require(0 <= resolved["eta"] <= 1, f"{name}.eta",
-                f"DDIM's eta must lie in [0, 1] (0: deterministic, 1: DDPM's variance), got {resolved['eta']}")
-    if resolved["name"] == "heun":
-        require(resolved["rho"] > 0, f"{name}.rho", f"Karras' rho must be positive, got {resolved['rho']}")
+def _setting_named(message: str, settings: dict, name: str) -> str:
+    """'<name>.<setting>: what' from a core message that starts with the setting ('steps: ...'
+    or 'steps must ...'); '<name>: message' when it names none."""
+    first, _, rest = message.partition(" ")
+    key = first.rstrip(":")
+    spec = SAMPLERS.get(settings["name"])
+    if key == "name" or key in settings or (spec is not None and key in spec.settings):
+        return f"{name}.{key}: {rest}"
+    return f"{name}: {message}"
 
 
-def check_sampler(settings: dict, name: str) -> dict:
-    """A sampler mapping ({name: ..., steps: ..., ...}) checked against the core's sampler table;
-    returns it with the sampler's defaults filled in."""
+def check_sampler(settings: dict, name: str, process=None) -> dict:
+    """A sampler mapping ({name: ..., steps: ..., ...}) checked by the core's sampler registry
+    (`resolve_settings`), and, given a process (its config or built), as the core checks it
+    before drawing from it (`check_fits`); returns it with the sampler's defaults filled in. A
+    ConfigError names the setting the core refuses."""
     _check_sampler_form(settings, name)
     try:
-        resolved = resolve_settings(settings)
+        return resolve_settings(settings) if process is None else check_fits(settings, process)
     except ValueError as err:
-        raise ConfigError(f"{name}.{err}") from err
-    _check_sampler_values(resolved, name)
-    return resolved
+        raise ConfigError(_setting_named(str(err), settings, name)) from err
