@@ -63,13 +63,6 @@ def test_analytic_mixture_denoiser_is_exact(make):
 # --------------------------------------------------------------------------- 1. schedules
 
 
-def test_linear_vp_discretization_is_ddpm_schedule():
-    process = VPSDE(beta_min=0.1, beta_max=20, N=1000)
-    expected = torch.linspace(1e-4, 0.02, 1000, dtype=F64)
-    assert process.discrete_betas.dtype == F64
-    torch.testing.assert_close(process.discrete_betas, expected, rtol=0, atol=1e-12)
-
-
 def test_cosine_schedule():
     process = VPSDE(schedule="cosine", N=1000)
     betas = process.discrete_betas
