@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from diffusion_core.evaluation import fidelity
+from diffusion_core.evaluation import fidelity, intervals
 from diffusion_core.evaluation.metrics import FeatureStats
 from flows.config.params import parse_params
 from flows.stages import compare
@@ -279,6 +279,18 @@ def test_recipes_are_compared_only_from_three_seeds_and_with_the_between_seed_sp
     assert means["ncsn"]["high"] - means["ncsn"]["low"] > 10  # two seeds far apart: t with 1 df
     table = "\n".join(compare.markdown("digits", rows, {}, None).splitlines())
     assert "| ddpm-edm | 3 | 2.10 [" in table and "ddpm-edm.s1: 2.20" in table
+
+
+def test_seed_means_carry_the_references_noise_when_the_runs_carry_jackknifes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pattern = np.tile([0.2, -0.2], 5)
+    for i, value in enumerate((2.0, 2.2, 2.1)):  # fd_floor 2 (MEASURED): figure = (ratio + δ_g) · 2
+        jackknife = np.column_stack([(value + pattern) * 2.0, np.full(10, 2.0)]).tolist()
+        _write_run(tmp_path, f"ddpm-edm.s{i}", value, 0.05, fd_jackknife=jackknife, jackknife_groups=10)
+    rows = [compare.run_row(parse_params(tiny_params("digits")), f"ddpm-edm.s{i}") for i in range(3)]
+    mean = compare.key_means(rows)["ddpm-edm"]
+    plain = intervals.seed_mean([2.0, 2.2, 2.1])
+    assert mean["se"] == pytest.approx(np.sqrt(plain["se"] ** 2 + 0.9 * 10 * 0.04))
 
 
 def test_a_figure_without_an_interval_is_listed_never_ranked(tmp_path, monkeypatch):

@@ -197,3 +197,28 @@ def test_jackknifes_pair_runs_on_one_reference_and_refuse_mixed_measurements():
         intervals.difference(*args, floor=1.0, jackknife_a=a["fd_jackknife"], jackknife_b=other["fd_jackknife"])
     with pytest.raises(ValueError, match="jackknife groups"):
         intervals.reference_jackknife(intervals.fd_against, ref, ref[:10], ref, 5, 6, 0)
+
+
+def _seed_jackknifes(ratios, pattern):
+    """Each seed's jackknife rows: ratio r + pattern[g] over a floor of 1 in group g."""
+    return [np.column_stack([r + np.asarray(pattern), np.ones(len(pattern))]) for r in ratios]
+
+
+def test_seed_means_add_the_shared_references_noise_and_differences_pair_it():
+    """The reference is one for every seed, so the seeds' spread holds none of its noise: the
+    jackknife variance of the group-wise mean adds (here (G−1)/G Σ δ² = 0.09), and between two
+    keys on the one reference a common δ cancels while an opposite one adds 4× its variance."""
+    delta = np.tile([0.1, -0.1], 5)
+    plain = intervals.seed_mean([1.0, 2.0, 3.0])
+    shared = intervals.seed_mean([1.0, 2.0, 3.0], jackknifes=_seed_jackknifes([1, 2, 3], delta))
+    assert shared["se"] == pytest.approx(np.sqrt(plain["se"] ** 2 + 0.09))
+    a, b = [1.0, 1.2, 1.1], [2.0, 2.3, 2.1]
+    welch = intervals.seed_difference(a, b)
+    same = intervals.seed_difference(a, b, jackknifes_a=_seed_jackknifes(a, delta),
+                                     jackknifes_b=_seed_jackknifes(b, delta))
+    opposite = intervals.seed_difference(a, b, jackknifes_a=_seed_jackknifes(a, delta),
+                                         jackknifes_b=_seed_jackknifes(b, -delta))
+    assert same["se"] == pytest.approx(welch["se"])
+    assert opposite["se"] == pytest.approx(np.sqrt(welch["se"] ** 2 + 0.36))
+    with pytest.raises(ValueError, match="measured differently"):
+        intervals.seed_difference(a, b, jackknifes_a=_seed_jackknifes(a, delta))

@@ -213,27 +213,47 @@ def difference(figure_a: float, reps_a, figure_b: float, reps_b, floor: float, l
             "separated": bool(diff - half > 0 or diff + half < 0)}
 
 
-def seed_mean(values: Sequence[float], level: float = LEVEL) -> dict:
+def _reference_variance(jackknifes: Sequence | None, combine) -> float:
+    """The jackknife variance over the reference of ``combine`` applied to the seeds' ratios
+    group by group (their jackknife rows share the groups: one reference, one seed); 0 without."""
+    if jackknifes is None:
+        return 0.0
+    rows = [_jackknife(j, "jackknife") for j in jackknifes]
+    if any(r.shape != rows[0].shape or not np.allclose(r[:, 1], rows[0][:, 1], rtol=1e-9, atol=0.0) for r in rows):
+        raise ValueError("the seeds' reference jackknifes are not paired: other groups or another reference")
+    return jackknife_variance(combine(np.stack([r[:, 0] / r[:, 1] for r in rows])))
+
+
+def seed_mean(values: Sequence[float], level: float = LEVEL, jackknifes: Sequence | None = None) -> dict:
     """A key's figure over its training seeds: the mean with Student's t interval from the
-    between-seed spread (which holds each seed's sample noise too); no interval from one seed."""
+    between-seed spread (which holds each seed's sample noise too). The reference is one for
+    every seed, so its noise is not in that spread: given the seeds' reference ``jackknifes``,
+    the jackknife variance of the group-wise seed mean adds. No interval from one seed."""
     v = np.asarray(values, dtype=np.float64)
     out = {"estimate": float(v.mean()), "seeds": int(v.size), "level": level}
     if v.size < 2:
         return {**out, "se": None, "low": None, "high": None}
-    se = float(v.std(ddof=1) / math.sqrt(v.size))
+    se = math.sqrt(v.var(ddof=1) / v.size + _reference_variance(jackknifes, lambda r: r.mean(axis=0)))
     half = float(stats.t.ppf(0.5 + level / 2, v.size - 1)) * se
     return {**out, "se": se, "low": out["estimate"] - half, "high": out["estimate"] + half}
 
 
-def seed_difference(values_a: Sequence[float], values_b: Sequence[float], level: float = LEVEL) -> dict:
+def seed_difference(values_a: Sequence[float], values_b: Sequence[float], level: float = LEVEL,
+                    jackknifes_a: Sequence | None = None, jackknifes_b: Sequence | None = None) -> dict:
     """Welch's interval of mean(a) − mean(b) over training seeds (Welch–Satterthwaite degrees
-    of freedom); ``separated`` when it excludes zero. Needs two seeds of each."""
+    of freedom); with both keys' reference jackknifes, the jackknife variance of the group-wise
+    difference of the seed means adds (paired on the one reference). ``separated`` when it
+    excludes zero. Needs two seeds of each."""
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"Welch's interval needs two seeds of each, got {a.size} and {b.size}")
+    if (jackknifes_a is None) != (jackknifes_b is None):
+        raise ValueError("one key has reference jackknifes and the other none: measured differently")
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if se > 0 else float(a.size + b.size - 2)
+    reference = 0.0 if jackknifes_a is None else _reference_variance(
+        [*jackknifes_a, *jackknifes_b], lambda r: r[:a.size].mean(axis=0) - r[a.size:].mean(axis=0))
+    se = math.sqrt(va + vb + reference)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if va + vb > 0 else float(a.size + b.size - 2)
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     diff = float(a.mean() - b.mean())
     return {"estimate": diff, "se": se, "low": diff - half, "high": diff + half, "level": level,

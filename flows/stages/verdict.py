@@ -93,10 +93,18 @@ def seed_groups(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _jackknifes(rows: list[dict]) -> list | None:
+    """The runs' reference jackknifes, or None unless every run has one."""
+    found = [figure_of(r).get("jackknife") for r in rows]
+    return None if any(j is None for j in found) else found
+
+
 def key_means(rows: list[dict], level: float = LEVEL) -> dict[str, dict]:
-    """Each base key's headline over its training seeds: mean, t interval, per-seed values."""
-    return {key: {**intervals.seed_mean([r["headline_value"] for r in rs], level),
-                  "values": [r["headline_value"] for r in rs], "runs": [r["framework"] for r in rs]}
+    """Each base key's headline over its training seeds: mean, t interval (with the reference's
+    noise where the runs carry their jackknifes), per-seed values."""
+    return {key: {**intervals.seed_mean([r["headline_value"] for r in rs], level, _jackknifes(rs)),
+                  "values": [r["headline_value"] for r in rs], "runs": [r["framework"] for r in rs],
+                  "jackknifes": _jackknifes(rs)}
             for key, rs in seed_groups(rows).items()}
 
 
@@ -106,8 +114,15 @@ def key_pairs(rows: list[dict], level: float = LEVEL) -> list[dict]:
     ordered = sorted(means.items(), key=lambda km: km[1]["estimate"])
     pairs = list(combinations(ordered, 2))
     each = intervals.family_level(level, len(pairs))
-    return [{"a": a, "b": b, **intervals.seed_difference(mb["values"], ma["values"], each), "pairs": len(pairs)}
-            for (a, ma), (b, mb) in pairs]
+    return [{"a": a, "b": b, "pairs": len(pairs), **_seed_difference(mb, ma, each)} for (a, ma), (b, mb) in pairs]
+
+
+def _seed_difference(after: dict, before: dict, level: float) -> dict:
+    """Welch's interval of two keys' seed means (``key_means`` entries), with the reference's
+    noise when both carry jackknifes."""
+    both = after["jackknifes"] is not None and before["jackknifes"] is not None
+    return intervals.seed_difference(after["values"], before["values"], level,
+                                     after["jackknifes"] if both else None, before["jackknifes"] if both else None)
 
 
 def _recipes_sentence(rows: list[dict], level: float) -> str:
@@ -157,8 +172,8 @@ def _change(before: list[dict], after: list[dict], level: float) -> dict | None:
     """after − before: Welch's over training seeds when both have several, else the paired
     bootstrap of the two trained models; None when either lacks what that needs."""
     if len(before) > 1 and len(after) > 1:
-        return {**intervals.seed_difference([r["headline_value"] for r in after],
-                                            [r["headline_value"] for r in before], level), "by": "seeds"}
+        seeds = lambda rs: {"values": [r["headline_value"] for r in rs], "jackknifes": _jackknifes(rs)}  # noqa: E731
+        return {**_seed_difference(seeds(after), seeds(before), level), "by": "seeds"}
     a, b = figure_of(before[0]), figure_of(after[0])
     if len(before) > 1 or len(after) > 1 or not (figures.ranked(a) and figures.ranked(b)):
         return None
