@@ -76,7 +76,8 @@ def spec_of(name) -> SamplerSpec:
 
 
 class _Settings(Mapping):
-    """name -> that sampler's settings with their defaults: a read-only view of `SAMPLERS`."""
+    """name -> that sampler's settings with their defaults: a read-only view of `SAMPLERS` for
+    readers that want the settings alone (it holds nothing of its own)."""
 
     def __getitem__(self, name):
         return SAMPLERS[name].settings
@@ -97,6 +98,7 @@ def fits_process(sampler: str, process_kind: str) -> bool:
 
 
 def samplers_for(process_kind: str) -> list[str]:
+    """The names of the samplers that draw from a model of process `process_kind`."""
     return [name for name in SAMPLERS if fits_process(name, process_kind)]
 
 
@@ -333,18 +335,23 @@ def _langevin(model, x, settings, noise, clip, progress):
 
 # DDPM's chain is the vp discretization, the NCSN ladder the ve one; the reverse SDE and the
 # probability-flow ODE exist for every process.
-register(SamplerSpec("ancestral", {}, ("vp",), _ancestral))
-register(SamplerSpec("ddim", {"steps": 50, "eta": 0.0, "spacing": "uniform"}, ("vp",), _ddim,
-                     _check_ddim, _check_ddim_process))
-register(SamplerSpec("heun", {"steps": 35, "rho": 7.0}, ("vp",), _heun, _check_heun))
-register(SamplerSpec("dpmpp_2m", {"steps": 20, "spacing": "time", "rho": 7.0, "eps": 1e-2},
-                     ALL_PROCESSES, _dpmpp_2m, _check_dpmpp))
-register(SamplerSpec("pc", {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
-                            "corrector_steps": 1, "steps": 1000, "eps": 1e-3, "denoise": True},
-                     ALL_PROCESSES, _pc, _check_pc, _check_pc_process))
-register(SamplerSpec("ode", {"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5, "eps": 1e-3,
-                             "denoise": True}, ALL_PROCESSES, _ode, _check_ode))
-register(SamplerSpec("annealed_langevin", {"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
-                     ("ve",), _annealed_langevin, _check_langevin))
-register(SamplerSpec("langevin", {"steps": 1000, "step_size": 2e-5, "denoise": True}, ("ve",),
-                     _langevin, _check_langevin))
+register(SamplerSpec("ancestral", settings={}, processes=("vp",), draw=_ancestral))
+register(SamplerSpec("ddim", settings={"steps": 50, "eta": 0.0, "spacing": "uniform"},
+                     processes=("vp",), draw=_ddim, check=_check_ddim,
+                     check_process=_check_ddim_process))
+register(SamplerSpec("heun", settings={"steps": 35, "rho": 7.0}, processes=("vp",), draw=_heun,
+                     check=_check_heun))
+register(SamplerSpec("dpmpp_2m", settings={"steps": 20, "spacing": "time", "rho": 7.0, "eps": 1e-2},
+                     processes=ALL_PROCESSES, draw=_dpmpp_2m, check=_check_dpmpp))
+register(SamplerSpec("pc", settings={"predictor": "reverse_diffusion", "corrector": "langevin",
+                                     "snr": 0.16, "corrector_steps": 1, "steps": 1000, "eps": 1e-3,
+                                     "denoise": True},
+                     processes=ALL_PROCESSES, draw=_pc, check=_check_pc,
+                     check_process=_check_pc_process))
+register(SamplerSpec("ode", settings={"solver": "rk45", "steps": 100, "rtol": 1e-5, "atol": 1e-5,
+                                      "eps": 1e-3, "denoise": True},
+                     processes=ALL_PROCESSES, draw=_ode, check=_check_ode))
+register(SamplerSpec("annealed_langevin", settings={"steps_per_sigma": 5, "eps": 2e-5, "denoise": True},
+                     processes=("ve",), draw=_annealed_langevin, check=_check_langevin))
+register(SamplerSpec("langevin", settings={"steps": 1000, "step_size": 2e-5, "denoise": True},
+                     processes=("ve",), draw=_langevin, check=_check_langevin))
