@@ -237,7 +237,7 @@ def predict_labels(model: DigitClassifier, x, batch_size: int = 512) -> np.ndarr
     return logits.argmax(dim=1).numpy().astype(np.int64)
 
 
-predict = predict_labels  # short name used by flows.evaluate
+predict = predict_labels  # short name used by flows.distributed.shard_features
 
 
 def accuracy(model: DigitClassifier, x, y, batch_size: int = 512) -> float:

@@ -3,7 +3,7 @@
 Every objective returns one value per example; the caller reduces. A score model is called as
 score_fn(x, sigma) with sigma a (B,) tensor (its noise condition); for an unconditional model
 pass a constant (the default sigma=0.0 stands for clean data). An energy model enters through
-`diffusion_core.energy.EnergyScore`, whose score is -grad_x E.
+`diffusion_core.models.energy.EnergyScore`, whose score is -grad_x E.
 
 Objectives that differentiate the score in x (exact and sliced score matching) keep the graph
 (create_graph=True), so the returned values back-propagate into the model's parameters.

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _deployment_args(cmd: argparse.ArgumentParser, name: str) -> None:
-    """Options of the scheduled Prefect deployments (flows/deploy.py)."""
+    """Options of the scheduled Prefect deployments (flows/entry/deploy.py)."""
     cmd.add_argument("--source", help="data.source of the scheduled runs (default: the params')")
     cmd.add_argument("--frameworks", help="comma-separated frameworks (default: the params')")
     if name == "deploy":

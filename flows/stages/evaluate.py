@@ -56,7 +56,7 @@ def vector_metrics(samples, test, train, params: Params, source: str) -> dict:
 
 
 def image_metrics(params: Params, sample_dir: Path) -> dict:
-    """Every image metric (flows.image_eval): per-shard features on Ray merged in float64, FD
+    """Every image metric (flows.stages.image_eval): per-shard features on Ray merged in float64, FD
     with its floor, FID when Inception-v3 weights are given, KID, precision/recall, class
     coverage and the memorization check."""
     e = params.evaluate

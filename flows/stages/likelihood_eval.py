@@ -6,7 +6,7 @@ nats per point for vector data, bits per dimension for images. Images are quanti
 uniformly dequantized first, each value spread over its own bin: digits are 17-level data
 (sklearn's 0..16 scaled to [-1, 1], bins of width 1/8), 8-bit images 256-level (width 1/127.5).
 The figure is then an upper bound on the discrete data's -log2 P(y) / D (see
-`diffusion_core.likelihood.bits_per_dim`). For models with a vp process, DDPM's variational bound
+`diffusion_core.likelihood.pf_ode.bits_per_dim`). For models with a vp process, DDPM's variational bound
 of the same model is reported beside it, term by term (discretized decoder for images).
 Settings: params.sde.likelihood.
 """
