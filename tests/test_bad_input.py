@@ -39,7 +39,7 @@ from diffusion_core.data import (
 from diffusion_core.data.shards import MANIFEST_NAME, read_shard, write_shards
 from diffusion_core.data.sources import DIGITS_SHAPE, DIGITS_SIZE
 from diffusion_core.frameworks import FRAMEWORKS
-from diffusion_core.samplers.registry import SAMPLER_SETTINGS
+from diffusion_core.samplers.registry import SAMPLERS
 from flows.config.params import Params, parse_params
 from flows.entry.cli import main
 from flows.stages.data import prepare
@@ -149,7 +149,7 @@ def _known_keys(cls=Params) -> set[str]:
         keys.add(name)
         if dataclasses.is_dataclass(hint):
             keys |= _known_keys(hint)
-    return keys | {key for table in SAMPLER_SETTINGS.values() for key in table} | {"name", "frameworks"}
+    return keys | {key for spec in SAMPLERS.values() for key in spec.settings} | {"name", "frameworks"}
 
 
 PATHS = list(_paths(REPO))
@@ -164,8 +164,8 @@ def _sampler_setting_is_float(path: tuple) -> bool | None:
     whether its setting takes floats; None for paths outside one."""
     for depth in range(len(path) - 1, 0, -1):
         node = _at(REPO, path[:depth])
-        if isinstance(node, dict) and node.get("name") in SAMPLER_SETTINGS:
-            return isinstance(SAMPLER_SETTINGS[node["name"]].get(path[depth]), float)
+        if isinstance(node, dict) and node.get("name") in SAMPLERS:
+            return isinstance(SAMPLERS[node["name"]].settings.get(path[depth]), float)
     return None
 
 

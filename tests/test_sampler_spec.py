@@ -89,5 +89,5 @@ def test_a_name_is_registered_once(toy):
 
 
 def test_without_the_fixture_the_toy_is_unknown():
-    assert TOY.name not in registry.SAMPLERS and TOY.name not in registry.SAMPLER_SETTINGS
+    assert TOY.name not in registry.SAMPLERS
     assert _refused_field(_with_samplers(ddpm={"name": TOY.name})) == "ddpm.sampler.name"

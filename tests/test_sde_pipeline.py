@@ -21,7 +21,7 @@ from diffusion_core.objectives.continuous_dsm import (
 )
 from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import VESDE, VPSDE, SubVPSDE
-from diffusion_core.samplers import registry as sampling
+from diffusion_core.samplers import registry as sampler_registry
 from flows.config.params import ConfigError, parse_params
 from flows.entry.cli import main
 from flows.stages import likelihood_eval
@@ -130,7 +130,7 @@ def test_sampler_adapters_reproduce_the_mixture(process, settings, nfe):
     predictors on a coarser ladder (process.with_steps) as well."""
     model, n = _Exact(process), 2000
     x_T = process.prior_sampling((n, 2), torch.Generator().manual_seed(0))
-    x, used = sampling.draw(model, x_T, settings, torch.Generator().manual_seed(1))
+    x, used = sampler_registry.draw(model, x_T, settings, torch.Generator().manual_seed(1))
     assert nfe is None or used == nfe
     right = (x[:, 0] > 0).double().mean()
     assert abs(float(right) - 0.5) < 0.05

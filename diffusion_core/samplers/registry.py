@@ -75,23 +75,6 @@ def spec_of(name) -> SamplerSpec:
     return SAMPLERS[name]
 
 
-class _Settings(Mapping):
-    """name -> that sampler's settings with their defaults: a read-only view of `SAMPLERS` for
-    readers that want the settings alone (it holds nothing of its own)."""
-
-    def __getitem__(self, name):
-        return SAMPLERS[name].settings
-
-    def __iter__(self):
-        return iter(SAMPLERS)
-
-    def __len__(self):
-        return len(SAMPLERS)
-
-
-SAMPLER_SETTINGS = _Settings()
-
-
 def fits_process(sampler: str, process_kind: str) -> bool:
     """Whether the sampler named `sampler` can draw from a model of process `process_kind`."""
     return sampler in SAMPLERS and process_kind in SAMPLERS[sampler].processes

@@ -108,10 +108,7 @@ def _vp_ancestral(score_fn, sde: VPSDE, x, t, noise):
 def _ve_ancestral(score_fn, sde: VESDE, x, t, noise):
     """NCSN ancestral step x_{i-1} = x_i + (s_i^2 - s_{i-1}^2) s + sqrt(s_{i-1}^2 (s_i^2 -
     s_{i-1}^2) / s_i^2) z, with s_{-1} = 0 (appendix F, eq. 47)."""
-    index = sde.timestep_index(t)
-    sigmas = sde.discrete_sigmas.to(x.device)
-    sigma = sigmas[index]
-    prev = torch.where(index == 0, torch.zeros_like(sigma), sigmas[(index - 1).clamp(min=0)])
+    sigma, prev = sde.rung_sigmas(t)
     gap = append_dims((sigma**2 - prev**2).to(x.dtype), x.ndim)
     std = append_dims((prev * (sigma**2 - prev**2).sqrt() / sigma).to(x.dtype), x.ndim)
     x_mean = x + gap * score_fn(x, t)

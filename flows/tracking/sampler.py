@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from diffusion_core.frameworks import DiffusionModel
-from diffusion_core.samplers.registry import SAMPLER_SETTINGS
+from diffusion_core.samplers.registry import SAMPLERS
 from flows.config.params import Params, parse_params
 from flows.config.recipes import split_run
 from flows.config.sampling import draw_samples, params_with_sampler, sample_seeds
@@ -63,6 +63,6 @@ def _with_sampler(spec: dict, sampler: str, steps: int, seed: int) -> Params:
     settings when the sampler is the trained default, else the named sampler's defaults;
     ``steps`` applies to samplers that take steps."""
     settings = dict(spec["sampler"]) if sampler == spec["sampler"]["name"] else {"name": sampler}
-    if "steps" in SAMPLER_SETTINGS.get(sampler, {}):
+    if sampler in SAMPLERS and "steps" in SAMPLERS[sampler].settings:
         settings["steps"] = int(steps)
     return params_with_sampler(parse_params(spec["params"]), spec["framework"], settings, seed)
