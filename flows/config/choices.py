@@ -82,7 +82,7 @@ class TrainingChoices:
     """Every training choice of one run, resolved: what the train stage records and uses."""
 
     kind: str  # of the data: image | vector
-    network: object  # params.NetworkParams, with the recipe's keys laid over the profile's
+    network: object  # sections.NetworkParams, with the recipe's keys laid over the profile's
     conditioning: str
     ema: EMAParams
     optimizer: OptimizerParams

@@ -40,3 +40,16 @@ def build(cls, data, name: str):
     obj = cls(**values)
     obj.check(name)
     return obj
+
+
+def check_keys(tree, name: str = "") -> None:
+    """Every mapping key of the YAML tree is a string (a YAML `1:` or `null:` key would fail
+    later comparisons with a TypeError instead of a message naming it)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            where = f"{name}.{key}" if name else str(key)
+            require(isinstance(key, str), where, f"keys must be strings, got {key!r}")
+            check_keys(value, where)
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            check_keys(value, f"{name}[{i}]")
