@@ -4,8 +4,8 @@ import torch
 
 from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.training.ema import EMA
+from diffusion_core.training.nonfinite import NonFinitePolicy
 from diffusion_core.training.step import NONFINITE, OVERFLOW, TAKEN, is_finite, training_step
-from flows.distributed.train_ray import NonFinitePolicy
 
 CONFIG = {"framework": "ddpm", "process": {"kind": "vp"}, "parameterization": "edm", "sigma_data": 1.0,
           "network": {"kind": "mlp", "dim": 2, "width": 32, "depth": 2, "emb_dim": 16},

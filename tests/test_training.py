@@ -1,9 +1,14 @@
-"""The shared optimisation step: learning rate, clipping, EMA, and that it learns."""
+"""The shared optimisation step: learning rate, clipping, EMA, and that it learns; the batches' position."""
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 
+from diffusion_core.data.shards import write_shards
 from diffusion_core.frameworks import DiffusionModel
+from diffusion_core.training.batches import Batches
 from diffusion_core.training.ema import EMA
 from diffusion_core.training.step import training_step
 
@@ -72,3 +77,22 @@ def test_ema_averages_parameters_and_copies_buffers():
         torch.testing.assert_close(avg, old + weight * (new - old))
     for avg, new in zip(ema.model.buffers(), net.buffers()):
         assert torch.equal(avg, new)
+
+
+def test_batches_resumed_at_a_position_go_on_as_if_never_stopped(tmp_path):
+    """Epoch 0 streams the shards, later ones reshuffle the cached first epoch: a Batches that
+    seeks to any position, the cached epochs included, yields what the uninterrupted one did."""
+    x = np.arange(48, dtype=np.float32).reshape(24, 2)
+    write_shards(tmp_path / "shards", {"train": (x, None)}, 6, {})
+
+    def batches():
+        return Batches(tmp_path / "shards", rank=0, world=1, batch_size=4, seed=3)
+
+    whole = batches()
+    run = [(b, whole.position()) for b in itertools.islice(whole, 15)]  # 6 batches an epoch
+    assert [position for _, position in run[4:8]] == [[0, 5], [0, 6], [1, 1], [1, 2]]
+    assert not torch.equal(torch.cat([b for b, _ in run[6:12]]), torch.cat([b for b, _ in run[:6]]))
+    for at in (4, 5, 9):  # a checkpoint after batch `at`
+        resumed = batches()
+        resumed.seek(*run[at][1])
+        assert all(torch.equal(a, b) for (a, _), b in zip(run[at + 1:], resumed))

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from diffusion_core.data.sources import DIGITS_SHAPE, DIGITS_SIZE, TOY_SHAPE, source_kind
 from diffusion_core.frameworks import FRAMEWORKS
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
+from diffusion_core.training.nonfinite import POLICIES as NONFINITE_POLICIES
 from diffusion_core.training.precision import PRECISIONS
 from flows.config.ladder import parse_ladder
 from flows.config.recipes import check_run_key, split_run
 from flows.config.sweep import sweep_points
 from flows.config.validation import ConfigError, check_sampler, require, require_positive
 
-NONFINITE_POLICIES = ("stop", "skip")
 REFERENCE_SPLITS = ("test", "val")  # what evaluate may score samples against
 
 

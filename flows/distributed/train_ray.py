@@ -22,12 +22,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from diffusion_core.data.shards import ShardStream
 from diffusion_core.frameworks import DiffusionModel
+from diffusion_core.training.batches import Batches
 from diffusion_core.training.ema import EMA, build_ema
 from diffusion_core.training.lr_schedule import lr_factor
+from diffusion_core.training.nonfinite import NonFinitePolicy
 from diffusion_core.training.precision import Precision, as_channels_last, tune_network
-from diffusion_core.training.step import NONFINITE, TAKEN, adam, training_step
+from diffusion_core.training.step import adam, training_step
 from flows.distributed.ray_cluster import connect, require_resources
 from flows.distributed.stop_request import (
     StopRequest,
@@ -48,64 +49,6 @@ __all__ = ["NonFiniteLoss", "TrainingInterrupted", "fit", "train_loop_per_worker
 
 class NonFiniteLoss(RuntimeError):
     """Training met a non-finite loss or gradient and train.nonfinite says to stop."""
-
-
-# -- the data, with its position ---------------------------------------------------------------
-
-class _Batches:
-    """Endless per-rank batches that know their position: the epoch and the index of the next
-    batch in it. Epoch e streams this rank's webdataset shards in the order ShardStream draws
-    for e. With train.cache_in_memory, epochs after the first reshuffle what the first streamed,
-    in an order drawn from (seed, rank, epoch), instead of decoding the tar files again
-    (per-sample decoding dominates the step time of small models on 2-D data). A position
-    fixes every batch after it, so a worker that seeks to a checkpoint's position draws what
-    an uninterrupted one would have."""
-
-    def __init__(self, config: dict, rank: int, world: int):
-        self.config, self.rank, self.world = config, rank, world
-        self.per_rank, self.epoch, self.index = config["batch_size"] // world, 0, 0
-
-    def position(self) -> list[int]:
-        return [self.epoch, self.index]
-
-    def seek(self, epoch: int, index: int) -> None:
-        self.epoch, self.index = int(epoch), int(index)
-
-    def __iter__(self):
-        first, data = [], None  # the first epoch's batches, then all of them as one tensor
-        while True:
-            if self.config["cache_in_memory"] and self.epoch > 0:
-                if data is None:  # a run resumed past the first epoch streams it once more
-                    data = torch.cat(first or list(self._streamed(0)))
-                    first.clear()
-                batches = self._reshuffled(data)
-            else:
-                batches = self._streamed(self.epoch, first if self.config["cache_in_memory"] else None)
-            yield from self._from_index(batches)
-            self.epoch, self.index = self.epoch + 1, 0
-
-    def _streamed(self, epoch: int, keep: list | None = None):
-        stream = ShardStream(self.config["data_dir"], "train", self.rank, self.world,
-                             seed=self.config["seed"], epoch=epoch)
-        loader = torch.utils.data.DataLoader(stream, batch_size=self.per_rank, drop_last=True,
-                                             num_workers=self.config["loader_workers"])
-        for x, _ in loader:
-            if keep is not None:
-                keep.append(x)
-            yield x
-
-    def _reshuffled(self, data: torch.Tensor):
-        entropy = [self.config["seed"], self.rank, self.epoch]
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-        order, n = torch.randperm(len(data), generator=generator), self.per_rank
-        return (data[order[i:i + n]] for i in range(0, len(data) - n + 1, n))
-
-    def _from_index(self, batches):
-        """The epoch's batches from self.index on, moving the position past each one given."""
-        for i, x in enumerate(batches):
-            if i >= self.index:
-                self.index = i + 1
-                yield x
 
 
 # -- what the loop carries from step to step ---------------------------------------------------
@@ -156,28 +99,6 @@ class _Progress:
         return self.log.close() if self.log else 0
 
 
-class NonFinitePolicy:
-    """train.nonfinite: a step whose loss or gradient is not finite is not taken (training_step
-    skips it); "stop" ends the run there, "skip" goes on past at most `limit` such batches.
-    An fp16 loss-scale overflow is not a fault: the scaler lowered the scale, the batch is
-    counted in `overflows` and the step taken again on the next one."""
-
-    def __init__(self, policy: str, limit: int):
-        self.policy, self.limit, self.skipped, self.overflows, self.stopped_at = policy, limit, 0, 0, 0
-
-    def counts(self, status: str, step: int) -> bool:
-        """Whether the step was taken (on every rank); records the step where the run must stop."""
-        if on_every_rank(status == TAKEN):
-            return True
-        if on_every_rank(status != NONFINITE):
-            self.overflows += 1
-            return False
-        self.skipped += 1
-        if self.policy == "stop" or self.skipped > self.limit:
-            self.stopped_at = step + 1
-        return False
-
-
 @dataclass
 class _Loop:
     """What the loop carries from one step to the next, which a checkpoint keeps so that a
@@ -187,7 +108,7 @@ class _Loop:
 
     step: int
     generator: torch.Generator
-    batches: _Batches
+    batches: Batches
     progress: _Progress
     nonfinite: NonFinitePolicy
     started: float
@@ -198,8 +119,10 @@ class _Loop:
     def fresh(cls, config: dict, rank: int, world: int) -> _Loop:
         generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
         progress = _Progress(config["run_id"] if rank == 0 else None)
-        return cls(0, generator, _Batches(config, rank, world), progress,
-                   NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"]), time.time())
+        batches = Batches(config["data_dir"], rank, world, config["batch_size"], config["seed"],
+                          config["cache_in_memory"], config["loader_workers"])
+        nonfinite = NonFinitePolicy(config["nonfinite"], config["nonfinite_limit"], on_every_rank)
+        return cls(0, generator, batches, progress, nonfinite, time.time())
 
     def state_dict(self) -> dict:
         """The loop's state with every rank's generator and data position; a collective call."""
