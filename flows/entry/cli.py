@@ -12,18 +12,28 @@ import sys
 
 from flows.config.deviations import deviations_markdown
 from flows.config.params import ConfigError, load_params
-from flows.distributed import ray_cluster
 from flows.distributed.stop_request import signals_interrupt
 from flows.entry.deploy import check_prefect_api, run_command
 from flows.entry.lock import workspace_lock
 from flows.entry.pipeline import run_pipeline, with_overrides
-from flows.stages import data, evaluate, sample, train
-from flows.stages.compare import compare_and_publish
-from flows.tracking import registry
-from flows.tracking import runs as tracking
+from flows.entry.stages import MLFLOW, RAY, STAGES, Command
+from flows.stages import evaluate
 
-STAGES = ("prepare", "train-classifier", "train", "sample", "evaluate", "register", "compare")
-LOCKED = STAGES + ("pipeline",)  # commands that write the workspace's outputs
+
+def _check_params(params) -> dict:
+    """`diffusion check-params`: main has loaded and validated the params; the runs they train."""
+    return {"ok": True, "frameworks": params.train.frameworks}
+
+
+# Every subcommand that runs on validated params: the stages (stages.py), then the CLI's own.
+COMMANDS = {command.name: command for command in STAGES + (
+    Command("pipeline", run_pipeline,  # a stop: Cancelled in Prefect, exit 1 naming it
+            services=(MLFLOW, RAY, check_prefect_api)),
+    Command("check-params", _check_params, locked=False),
+    Command("recipes", deviations_markdown, locked=False),  # each recipe in use beside its paper (docs/recipes.md)
+)}
+DEPLOYMENTS = ("deploy", "serve")  # the Prefect deployments: deploy.py:run_command reads their options
+TEXT_OUTPUT = ("recipes",)  # commands that print markdown, not JSON
 
 
 def seconds(text: str) -> float:
@@ -37,14 +47,15 @@ def seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in STAGES + ("pipeline", "check-params", "recipes", "deploy", "serve"):
+    for name in (*COMMANDS, *DEPLOYMENTS):
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-        if name in ("train", "sample", "evaluate", "register"):
+        command = COMMANDS.get(name)
+        if command is not None and command.per_run:
             cmd.add_argument("--framework", required=True, help="a run of train.frameworks (ddpm-paper)")
         if name == "evaluate":
             cmd.add_argument("--split", choices=("test", "val"), help="reference split (default: evaluate.split)")
-        if name in LOCKED:
+        if command is not None and command.locked:
             cmd.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                              help="wait this long for another run holding the workspace (default: refuse)")
         if name in ("pipeline", "check-params"):
@@ -72,32 +83,15 @@ def _deployment_args(cmd: argparse.ArgumentParser, name: str) -> None:
 
 def _preflight(command: str) -> None:
     """Bounded checks of the services a command needs, before it writes anything."""
-    if command in ("train", "sample", "evaluate", "register", "compare", "pipeline"):
-        tracking.check_server()
-    if command in ("train", "sample", "evaluate", "pipeline"):  # Ray Train and actor pools
-        ray_cluster.check_address()
-    if command in ("pipeline", "deploy", "serve"):
-        check_prefect_api()
-
-
-def _compare(params) -> dict:
-    result = compare_and_publish(params)
-    return {key: value for key, value in result.items() if key != "markdown"}
-
-
-HANDLERS = {"prepare": data.prepare, "train-classifier": data.train_classifier,
-            "train": train.train, "sample": sample.sample, "evaluate": evaluate.evaluate,
-            "register": registry.register, "compare": _compare,
-            "pipeline": run_pipeline,  # a stop: Cancelled in Prefect, exit 1 naming it
-            "check-params": lambda params: {"ok": True, "frameworks": params.train.frameworks},
-            "recipes": deviations_markdown}  # each recipe in use beside its paper (docs/recipes.md)
-TEXT_OUTPUT = ("recipes",)  # commands that print markdown, not JSON
+    checks = (check_prefect_api,) if command in DEPLOYMENTS else COMMANDS[command].services
+    for check in checks:
+        check()
 
 
 def _run(command: str, params, framework: str | None):
     if framework is not None and framework not in params.train.frameworks:
         raise ConfigError(f"train.frameworks: {framework!r} is not listed {params.train.frameworks}")
-    handler = HANDLERS[command]
+    handler = COMMANDS[command].handler
     return handler(params, framework) if framework else handler(params)
 
 
@@ -114,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "seeds", None) is not None or getattr(args, "ladder", None) is not None:
             params = with_overrides(params, None, None, args.seeds, args.ladder)  # validated: exit 2 if bad
         _preflight(args.command)
-        if args.command in ("deploy", "serve"):
+        if args.command in DEPLOYMENTS:
             result = run_command(args)
-        elif args.command in LOCKED:
+        elif COMMANDS[args.command].locked:
             with workspace_lock(".", args.wait), signals_interrupt(f"diffusion {args.command}"):
                 result = _run(args.command, params, getattr(args, "framework", None))
         else:

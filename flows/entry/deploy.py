@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.config.params import load_params
 from flows.entry.lock import workspace_lock
-from flows.entry.pipeline import evaluate_task, sample_task, with_overrides
+from flows.entry.pipeline import TASKS, with_overrides
 
 POOL_ENV = "PREFECT_DEPLOYMENTS_DEFAULT_WORK_POOL_NAME"  # Prefect's own setting
 DEFAULT_POOL = "diffusion"
@@ -52,8 +52,8 @@ def evaluation_flow(params_path: str | None = "params.yaml", source: str | None 
     results = {}
     with workspace_lock("."):
         for framework in params.train.frameworks:
-            sample_task(params, framework)
-            results[framework] = evaluate_task(params, framework)
+            TASKS["sample"](params, framework)
+            results[framework] = TASKS["evaluate"](params, framework)
     rows = [f"| {fw} | " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())
                                       if isinstance(v, float)) + " |" for fw, m in results.items()]
     create_markdown_artifact("\n".join([f"# Evaluation on `{params.data.source}`", "",

@@ -1,5 +1,5 @@
-"""The Prefect flow: prepare -> classifier -> (train -> sample -> evaluate -> register) per
-framework -> compare.
+"""The Prefect flow: one task per stage of flows/entry/stages.py, in its order (prepare ->
+train-classifier -> (train -> sample -> evaluate -> register) per run -> compare).
 
 Prefect uses its ephemeral server unless PREFECT_API_URL names one. Stages that can fail for
 transient reasons (a Ray worker lost, a tracking server briefly away) are retried.
@@ -18,9 +18,7 @@ from flows.config.validation import ConfigError
 from flows.distributed.stop_request import signals_interrupt
 from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
 from flows.entry.lock import WorkspaceLocked, workspace_lock
-from flows.stages import data, evaluate, sample, train
-from flows.stages.compare import compare_and_publish
-from flows.tracking.registry import register
+from flows.entry.stages import STAGES
 
 # Failures that a retry cannot mend, or that a person asked for: not retried.
 FINAL = (TrainingInterrupted, NonFiniteLoss, ConfigError, WorkspaceLocked)
@@ -41,52 +39,22 @@ def retry_unless_final(task, task_run, state) -> bool:
 RETRY = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_final)
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(params: Params) -> dict:
-    return data.prepare(params)
-
-
-@task(name="train-classifier", cache_policy=NO_CACHE)
-def classifier_task(params: Params) -> dict:
-    return data.train_classifier(params)
-
-
-@task(name="train", cache_policy=NO_CACHE, **RETRY)
-def train_task(params: Params, framework: str) -> dict:
-    return train.train(params, framework)
-
-
-@task(name="sample", cache_policy=NO_CACHE, **RETRY)
-def sample_task(params: Params, framework: str) -> dict:
-    return sample.sample(params, framework)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE, **RETRY)
-def evaluate_task(params: Params, framework: str) -> dict:
-    return evaluate.evaluate(params, framework)
-
-
-@task(name="register", cache_policy=NO_CACHE, **RETRY)
-def register_task(params: Params, framework: str) -> dict:
-    return register(params, framework)
-
-
-@task(name="compare", cache_policy=NO_CACHE)
-def compare_task(params: Params) -> dict:
-    """The framework comparison report, logged to MLflow and published as an artifact."""
-    return compare_and_publish(params)
+# The stages' tasks by name; a stage that can fail for transient reasons is retried.
+TASKS = {stage.name: task(stage.handler, name=stage.name, cache_policy=NO_CACHE,
+                          **(RETRY if stage.retried else {})) for stage in STAGES}
 
 
 def summary_markdown(params: Params, results: dict) -> str:
-    """One table row per framework with its headline figures."""
+    """One table row per run with its headline figures; `results`: {run: {stage: its result}}."""
     keys = ("fd_at_n", "fd_floor", "fd_ratio", "swd", "swd_floor", "off_support", "mmd", "nfe",
             "nll", "nll_nfe", "vlb_total")
     lines = [f"# Diffusion pipeline on `{params.data.source}`", "",
              "| framework | train s | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 2) + "|"]
-    for framework, (trained, metrics) in results.items():
+    for framework, done in results.items():
+        metrics = done["evaluate"]
         cells = [f"{metrics[k]:.4g}" if isinstance(metrics.get(k), (int, float)) else "-" for k in keys]
-        lines.append(f"| {framework} | {trained['train_seconds']:.0f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {framework} | {done['train']['train_seconds']:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -134,15 +102,16 @@ def run_pipeline(params: Params) -> dict:
 
 
 def _run_stages(params: Params) -> dict:
-    prepare_task(params)
-    classifier_task(params)
+    """Each stage once, and in place of the per-run stages each run through all of them in
+    turn; the evaluation metrics by run."""
+    per_run = [stage for stage in STAGES if stage.per_run]
     results = {}
-    for framework in params.train.frameworks:
-        trained = train_task(params, framework)
-        sample_task(params, framework)
-        results[framework] = (trained, evaluate_task(params, framework))
-        register_task(params, framework)
-    compare_task(params)
+    for stage in STAGES:
+        if not stage.per_run:
+            TASKS[stage.name](params)
+        elif stage is per_run[0]:
+            for framework in params.train.frameworks:
+                results[framework] = {s.name: TASKS[s.name](params, framework) for s in per_run}
     create_markdown_artifact(summary_markdown(params, results), key="diffusion-pipeline-summary",
                              description="Headline metrics of each framework")
-    return {fw: metrics for fw, (_, metrics) in results.items()}
+    return {framework: done["evaluate"] for framework, done in results.items()}
