@@ -222,3 +222,11 @@ def test_seed_means_add_the_shared_references_noise_and_differences_pair_it():
     assert opposite["se"] == pytest.approx(np.sqrt(welch["se"] ** 2 + 0.36))
     with pytest.raises(ValueError, match="measured differently"):
         intervals.seed_difference(a, b, jackknifes_a=_seed_jackknifes(a, delta))
+
+
+def test_the_reference_jackknife_benchmark_sets_the_se_beside_the_spread_over_fresh_references(capsys):
+    from benchmarks import reference_jackknife
+
+    row = reference_jackknife.main(["--dims", "4", "--repeats", "6"])[0]
+    assert row["spread"] > 0 and 0.3 < row["se_over_spread"] < 3  # two different measurements, same scale
+    assert "| 4 | " in capsys.readouterr().out
