@@ -96,3 +96,26 @@ def test_batches_resumed_at_a_position_go_on_as_if_never_stopped(tmp_path):
         resumed = batches()
         resumed.seek(*run[at][1])
         assert all(torch.equal(a, b) for (a, _), b in zip(run[at + 1:], resumed))
+
+
+def test_a_stop_raised_inside_c_code_is_still_read_as_the_stop():
+    """SIGTERM raises where the main thread is; inside C code (numpy, torch) the exception can
+    come back as a SystemError. The stop is recorded, so the run ends KILLED and the flow
+    Cancelled whatever the exception became; a new block starts clean."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from flows.distributed import stop_request
+    from flows.tracking import runs
+
+    with pytest.raises(stop_request.TrainingInterrupted):
+        with stop_request.signals_interrupt("test"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert "SIGTERM" in stop_request.stop_received()
+    assert runs.end_status(SystemError("returned a result with an exception set")) == "KILLED"
+    with stop_request.signals_interrupt("again"):
+        assert stop_request.stop_received() is None

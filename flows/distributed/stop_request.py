@@ -137,6 +137,16 @@ def signals_request_stop(stop: str, run_name: str):
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+_received: list[str] = []  # the stop signals_interrupt took, for code that sees another exception
+
+
+def stop_received() -> str | None:
+    """The message of the stop signals_interrupt took in this block, or None. A signal raises
+    in whatever the main thread runs, and C code (numpy, torch, pyarrow) may hand the exception
+    back as a SystemError: callers read the stop here rather than from the exception's type."""
+    return _received[-1] if _received else None
+
+
 @contextlib.contextmanager
 def signals_interrupt(what: str):
     """While the block runs in the main thread, SIGTERM or SIGINT raises TrainingInterrupted at
@@ -148,9 +158,10 @@ def signals_interrupt(what: str):
         return
 
     def handler(signum, frame):
-        raise TrainingInterrupted(f"{what}: {signal.Signals(signum).name}: stopped; run the same command "
-                                  f"again to resume")
+        _received.append(f"{what}: {signal.Signals(signum).name}: stopped; run the same command again to resume")
+        raise TrainingInterrupted(_received[-1])
 
+    _received.clear()
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

@@ -12,7 +12,7 @@ import sys
 
 from flows.config.deviations import deviations_markdown
 from flows.config.params import ConfigError, load_params
-from flows.distributed.stop_request import signals_interrupt
+from flows.distributed.stop_request import signals_interrupt, stop_received
 from flows.entry.deploy import check_prefect_api, run_command
 from flows.entry.lock import workspace_lock
 from flows.entry.pipeline import run_pipeline, with_overrides
@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Exception:
+        if stop_received():  # the stop, raised inside C code and handed back as another error
+            print(f"error: {stop_received()}", file=sys.stderr)
+            return 1
+        raise
     print(result if args.command in TEXT_OUTPUT else json.dumps(result, indent=2, default=str))
     return 0
 

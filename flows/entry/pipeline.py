@@ -15,7 +15,7 @@ from flows.config.params import Params, as_dict, load_params, parse_params
 from flows.config.ladder import with_ladder
 from flows.config.recipes import with_seeds
 from flows.config.validation import ConfigError
-from flows.distributed.stop_request import signals_interrupt
+from flows.distributed.stop_request import signals_interrupt, stop_received
 from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
 from flows.entry.lock import WorkspaceLocked, workspace_lock
 from flows.entry.stages import STAGES
@@ -27,6 +27,8 @@ FINAL = (TrainingInterrupted, NonFiniteLoss, ConfigError, WorkspaceLocked)
 def retry_unless_final(task, task_run, state) -> bool:
     """Retry a failed task unless its error is final (a stop asked for, a diverging run, bad
     params, a held workspace); a retried train task resumes its own run."""
+    if stop_received():  # whatever the stop's exception became on its way out
+        return False
     try:
         state.result()
     except FINAL:
@@ -90,6 +92,10 @@ def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = 
                 return _run_stages(params)
         except TrainingInterrupted as err:  # a stop asked for (training's checkpointed): not a failure
             return Cancelled(message=f"{err}")
+        except Exception:
+            if stop_received():  # the stop, raised inside C code and handed back as another error
+                return Cancelled(message=stop_received())
+            raise
 
 
 def run_pipeline(params: Params) -> dict:

@@ -308,7 +308,8 @@ def _interrupted(err: BaseException) -> bool:
     if isinstance(err, KeyboardInterrupt):
         return True
     stop_request = sys.modules.get("flows.distributed.stop_request")  # loaded wherever it is raised
-    return stop_request is not None and isinstance(err, stop_request.TrainingInterrupted)
+    return stop_request is not None and (isinstance(err, stop_request.TrainingInterrupted)
+                                         or stop_request.stop_received() is not None)
 
 
 def end_status(err: BaseException | None) -> str:
