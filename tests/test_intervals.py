@@ -212,6 +212,9 @@ def test_seed_means_add_the_shared_references_noise_and_differences_pair_it():
     plain = intervals.seed_mean([1.0, 2.0, 3.0])
     shared = intervals.seed_mean([1.0, 2.0, 3.0], jackknifes=_seed_jackknifes([1, 2, 3], delta))
     assert shared["se"] == pytest.approx(np.sqrt(plain["se"] ** 2 + 0.09))
+    # each part at its own t quantile: the seeds' 2 degrees of freedom, the jackknife's 9
+    half = np.hypot(stats.t.ppf(0.975, 2) * plain["se"], stats.t.ppf(0.975, 9) * 0.3)
+    assert shared["high"] - shared["estimate"] == pytest.approx(half)
     a, b = [1.0, 1.2, 1.1], [2.0, 2.3, 2.1]
     welch = intervals.seed_difference(a, b)
     same = intervals.seed_difference(a, b, jackknifes_a=_seed_jackknifes(a, delta),

@@ -213,35 +213,49 @@ def difference(figure_a: float, reps_a, figure_b: float, reps_b, floor: float, l
             "separated": bool(diff - half > 0 or diff + half < 0)}
 
 
-def _reference_variance(jackknifes: Sequence | None, combine) -> float:
-    """The jackknife variance over the reference of ``combine`` applied to the seeds' ratios
-    group by group (their jackknife rows share the groups: one reference, one seed); 0 without."""
+def _reference_part(jackknifes: Sequence | None, combine, as_ratio: bool) -> tuple[float, float]:
+    """(standard error, its t quantile's degrees of freedom) of the reference's noise in
+    ``combine`` of the seeds' jackknife rows, group by group (the rows share the groups: one
+    reference); (0, inf) without rows. ``as_ratio``: each row's figure over its own floor (a
+    key's FD/floor, whose scale moves with the floor); else over the floors' mean (a
+    difference, whose sign the floor cannot change, as ``difference`` reads it)."""
     if jackknifes is None:
-        return 0.0
+        return 0.0, math.inf
     rows = [_jackknife(j, "jackknife") for j in jackknifes]
     if any(r.shape != rows[0].shape or not np.allclose(r[:, 1], rows[0][:, 1], rtol=1e-9, atol=0.0) for r in rows):
         raise ValueError("the seeds' reference jackknifes are not paired: other groups or another reference")
-    return jackknife_variance(combine(np.stack([r[:, 0] / r[:, 1] for r in rows])))
+    scaled = [r[:, 0] / (r[:, 1] if as_ratio else r[:, 1].mean()) for r in rows]
+    return math.sqrt(jackknife_variance(combine(np.stack(scaled)))), float(len(rows[0]) - 1)
+
+
+def _half_width(parts: list[tuple[float, float]], level: float) -> float:
+    """Independent parts (se, degrees of freedom), each at its own t quantile, added in
+    quadrature: the seeds' few degrees of freedom do not widen the jackknife's part."""
+    q = 0.5 + level / 2
+    return math.sqrt(sum((float(stats.t.ppf(q, df)) * se) ** 2 for se, df in parts if se > 0))
 
 
 def seed_mean(values: Sequence[float], level: float = LEVEL, jackknifes: Sequence | None = None) -> dict:
     """A key's figure over its training seeds: the mean with Student's t interval from the
     between-seed spread (which holds each seed's sample noise too). The reference is one for
     every seed, so its noise is not in that spread: given the seeds' reference ``jackknifes``,
-    the jackknife variance of the group-wise seed mean adds. No interval from one seed."""
+    the jackknife part of the group-wise seed mean adds (``_half_width``). No interval from
+    one seed."""
     v = np.asarray(values, dtype=np.float64)
     out = {"estimate": float(v.mean()), "seeds": int(v.size), "level": level}
     if v.size < 2:
         return {**out, "se": None, "low": None, "high": None}
-    se = math.sqrt(v.var(ddof=1) / v.size + _reference_variance(jackknifes, lambda r: r.mean(axis=0)))
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1)) * se
-    return {**out, "se": se, "low": out["estimate"] - half, "high": out["estimate"] + half}
+    parts = [(float(v.std(ddof=1) / math.sqrt(v.size)), float(v.size - 1)),
+             _reference_part(jackknifes, lambda r: r.mean(axis=0), as_ratio=True)]
+    half = _half_width(parts, level)
+    return {**out, "se": math.hypot(*(se for se, _ in parts)), "low": out["estimate"] - half,
+            "high": out["estimate"] + half}
 
 
 def seed_difference(values_a: Sequence[float], values_b: Sequence[float], level: float = LEVEL,
                     jackknifes_a: Sequence | None = None, jackknifes_b: Sequence | None = None) -> dict:
     """Welch's interval of mean(a) − mean(b) over training seeds (Welch–Satterthwaite degrees
-    of freedom); with both keys' reference jackknifes, the jackknife variance of the group-wise
+    of freedom); with both keys' reference jackknifes, the jackknife part of the group-wise
     difference of the seed means adds (paired on the one reference). ``separated`` when it
     excludes zero. Needs two seeds of each."""
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
@@ -250,14 +264,14 @@ def seed_difference(values_a: Sequence[float], values_b: Sequence[float], level:
     if (jackknifes_a is None) != (jackknifes_b is None):
         raise ValueError("one key has reference jackknifes and the other none: measured differently")
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    reference = 0.0 if jackknifes_a is None else _reference_variance(
-        [*jackknifes_a, *jackknifes_b], lambda r: r[:a.size].mean(axis=0) - r[a.size:].mean(axis=0))
-    se = math.sqrt(va + vb + reference)
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if va + vb > 0 else float(a.size + b.size - 2)
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    reference = (0.0, math.inf) if jackknifes_a is None else _reference_part(
+        [*jackknifes_a, *jackknifes_b], lambda r: r[:a.size].mean(axis=0) - r[a.size:].mean(axis=0), as_ratio=False)
+    parts = [(math.sqrt(va + vb), float(df)), reference]
+    half = _half_width(parts, level)
     diff = float(a.mean() - b.mean())
-    return {"estimate": diff, "se": se, "low": diff - half, "high": diff + half, "level": level,
-            "df": float(df), "separated": bool(diff - half > 0 or diff + half < 0)}
+    return {"estimate": diff, "se": math.hypot(*(se for se, _ in parts)), "low": diff - half, "high": diff + half,
+            "level": level, "df": float(df), "separated": bool(diff - half > 0 or diff + half < 0)}
 
 
 def headline_record(name: str, figure: float, floor: float, reps, seed: int, level: float = LEVEL,
