@@ -62,6 +62,9 @@ def test_defaults_and_repo_params_are_valid():
     ("train", {"lr_schedule": "linear"}, "train.lr_schedule"),
     ("vector", {"network": {"depth": True}}, "vector.network.depth"),
     ("vector", {"network": {"kind": "mlp"}}, "vector.network.kind"),
+    ("data", {"name": "my shapes"}, "data.name"),
+    ("data", {"name": "-shapes"}, "data.name"),
+    ("data", {"name": "x" * 65}, "data.name"),
 ])
 def test_bad_value_names_the_field(section, change, field):
     data = tiny_params()
@@ -125,3 +128,23 @@ def test_nfe_sweep_gives_each_framework_the_samplers_that_fit_it(framework, kind
 def test_bad_nfe_sweep_entry_names_the_field(entry, field):
     with pytest.raises(ConfigError, match=rf"^{field.replace('[', '.').replace(']', '.')}"):
         parse_params(tiny_params(evaluate={"nfe_sweep": [entry]}))
+
+
+@pytest.mark.parametrize("source, name, expected", [
+    ("digits", "", "digits"),
+    ("toy:checkerboard", "", "toy-checkerboard"),
+    ("npz:/data/sets/shapes.npz", "", "shapes"),
+    ("npz:relative/my shapes.v2.npz", "", "my-shapes.v2"),
+    ("folder:/data/cats/", "", "cats"),
+    ("npz:/data/sets/shapes.npz", "shapes-rgb", "shapes-rgb"),
+])
+def test_a_data_set_is_named_by_data_name_or_else_by_its_source(source, name, expected):
+    """The name of experiments, registered models, runs and reports is data.name, or the
+    source's stem: a user of npz:/…/shapes.npz reads 'shapes', not 'npz-_data_sets_shapes.npz'."""
+    from flows.tracking import registry
+
+    data = tiny_params(source=source)
+    data["data"]["name"] = name
+    params = parse_params(data)
+    assert params.data.dataset == expected
+    assert registry.registered_name(params, "ddpm-edm.s1") == f"{expected}-ddpm-edm"

@@ -4,6 +4,7 @@ the last good output survives whole and nothing is lost that was finished."""
 import errno
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -137,6 +138,8 @@ def test_a_metric_log_makes_its_one_client_before_the_first_batch(tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key in runs.QUICK_REQUESTS:
+        monkeypatch.delenv(key, raising=False)
     run_id, made, real = runs.start_run("clients", "train", {}, {}), [], runs.client
     monkeypatch.setattr(runs, "client", lambda: made.append(1) or real())
     log = runs.MetricLog(run_id)
@@ -145,6 +148,21 @@ def test_a_metric_log_makes_its_one_client_before_the_first_batch(tmp_path, monk
         log.log({"loss": float(step)}, step=step)
     assert log.close() == 0 and made == [1]
     assert [m.step for m in real().get_metric_history(run_id, "loss")] == [0, 1, 2]
+    # the log's fail-fast settings stay inside its own requests: a model upload later in this
+    # process keeps MLflow's retries and timeout
+    assert not any(key in os.environ for key in runs.QUICK_REQUESTS)
+
+
+def test_quick_requests_set_the_variables_inside_and_restore_them_after(monkeypatch):
+    from flows.tracking import runs
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with runs.quick_requests():
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the user's own setting wins
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
 
 
 @pytest.mark.slow

@@ -166,3 +166,17 @@ def test_compare_writes_the_report_and_logs_it(registered, tmp_path):
         assert (tmp_path / "reports" / name).stat().st_size > 100
     names = {a.path for a in tracking.client().list_artifacts(result["run_id"], "report")}
     assert "report/compare.md" in names
+
+
+def test_a_runs_experiment_and_names_carry_the_data_sets_name(tmp_path):
+    """npz:/…/shapes.npz trains in experiment 'shapes', as Ray run 'shapes-ddpm-…', tagged with
+    the name and the source."""
+    source = f"npz:{tmp_path / 'shapes.npz'}"
+    with in_workspace(tmp_path):
+        params = parse_params(tiny_params(source=source))
+        inputs = {"seed": 0, "data_manifest_sha256": "0" * 64}
+        record = train_stage._start_or_continue(params, "ddpm", params.data.dataset, inputs)
+        run = tracking.client().get_run(record["run_id"])
+        experiment = tracking.client().get_experiment(run.info.experiment_id)
+    assert experiment.name == "shapes" and record["ray_run_name"].startswith("shapes-ddpm-")
+    assert run.data.tags["dataset"] == "shapes" and run.data.tags["data_source"] == source

@@ -4,6 +4,7 @@ Images come back N×C×H×W in [-1, 1]; vectors N×D. Labels are int64 or None.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,30 @@ def source_kind(source) -> tuple[str, str]:
     if kind in ("folder", "npz") and arg:
         return kind, arg
     raise ValueError(f"unknown data source {source!r}; {_forms()}")
+
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # MLflow experiment/model names, files
+
+
+def default_dataset_name(source: str) -> str:
+    """The data set's name when params do not give one: 'digits', 'toy-checkerboard', the
+    folder's name for folder:<path>, the file's stem for npz:<path> ('shapes' for
+    npz:/data/shapes.npz), with characters a name may not hold replaced by '-'."""
+    kind, arg = source_kind(source)
+    if kind in ("digits", "toy"):
+        stem = f"{kind}-{arg}" if arg else kind
+    else:
+        stem = Path(arg.rstrip("/")).stem if kind == "npz" else Path(arg.rstrip("/")).name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:64]
+    return name or "dataset"
+
+
+def check_dataset_name(name) -> None:
+    """A ValueError naming what is wrong unless `name` can name experiments, registered models
+    and files: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a data set name: use 1-64 letters, digits, '_', '.' "
+                         "or '-', starting with a letter or digit")
 
 
 def check_source(source) -> tuple[str, str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diffusion_core.data.sources import DIGITS_SHAPE, DIGITS_SIZE, TOY_SHAPE, source_kind
+from diffusion_core.data.sources import (DIGITS_SHAPE, DIGITS_SIZE, TOY_SHAPE, check_dataset_name,
+                                         default_dataset_name, source_kind)
 from diffusion_core.frameworks import FRAMEWORKS
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from diffusion_core.training.nonfinite import POLICIES as NONFINITE_POLICIES
@@ -23,6 +24,7 @@ REFERENCE_SPLITS = ("test", "val")  # what evaluate may score samples against
 @dataclass(frozen=True)
 class DataParams:
     source: str = "digits"  # digits | toy:<name> | folder:<path> | npz:<path>
+    name: str = ""  # names experiments, registered models, runs, reports; "" = from the source
     seed: int = 0
     test_size: int = 500  # held-out examples of a data set read from disk: the final report's
     val_size: int = 300  # ... the tuning reference (evaluate --split val, the benchmarks)
@@ -42,9 +44,19 @@ class DataParams:
             source_kind(self.source)
         except ValueError as err:
             raise ConfigError(f"{name}.source: {err}") from err
+        if self.name:
+            try:
+                check_dataset_name(self.name)
+            except ValueError as err:
+                raise ConfigError(f"{name}.name: {err}") from err
         if self.source == "digits":  # labelled images: the classifier split applies
             self.check_held_out(self.held_out_sizes(labelled_images=True), DIGITS_SIZE, name)
         require(bool(self.out_dir), f"{name}.out_dir", "must name a folder")
+
+    @property
+    def dataset(self) -> str:
+        """The data set's name: `name`, or one made from the source ('shapes' for npz:…/shapes.npz)."""
+        return self.name or default_dataset_name(self.source)
 
     def held_out_sizes(self, labelled_images: bool) -> dict:
         """{split: size} held out of a data set read from disk (val, classifier where the FD

@@ -56,7 +56,7 @@ def evaluation_flow(params_path: str | None = "params.yaml", source: str | None 
             results[framework] = TASKS["evaluate"](params, framework)
     rows = [f"| {fw} | " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())
                                       if isinstance(v, float)) + " |" for fw, m in results.items()]
-    create_markdown_artifact("\n".join([f"# Evaluation on `{params.data.source}`", "",
+    create_markdown_artifact("\n".join([f"# Evaluation on `{params.data.dataset}` ({params.data.source})", "",
                                         "| framework | metrics |", "|---|---|", *rows]),
                              key="diffusion-evaluation-summary", description="Nightly evaluation")
     return results

@@ -50,7 +50,7 @@ def summary_markdown(params: Params, results: dict) -> str:
     """One table row per run with its headline figures; `results`: {run: {stage: its result}}."""
     keys = ("fd_at_n", "fd_floor", "fd_ratio", "swd", "swd_floor", "off_support", "mmd", "nfe",
             "nll", "nll_nfe", "vlb_total")
-    lines = [f"# Diffusion pipeline on `{params.data.source}`", "",
+    lines = [f"# Diffusion pipeline on `{params.data.dataset}` ({params.data.source})", "",
              "| framework | train s | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 2) + "|"]
     for framework, done in results.items():

@@ -288,7 +288,7 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     every input is read (and checked) before anything is written."""
     from diffusion_core.data import shards
 
-    dataset = tracking.experiment_name(params.data.source)
+    dataset = params.data.dataset
     keys = params.train.frameworks
     rows = [framework_row(params, key) for key in keys]
     sweep = {key: points for key in keys if (points := _sweep(params, key))}
@@ -311,7 +311,7 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
                "champion": champion, "not_ranked": not_ranked, "stage_costs": costs}
     write_json(out / "compare.json", summary)
     run_id = tracking.start_run(dataset, "compare", {"frameworks": list(keys)},
-                                {"kind": "compare", "dataset": params.data.source}, source=COMPARE_SOURCE)
+                                {"kind": "compare", "dataset": dataset, "data_source": params.data.source}, source=COMPARE_SOURCE)
     with tracking.stage_run(run_id):  # FINISHED once the report is logged
         tracking.log_metrics(run_id, {f"{r['framework']}_{k}": v for r in rows for k, v in r.items()})
         tracking.log_metrics(run_id, {f"cost_{c['stage']}{'_' + c['run'] if c.get('run') else ''}_{k}": c[k]

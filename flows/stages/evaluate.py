@@ -153,7 +153,7 @@ def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict
     path = out / f"{framework}.json"
     write_json(path, result)
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    tracking.log_dataset(run_id, tracking.experiment_name(params.data.source), split,
+    tracking.log_dataset(run_id, params.data.dataset, split,
                          manifest_hash(params), params.data.out_dir)
     _log_to_run(run_id, framework, split, result, sweep, path)
     return path
@@ -214,7 +214,8 @@ def _measure(params: Params, framework: str, sample_dir: Path, kind: str, sampli
     result = _quality(params, sample_dir, kind)
     recipe = _recipe(params, framework)
     result.update(framework=framework, recipe=recipe, sampler=sampling["sampler"], nfe=sampling["nfe"],
-                  seed=sampling["seed"], dataset=params.data.source)
+                  seed=sampling["seed"], dataset=params.data.dataset,
+                  data_source=params.data.source)
     reference, _ = shards.load_split(params.data.out_dir, params.evaluate.split)
     result.update(nll_metrics(params, framework, reference))
     sweep = nfe_sweep.nfe_sweep(params, framework) if params.evaluate.nfe_sweep else []

@@ -117,7 +117,7 @@ def _start_or_continue(params: Params, framework: str, experiment: str, inputs: 
         return record
     tags = {"framework": split_run(framework)[0], "run": framework, "run_key": framework,
             "base_key": base_key(framework), "recipe": recipe_of(framework),
-            "dataset": params.data.source, "seed": str(inputs["seed"]),
+            "dataset": params.data.dataset, "data_source": params.data.source, "seed": str(inputs["seed"]),
             "data_manifest_sha256": inputs["data_manifest_sha256"]}
     replicate = run_seed(framework)[1] is not None  # a seed replicate: a child of its base key's run
     logged = {**as_dict(params), "recipe": inputs.get("recipe", {})}  # recipe.ema.kind, recipe.optimizer.lr, ...
@@ -139,7 +139,7 @@ def train(params: Params, framework: str) -> dict:
     as it was; a diverged one (NonFiniteLoss) has ended, and a new call starts afresh."""
     meta = dataset_meta(params)
     profile = params.profile(meta["kind"])
-    experiment = tracking.experiment_name(params.data.source)
+    experiment = params.data.dataset
     model = model_config(params, framework, meta)  # bad params stop here, before the run exists
     loop_config = _loop_config(params, framework, profile, model)
     run = _start_or_continue(params, framework, experiment, _run_inputs(params, loop_config))

@@ -39,7 +39,7 @@ ARTIFACT = "sampler"
 def registered_name(params: Params, framework: str) -> str:
     """``<dataset>-<base key>``: the seed replicates of a run (ddpm-edm.s0, ddpm-edm.s1) are
     versions of one registered model, each tagged with its ``train_seed``."""
-    return f"{tracking.experiment_name(params.data.source)}-{base_key(framework)}"
+    return f"{params.data.dataset}-{base_key(framework)}"
 
 
 def _signature(sampler: dict, seed: int) -> ModelSignature:
@@ -117,7 +117,7 @@ def register(params: Params, framework: str) -> dict:
     figure, metrics = _figure(params, framework, meta["kind"])
     with tracking.stage_run(run_id):  # reopened for this stage, ended again
         version, name = _register_version(params, framework, run_id, meta, figure, metrics)
-    champion = update_champion(tracking.experiment_name(params.data.source), (name, int(version.version)))
+    champion = update_champion(params.data.dataset, (name, int(version.version)))
     print(f"register: {name} version {version.version} ({figures.headline_text(figure)}); champion: "
           f"{champion['name']} version {champion['version']}")
     return {"name": name, "version": int(version.version), "primary_metric": figure["metric"],
@@ -132,7 +132,8 @@ def _register_version(params: Params, framework: str, run_id: str, meta: dict, f
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, tags={"dataset": params.data.source, "framework": base_key(framework)})
+        client.create_registered_model(name, tags={"dataset": params.data.dataset, "data_source": params.data.source,
+                                                     "framework": base_key(framework)})
     same_run = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
     earlier = same_run[0] if same_run else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +191,7 @@ def _link_metrics(params: Params, run_id: str, model_id: str | None, metrics: di
     dataset, so the model's page and the Models tab show them."""
     if model_id is None:
         return
-    experiment = tracking.experiment_name(params.data.source)
+    experiment = params.data.dataset
     tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, model_id=model_id,
                          dataset=(tracking.dataset_name(experiment, "test"), manifest_hash(params)))
 

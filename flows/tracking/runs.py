@@ -85,11 +85,6 @@ def process_wide_uri():
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def experiment_name(source: str) -> str:
-    """One experiment per data set: 'digits', 'toy-checkerboard', 'folder-cats'."""
-    return source.replace(":", "-").replace("/", "_").strip("-_.") or "dataset"
-
-
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout whose code runs the stages
 
 
@@ -223,6 +218,23 @@ QUICK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_T
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch
 
 
+@contextlib.contextmanager
+def quick_requests():
+    """MLflow's requests inside the block fail fast (MLflow reads these variables per request);
+    after it, the variables are as they were, so a model upload later in the same process keeps
+    MLflow's patient retries (left set, a 10 s read timeout failed uploads on a busy machine)."""
+    before = {key: os.environ.get(key) for key in QUICK_REQUESTS}
+    os.environ.update({key: before[key] or value for key, value in QUICK_REQUESTS.items()})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class MetricLog:
     """The metrics of a long run, sent through a tracking server that may be away for a while:
     what fails to send is kept and sent with the next batch, so training never waits on MLflow
@@ -231,8 +243,6 @@ class MetricLog:
 
     def __init__(self, run_id: str):
         self.run_id, self.pending, self.last_error, self._client = run_id, [], None, None
-        for key, value in QUICK_REQUESTS.items():
-            os.environ.setdefault(key, value)
         self._connect()  # here, not in the first log: importing MLflow takes seconds
 
     def log(self, metrics: dict, step: int | None = None) -> None:
@@ -242,7 +252,8 @@ class MetricLog:
     def _connect(self) -> bool:
         """One client for the log's life (making one per batch costs more than sending it)."""
         try:
-            self._client = self._client or client()
+            with quick_requests():
+                self._client = self._client or client()
         except Exception as err:  # server away
             self._failed(err)
         return self._client is not None
@@ -250,7 +261,8 @@ class MetricLog:
     def _send(self) -> None:
         try:
             while self.pending and self._connect():
-                self._client.log_batch(self.run_id, metrics=self.pending[:MAX_BATCH])
+                with quick_requests():
+                    self._client.log_batch(self.run_id, metrics=self.pending[:MAX_BATCH])
                 self.pending = self.pending[MAX_BATCH:]
         except Exception as err:  # server away: connection, HTTP or MLflow errors alike
             self._failed(err)
