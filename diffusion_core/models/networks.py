@@ -3,6 +3,9 @@ images, both conditioned on a scalar condition c (what it is: models/conditionin
 by EDM-style Fourier features of ln(s) / 4 or by DDPM's sinusoids of the timestep t. A recipe
 sets their size, dropout (DDPM's, before each block's second layer) and, for the U-Net, the
 levels with self-attention besides the middle; the defaults are the networks as they were.
+The U-Net's remaining options (`groups`, `heads`, `upsample_conv`, `emb_in`, `emb_silu`) make
+it the network of Ho et al. (2020, app. B; their diffusion_tf/models/unet.py) exactly; their
+defaults keep the earlier network, its state-dict keys and its outputs.
 
 A network is saved as its JSON config plus a state dict, never as pickled code.
 """
@@ -22,19 +25,22 @@ class FourierEmbedding(nn.Module):
 
     "fourier": 2 pi f for f log-spaced in [1, 16], for c = ln(s) / 4 of order one (EDM's c_noise);
     "positional": DDPM's (the Transformer's) exp(-ln(10000) k / (dim/2 - 1)), k = 0 .. dim/2 - 1,
-    for an integer timestep t in 0 .. 999 (Ho et al., 2020, section 4 and their code)."""
+    for an integer timestep t in 0 .. 999 (Ho et al., 2020, section 4 and their code).
+    `in_dim` sinusoids (default `dim`) feed the MLP in_dim -> dim -> dim: DDPM's is ch -> 4 ch."""
 
-    def __init__(self, dim: int, max_frequency: float = 16.0, kind: str = "fourier"):
+    def __init__(self, dim: int, max_frequency: float = 16.0, kind: str = "fourier",
+                 in_dim: int | None = None):
         super().__init__()
         if kind not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {kind!r}")
-        half = dim // 2
+        in_dim = dim if in_dim is None else in_dim
+        half = in_dim // 2
         if kind == "fourier":
             freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), half)) * 2 * math.pi
         else:
             freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / max(1, half - 1))
         self.register_buffer("freqs", freqs, persistent=False)  # fixed: not in the state dict
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         angles = c.float()[:, None] * self.freqs[None]
@@ -76,19 +82,21 @@ class MLP(nn.Module):
 
 class ResBlock(nn.Module):
     """DDPM's residual block (dropout before the second convolution), optionally followed by
-    self-attention (the U-Net's `attention` levels)."""
+    self-attention (the U-Net's `attention` levels). `emb_silu`: SiLU on the embedding before
+    the block's projection, as DDPM's code has it (no parameters: the state dict is the same)."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int = 8, dropout: float = 0.0,
-                 attention: bool = False):
+                 attention: bool = False, heads: int = 4, emb_silu: bool = False):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
+        self.emb, self.emb_silu = nn.Linear(emb_dim, c_out), emb_silu
         self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.dropout = nn.Dropout(dropout)  # no parameters: the state dict is as without it
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        self.attn = SelfAttention(c_out) if attention else None  # None: no state-dict entries
+        self.attn = SelfAttention(c_out, heads, groups) if attention else None  # None: no state-dict entries
 
     def forward(self, x, emb):
+        emb = F.silu(emb) if self.emb_silu else emb
         h = self.conv1(F.silu(self.norm1(x))) + self.emb(emb)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         out = self.skip(x) + h
@@ -108,46 +116,76 @@ class SelfAttention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
+def _upsample(channels: int, conv: bool) -> nn.Module:
+    """Nearest-neighbour 2x, then (DDPM's `with_conv`) a 3x3 convolution; without it the bare
+    Upsample, which has no state-dict entries (the earlier network's keys)."""
+    up = nn.Upsample(scale_factor=2, mode="nearest")
+    return nn.Sequential(up, nn.Conv2d(channels, channels, 3, padding=1)) if conv else up
+
+
+def _check_unet(image_size: int, widths: list, attention, groups: int, heads: int) -> None:
+    levels = len(widths)
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(f"image_size {image_size} not divisible by 2^{levels - 1}")
+    if any(not 0 <= level < levels for level in attention):
+        raise ValueError(f"attention levels must lie in [0, {levels}), got {list(attention)}")
+    if any(w % groups or w % heads for w in widths):
+        raise ValueError(f"every width {widths} must be divisible by groups={groups} and heads={heads}")
+
+
 class UNet(nn.Module):
-    """A small U-Net: per level `blocks` residual blocks, 2x down/up-sampling between levels,
+    """A U-Net: per level `blocks` residual blocks, 2x down/up-sampling between levels,
     self-attention in the middle (at the coarsest level) and after each residual block of the
     levels listed in `attention` (0: the full resolution). Image side must be divisible by
-    2^(levels-1)."""
+    2^(levels-1). `groups` of every GroupNorm, `heads` of every attention, `upsample_conv` (a
+    3x3 conv after each upsampling), `emb_in` (sinusoids into the embedding MLP; None: emb_dim)
+    and `emb_silu` (ResBlock) are DDPM's 32, 1, true, base and true (Ho et al. 2020, app. B)."""
 
     def __init__(self, channels: int = 1, image_size: int = 8, base: int = 64,
                  mults: tuple = (1, 2), blocks: int = 2, emb_dim: int = 128, dropout: float = 0.0,
-                 attention: tuple = (), embedding: str = "fourier"):
+                 attention: tuple = (), embedding: str = "fourier", groups: int = 8, heads: int = 4,
+                 upsample_conv: bool = False, emb_in: int | None = None, emb_silu: bool = False):
         super().__init__()
-        if image_size % 2 ** (len(mults) - 1):
-            raise ValueError(f"image_size {image_size} not divisible by 2^{len(mults) - 1}")
-        if any(not 0 <= level < len(mults) for level in attention):
-            raise ValueError(f"attention levels must lie in [0, {len(mults)}), got {list(attention)}")
+        widths = [base * m for m in mults]
+        _check_unet(image_size, [base, *widths], attention, groups, heads)
         self.hparams = dict(kind="unet", channels=channels, image_size=image_size, base=base,
                             mults=list(mults), blocks=blocks, emb_dim=emb_dim, dropout=dropout,
-                            attention=list(attention), embedding=embedding)
-        widths = [base * m for m in mults]
-        self.embed = FourierEmbedding(emb_dim, kind=embedding)
+                            attention=list(attention), embedding=embedding, groups=groups,
+                            heads=heads, upsample_conv=upsample_conv, emb_in=emb_in, emb_silu=emb_silu)
+        self.embed = FourierEmbedding(emb_dim, kind=embedding, in_dim=emb_in)
         self.inp = nn.Conv2d(channels, base, 3, padding=1)
-        self.down, skips, c = nn.ModuleList(), [base], base
+        self._res = dict(emb_dim=emb_dim, groups=groups, dropout=dropout, heads=heads, emb_silu=emb_silu)
+        skips = self._build_down(widths, blocks, attention)
+        c = skips[-1]
+        self.mid = nn.ModuleList([self._block(c, c), SelfAttention(c, heads, groups), self._block(c, c)])
+        c = self._build_up(widths, blocks, attention, skips, upsample_conv)
+        self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, channels, 3, padding=1))
+
+    def _block(self, c_in: int, c_out: int, attention: bool = False) -> ResBlock:
+        return ResBlock(c_in, c_out, attention=attention, **self._res)
+
+    def _build_down(self, widths: list, blocks: int, attention) -> list:
+        """self.down; returns the channels of each skip connection, in the order made."""
+        self.down, skips = nn.ModuleList(), [self.inp.out_channels]
         for level, width in enumerate(widths):
             for _ in range(blocks):
-                self.down.append(ResBlock(c, width, emb_dim, dropout=dropout, attention=level in attention))
-                c = width
-                skips.append(c)
+                self.down.append(self._block(skips[-1], width, level in attention))
+                skips.append(width)
             if level < len(widths) - 1:
-                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-                skips.append(c)
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout=dropout), SelfAttention(c),
-                                  ResBlock(c, c, emb_dim, dropout=dropout)])
-        self.up = nn.ModuleList()
+                self.down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                skips.append(width)
+        return skips
+
+    def _build_up(self, widths: list, blocks: int, attention, skips: list, conv: bool) -> int:
+        """self.up, taking the skips last-made first; returns its output channels."""
+        self.up, c = nn.ModuleList(), skips[-1]
         for level, width in reversed(list(enumerate(widths))):
             for _ in range(blocks + 1):
-                self.up.append(ResBlock(c + skips.pop(), width, emb_dim, dropout=dropout,
-                                        attention=level in attention))
+                self.up.append(self._block(c + skips.pop(), width, level in attention))
                 c = width
             if level > 0:
-                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, channels, 3, padding=1))
+                self.up.append(_upsample(c, conv))
+        return c
 
     def forward(self, x, c_noise):
         emb = self.embed(c_noise)
