@@ -20,8 +20,9 @@ from flows.config.schema import build
 from flows.config.validation import ConfigError, require
 
 CHOICE_KEYS = ("network", "conditioning", "ema", "optimizer", "batch_size")
-NETWORK_KEYS_OF = {"image": ("base", "mults", "blocks", "emb_dim", "dropout", "attention"),  # the U-Net's
-                   "vector": ("width", "depth", "emb_dim", "dropout")}  # the residual MLP's
+UNET_OPTIONS = ("groups", "heads", "upsample_conv", "emb_in", "emb_silu")  # recorded only where set
+NETWORK_KEYS_OF = {"image": ("base", "mults", "blocks", "emb_dim", "dropout", "attention", *UNET_OPTIONS),
+                   "vector": ("width", "depth", "emb_dim", "dropout")}  # the U-Net's; the residual MLP's
 OPTIMIZER_KEYS = ("lr", "warmup_steps", "lr_schedule", "grad_clip")
 
 
@@ -89,8 +90,12 @@ class TrainingChoices:
     batch_size: int
 
     def network_settings(self) -> dict:
-        """The network's settings that apply to the data's kind (its constructor's arguments)."""
-        return {key: getattr(self.network, key) for key in NETWORK_KEYS_OF[self.kind]}
+        """The network's settings that apply to the data's kind (its constructor's arguments).
+        A U-Net option left at its default is left out: the constructor's default is the same,
+        and the model configs (so the fingerprints) of runs made before the options stay as they were."""
+        default = type(self.network)()
+        return {key: getattr(self.network, key) for key in NETWORK_KEYS_OF[self.kind]
+                if key not in UNET_OPTIONS or getattr(self.network, key) != getattr(default, key)}
 
     def record(self) -> dict:
         """JSON values of every choice (warm-up resolved to a step count)."""

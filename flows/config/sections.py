@@ -121,10 +121,25 @@ class NetworkParams:
     emb_dim: int = 128
     dropout: float = 0.0  # before each residual block's second layer (DDPM's place)
     attention: list[int] = field(default_factory=list)  # unet: levels with self-attention besides the middle
+    # unet, DDPM's network exactly (Ho et al. 2020, app. B: 32, 1, true, base, true); the
+    # defaults are the earlier U-Net's, so its saved models and run fingerprints stay valid
+    groups: int = 8  # of every GroupNorm
+    heads: int = 4  # of every self-attention
+    upsample_conv: bool = False  # a 3x3 convolution after each nearest-neighbour upsampling
+    emb_in: int | None = None  # sinusoids into the embedding MLP (emb_in -> emb_dim); null: emb_dim
+    emb_silu: bool = False  # SiLU on the embedding before each residual block's projection
 
     def check(self, name: str) -> None:
-        require_positive(self, name, "width", "depth", "base", "blocks", "emb_dim")
+        require_positive(self, name, "width", "depth", "base", "blocks", "emb_dim", "groups", "heads")
         require(bool(self.mults) and min(self.mults) > 0, f"{name}.mults", "must be positive integers")
+        require(self.emb_in is None or self.emb_in >= 2, f"{name}.emb_in",
+                f"must be >= 2 (sin and cos pairs) or null, got {self.emb_in}")
+        bad = sorted({self.base * m for m in [1, *self.mults] if (self.base * m) % self.groups})
+        require(not bad, f"{name}.groups", f"GroupNorm needs every width (base x mults) divisible by "
+                f"{self.groups}; {bad} are not")
+        bad = sorted({self.base * m for m in [1, *self.mults] if (self.base * m) % self.heads})
+        require(not bad, f"{name}.heads", f"attention needs every width divisible by {self.heads}; "
+                f"{bad} are not")
         require(0 <= self.dropout < 1, f"{name}.dropout", f"must lie in [0, 1), got {self.dropout}")
         require(all(0 <= level < len(self.mults) for level in self.attention)
                 and len(set(self.attention)) == len(self.attention), f"{name}.attention",
