@@ -101,15 +101,24 @@ def _init() -> None:
             raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} "
                                  f"(set by RAY_ADDRESS): {err}") from err
         return
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True,
+    # address="local": always a new instance of this process's own, never one that another
+    # workspace's `ray start` left on this machine (ray.init's default would join that)
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True,
              runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_local_worker.__name__}"})
 
 
 def quiet_local_worker() -> None:
-    """Run in each worker of the local instance as it starts. Ray Train's placement-group
-    cleaner asks the dashboard's state API every second whether the controller lives; a local
+    """Run in each worker of the local instance as it starts.
+
+    Ray's state API, which Ray Train's placement-group cleaner asks every second whether the
+    controller lives, finds its cluster by looking for Ray processes on the machine; with a
+    second workspace's instance running it found two and its thread died with a
+    ConnectionError traceback. RAY_ADDRESS names the worker's own instance instead. A local
     instance runs no dashboard (and needs no cleaner: its groups end with the driver), so each
-    ask logged a warning, 80 a minute into the training log."""
+    ask still fails: that warning is silenced (80 a minute in the training log)."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 

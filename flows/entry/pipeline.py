@@ -98,9 +98,33 @@ def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = 
             raise
 
 
+def migrate_ephemeral_database() -> None:
+    """Without PREFECT_API_URL, Prefect starts a temporary server on PREFECT_HOME's database,
+    which migrates it as it starts. Two pipelines started at once on a new home (two
+    workspaces, one user) ran the migrations together and one server failed to start; here
+    they run one process at a time, under a lock in that home (a no-op once it is current)."""
+    import asyncio
+    import fcntl
+    from pathlib import Path
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:  # a server of its own, with its own database
+        return
+    home = Path(settings.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "diffusion-migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from prefect.server.database import provide_database_interface
+
+        asyncio.run(provide_database_interface().create_db())
+
+
 def run_pipeline(params: Params) -> dict:
     """The flow for `diffusion pipeline`: its results; a stopped run (Cancelled) raises
     TrainingInterrupted with the state's message, a failed one its own error."""
+    migrate_ephemeral_database()
     state = pipeline_flow(params_path=None, params=params, return_state=True)
     if state.is_cancelled():
         raise TrainingInterrupted(state.message or "the pipeline was stopped")
