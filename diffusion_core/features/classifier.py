@@ -20,6 +20,7 @@ from diffusion_core.data.digest import file_sha256
 
 __all__ = [
     "DigitClassifier",
+    "build_trunk",
     "train_classifier",
     "accuracy",
     "predict",
@@ -43,6 +44,21 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def build_trunk(in_channels: int, image_size: int, feature_dim: int, width: int = WIDTH):
+    """(body, head): conv blocks pooling 2× until ≤ 4×4 pixels, then a ReLU feature layer
+    ``feature_dim`` wide. Shared by every feature network, so their FDs use alike features."""
+    blocks, channels, size, c_out = [], in_channels, image_size, width
+    while True:
+        blocks.append(_conv_block(channels, c_out))
+        channels = c_out
+        if size <= 4:
+            break
+        blocks.append(nn.MaxPool2d(2))
+        size, c_out = size // 2, min(2 * c_out, 4 * width)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, feature_dim), nn.ReLU())
+    return nn.Sequential(*blocks), head
+
+
 class DigitClassifier(nn.Module):
     """VGG-style CNN: conv blocks with 2× pooling down to ≤ 4×4, then an MLP head.
 
@@ -63,18 +79,7 @@ class DigitClassifier(nn.Module):
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
         self.in_channels, self.image_size = int(in_channels), int(image_size)
         self.n_classes, self.feature_dim, self.width = int(n_classes), int(feature_dim), int(width)
-        blocks, channels, size, width = [], self.in_channels, self.image_size, self.width
-        while True:
-            blocks.append(_conv_block(channels, width))
-            channels = width
-            if size <= 4:
-                break
-            blocks.append(nn.MaxPool2d(2))
-            size, width = size // 2, min(2 * width, 4 * self.width)
-        self.body = nn.Sequential(*blocks)
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * size * size, self.feature_dim), nn.ReLU()
-        )
+        self.body, self.head = build_trunk(self.in_channels, self.image_size, self.feature_dim, self.width)
         self.dropout = nn.Dropout(0.2)
         self.out = nn.Linear(self.feature_dim, self.n_classes)
 
