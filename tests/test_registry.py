@@ -54,6 +54,13 @@ def test_register_keeps_the_named_store_for_the_rest_of_the_process(tmp_path):
         assert registry.register(params, "ddpm")["champion"]["version"] == 1
         assert os.environ["MLFLOW_TRACKING_URI"] == uri
         assert not (tmp_path / "mlflow.db").exists()
+        # MLflow's own client follows the variable after it changes: register left no
+        # process-wide URI behind (one pointing at a stopped server failed a later test)
+        later = f"sqlite:///{tmp_path / 'named' / 'later.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", later)
+        from mlflow.tracking import MlflowClient
+
+        assert MlflowClient().tracking_uri == later
 
 
 def test_register_names_the_model_and_gives_champion(registered):

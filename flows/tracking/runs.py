@@ -70,9 +70,11 @@ def client():
 @contextlib.contextmanager
 def process_wide_uri():
     """MLflow's process-wide tracking URI set to ours inside the block (a sqlite registry
-    resolves a ``models:/<id>`` source through it), and MLFLOW_TRACKING_URI exactly as it was
-    after. MLflow's own ``_use_tracking_uri`` restores an unset global by unsetting the
-    variable, which sent every later call of this process to a local sqlite file."""
+    resolves a ``models:/<id>`` source through it); after it, MLflow's global is cleared (this
+    project never leaves it set) and MLFLOW_TRACKING_URI is exactly as it was. MLflow's own
+    ``_use_tracking_uri`` unset the variable, which sent every later call of this process to a
+    local sqlite file; leaving the global at the block's URI sent them to that server after
+    the variable had changed (a later test's MlflowClient() reached a stopped server)."""
     import mlflow
 
     before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -80,7 +82,7 @@ def process_wide_uri():
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)  # None clears MLflow's global and the variable
+        mlflow.set_tracking_uri(None)  # clears MLflow's global, and unsets the variable
         if before is not None:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
