@@ -1,6 +1,11 @@
 """params.yaml on this machine: the file read into a mapping (a key written twice refused), and
 what the built params name on this machine's disk checked. `parse_params` needs neither: a
 registered model re-parses its params elsewhere, from a mapping, without its training data.
+
+A profile (`--profile NAME|PATH`, profiles/*.yaml: docs/profiles.md) is a short YAML file laid
+over the params file before validation. An overlay, not a complete params file: a profile
+states only what its paper changes, and every other setting follows params.yaml as it evolves;
+the merged params are what every stage uses and what each run records.
 """
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ import yaml
 from diffusion_core.data.shards import check_replaceable
 from diffusion_core.data.sources import check_source
 from flows.config.validation import ConfigError, require
+
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"  # the checkout's (an editable install)
+REPLACED_WHOLE = ("sampler", "ema")  # as a recipe lays them: their keys mean something only together
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -71,6 +79,35 @@ def read_params_file(path: Path) -> dict:
         raise ConfigError(f"{path}: the params file is {what}; it must map sections "
                           f"(data:, train:, ...) to their settings")
     return data
+
+
+def profile_path(profile: str) -> Path:
+    """A profile's file: a path to a .yaml file as given, else profiles/<NAME>.yaml."""
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+    require(profile in known, "--profile", f"no profile named {profile!r}; known: {known}, "
+            f"or a path to a .yaml file")
+    return PROFILES / f"{profile}.yaml"
+
+
+def overlay(base: dict, over: dict) -> dict:
+    """`over` laid over `base`: mappings key by key, recursively (a section, a recipe, a
+    network), except `sampler` and `ema`; lists and every other value replaced whole."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in REPLACED_WHOLE:
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_params(path: str | Path, profile: str | None = None) -> dict:
+    """The params file's mapping with the profile, if any, laid over it; not yet validated."""
+    data = read_params_file(Path(path))
+    return data if profile is None else overlay(data, read_params_file(profile_path(profile)))
 
 
 def check_local_paths(params) -> None:

@@ -11,7 +11,8 @@ import os
 import sys
 
 from flows.config.deviations import deviations_markdown
-from flows.config.params import ConfigError, load_params
+from flows.config.loader import read_params
+from flows.config.params import ConfigError, check_local_paths, load_params, parse_params
 from flows.distributed.stop_request import signals_interrupt, stop_received
 from flows.entry.deploy import check_prefect_api, run_command
 from flows.entry.lock import workspace_lock
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     for name in (*COMMANDS, *DEPLOYMENTS):
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        if name not in DEPLOYMENTS:  # a deployment keeps only the params file's path
+            cmd.add_argument("--profile", metavar="NAME|PATH",
+                             help="lay a profile (profiles/NAME.yaml, or a YAML file) over the params "
+                                  "before validation: docs/profiles.md")
         command = COMMANDS.get(name)
         if command is not None and command.per_run:
             cmd.add_argument("--framework", required=True, help="a run of train.frameworks (ddpm-paper)")
@@ -81,6 +86,16 @@ def _deployment_args(cmd: argparse.ArgumentParser, name: str) -> None:
         cmd.add_argument("--workdir", help="where a process worker runs the flow (default: here)")
 
 
+def _load(args):
+    """The validated params of the command line: --params, with --profile laid over it."""
+    profile = getattr(args, "profile", None)
+    if profile is None:
+        return load_params(args.params)
+    params = parse_params(read_params(args.params, profile))
+    check_local_paths(params)
+    return params
+
+
 def _preflight(command: str) -> None:
     """Bounded checks of the services a command needs, before it writes anything."""
     checks = (check_prefect_api,) if command in DEPLOYMENTS else COMMANDS[command].services
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     try:
-        params = evaluate.with_split(load_params(args.params), getattr(args, "split", None))
+        params = evaluate.with_split(_load(args), getattr(args, "split", None))
         if getattr(args, "seeds", None) is not None or getattr(args, "ladder", None) is not None:
             params = with_overrides(params, None, None, args.seeds, args.ladder)  # validated: exit 2 if bad
         _preflight(args.command)
