@@ -125,9 +125,9 @@ def diffusers_paper_unet(base: int = 128, size: int = 32):
 
 
 def paper_networks(base: int) -> dict:
-    """Both networks of `--network paper`: the profile cifar10-ddpm's U-Net (its widths scaled
-    to `base`) and diffusers' in the same configuration."""
-    network = dict(profile_model("cifar10-ddpm")[1]["network"], base=base)
+    """Both networks of `--network paper`: the profile cifar10-ddpm's U-Net (its widths and
+    embedding scaled to `base`, as DDPM's are to 128) and diffusers' in the same configuration."""
+    network = dict(profile_model("cifar10-ddpm")[1]["network"], base=base, emb_in=base, emb_dim=4 * base)
     return {"project": lambda: build_network(network), "diffusers": lambda: diffusers_paper_unet(base)}
 
 

@@ -74,6 +74,27 @@ def test_network_throughput_compares_equal_sized_networks(timed, capsys):
         assert f"diffusers {diffusers['steps_per_s']:.2f} (" in out
 
 
+def test_network_throughput_compares_the_paper_network_at_equal_work(timed, capsys):
+    [result] = network_throughput.main(["--network", "paper", "--paper-base", "32", "--batch", "2",
+                                        "--steps", "1", "--repeats", "1"])
+    assert len(back_to_back(timed)) == len(network_throughput.LAYOUTS)
+    assert result["diffusers_widths"] == (32, 64, 64, 64) and result["size"] == 32
+    for layout in network_throughput.LAYOUTS:
+        project, diffusers = result[layout]["project"], result[layout]["diffusers"]
+        assert project["params"] == diffusers["params"]  # the same configuration, layer for layer
+    flops = result["profile_batch_flops"]  # at the profile's batch, attention included (meta device)
+    assert abs(flops["project"] / flops["diffusers"] - 1) < 0.01
+    assert "at the profile's batch 128: project " in capsys.readouterr().out
+
+
+def test_profile_flops_counts_each_profile_at_its_batch(capsys):
+    rows = network_throughput.main(["--profile-flops"])
+    assert [row["profile"] for row in rows] == list(network_throughput.PROFILE_SHAPES)
+    assert rows[0]["params"] == 35_746_307 and all(row["batch"] == 128 for row in rows)
+    assert rows[0]["flops_per_step"] < rows[1]["flops_per_step"]  # 64x64 costs more than 32x32
+    assert "cifar10-ddpm: 35,746,307 params" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # starts Ray and two DDP workers
 def test_gpu_throughput_runs_on_the_cpu_at_its_tiny_size(tmp_path, monkeypatch, capsys):
     from benchmarks import gpu_throughput
