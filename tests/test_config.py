@@ -148,3 +148,14 @@ def test_a_data_set_is_named_by_data_name_or_else_by_its_source(source, name, ex
     params = parse_params(data)
     assert params.data.dataset == expected
     assert registry.registered_name(params, "ddpm-edm.s1") == f"{expected}-ddpm-edm"
+
+
+def test_a_scheduled_runs_source_names_its_data_set():
+    """`diffusion deploy --source npz:/…/cats.npz` over params naming their data set 'shapes'
+    trains and registers as 'cats', not under the params' name."""
+    from flows.entry.pipeline import with_overrides
+
+    data = tiny_params(source="npz:/data/shapes.npz")
+    data["data"]["name"] = "shapes"
+    params = with_overrides(parse_params(data), "npz:/data/cats.npz", None)
+    assert params.data.dataset == "cats"

@@ -66,8 +66,8 @@ def with_overrides(params: Params, source: str | None, frameworks: list[str] | N
     ('ddpm:paper:edm') trains the ablation ladder's runs instead (config/ladder.py); `seeds`
     then turns each run key without a seed suffix into one replicate per seed (ddpm-edm.s0, ...)."""
     data = as_dict(params)
-    if source is not None:
-        data["data"]["source"] = source
+    if source is not None:  # another data set: named from its source, not the params' name
+        data["data"].update(source=source, name="")
     if frameworks is not None:
         data["train"]["frameworks"] = frameworks
     if ladder is not None:
