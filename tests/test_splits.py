@@ -1,6 +1,6 @@
 """The data splits: train (the models' data, the FD floor's real pool), val (the tuning
-reference), test (the final report's) and, for labelled images, classifier (the FD feature
-extractor's only training data); evaluate against val or test."""
+reference), test (the final report's) and, for images, the FD feature extractor's only training
+data (classifier for labelled images, extractor for unlabelled ones); evaluate against val or test."""
 from __future__ import annotations
 
 import contextlib
@@ -91,13 +91,14 @@ def test_toys_get_train_val_and_test(tmp_path):
     assert meta["split_sizes"] == {"train": 600, "val": 40, "test": 60}
 
 
-def test_unlabelled_images_get_no_classifier_split(tmp_path):
+def test_unlabelled_images_hold_out_an_extractor_split_not_a_classifier_split(tmp_path):
     path = tmp_path / "images.npz"
     np.savez(path, x=np.random.default_rng(0).integers(0, 256, (200, 8, 8), dtype=np.uint8))
     _, result = _prepare(tmp_path, f"npz:{path}", val_size=10, test_size=10, classifier_size=25,
                          samples_per_shard=16)  # batches of 128: train needs that many
-    assert {k: result[k] for k in ("train", "val", "test")} == {"train": 180, "val": 10, "test": 10}
-    assert "classifier" not in result
+    assert {k: result[k] for k in ("train", "val", "extractor", "test")} == {
+        "train": 155, "val": 10, "extractor": 25, "test": 10}
+    assert "classifier" not in result  # the contrastive network's split (tests/test_unlabelled_images.py)
 
 
 def test_the_classifier_trains_on_exactly_the_classifier_split(digits, monkeypatch, tmp_path):

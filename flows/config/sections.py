@@ -209,12 +209,16 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class ClassifierParams:
+    """FD's feature extractor: a classifier (labelled images), else a contrastive network."""
+
     epochs: int = 30
+    contrastive_epochs: int = 150  # unlabelled images: SimCLR epochs over the extractor split
+    contrastive_temperature: float = 0.5  # NT-Xent's temperature (SimCLR's CIFAR-10 value)
     seed: int = 0
     out_dir: str = "models/classifier"
 
     def check(self, name: str) -> None:
-        require(self.epochs > 0, f"{name}.epochs", "must be positive")
+        require_positive(self, name, "epochs", "contrastive_epochs", "contrastive_temperature")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from flows.distributed.actor_pool import actor_device, map_actors
 
 @dataclass(frozen=True)
 class Extractor:
-    """Which feature extractor: ``classifier`` (a saved DigitClassifier folder) or
-    ``inception`` (a local FID Inception-v3 weights file)."""
+    """Which feature extractor: ``classifier`` (a saved DigitClassifier folder),
+    ``contrastive`` (a saved ContrastiveEncoder folder, no labels) or ``inception`` (a local
+    FID Inception-v3 weights file)."""
 
     kind: str
     path: str
@@ -30,11 +31,15 @@ class Extractor:
             from diffusion_core.features import classifier as clf
 
             return clf.load_classifier(self.path)
+        if self.kind == "contrastive":
+            from diffusion_core.features import contrastive
+
+            return contrastive.load_contrastive(self.path)
         if self.kind == "inception":
             from diffusion_core.features import inception
 
             return inception.load_inception(self.path)
-        raise ValueError(f"extractor kind must be classifier or inception, got {self.kind!r}")
+        raise ValueError(f"extractor kind must be classifier, contrastive or inception, got {self.kind!r}")
 
     def features(self, model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(float64 features, predicted labels or None) of images in [-1, 1]."""
@@ -42,6 +47,10 @@ class Extractor:
             from diffusion_core.features import classifier as clf
 
             return clf.extract_features(model, x, self.batch_size), clf.predict(model, x, self.batch_size)
+        if self.kind == "contrastive":  # same trunk, same feature call; no classes to predict
+            from diffusion_core.features import classifier as clf
+
+            return clf.extract_features(model, x, self.batch_size), None
         from diffusion_core.features import inception
 
         return inception.inception_features(model, x, min(self.batch_size, 64)), None

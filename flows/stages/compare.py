@@ -79,6 +79,7 @@ def run_row(params: Params, key: str) -> dict:
            "planned_steps": train.get("planned_steps"), "stopped_by": train.get("stopped_by", "steps"),
            "sample_samples_per_s": sampling.get("samples_per_s"), "num_samples": metrics.get("num_samples"),
            "nll_unit": metrics.get("nll_unit"), "measured": figures.measurement_tags(metrics),
+           "feature_extractor_split": metrics.get("feature_extractor_split"),
            **{f"headline_{k}": v for k, v in figure.items()}}
     row.update({k: metrics[k] for k in COLUMNS if _number(metrics.get(k))})
     row.update({f"{k}_{end}": metrics[f"{k}_{end}"] for k in COLUMNS for end in ("low", "high")
@@ -192,6 +193,20 @@ def cost_table(costs: list[dict]) -> list[str]:
                     for c in costs]
 
 
+HEADLINE_WHY = {  # by the feature extractor's training split: why FD/floor in its features heads the report
+    "classifier": "FD/floor in the features of a small CNN classifier trained on the labelled `classifier` "
+                  "split alone, over its floor: the offline stand-in for FID (which needs local Inception-v3 weights)",
+    "extractor": "FD/floor in the features of a small CNN trained contrastively (SimCLR, no labels) on the "
+                 "`extractor` split alone, over its floor: the images carry no labels to train a classifier on, "
+                 "and FID needs local Inception-v3 weights",
+}
+
+
+def _headline_why(rows: list[dict]) -> list[str]:
+    splits = sorted({r["feature_extractor_split"] for r in rows if r.get("feature_extractor_split") in HEADLINE_WHY})
+    return [f"Headline: {'; '.join(HEADLINE_WHY[s] for s in splits)}.", ""] if splits else []
+
+
 def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, not_ranked=(),
              costs=(), ladders=()) -> str:
     """The report: the at-a-glance table, the verdict and the champion, then every metric,
@@ -200,7 +215,7 @@ def markdown(dataset: str, rows: list[dict], sweep: dict, champion: str | None, 
     lines = [f"# Framework comparison on `{dataset}`", "", *summary_table(rows), "",
              *(["Each key over its training seeds:", "", *keys, ""] if keys else []),
              f"**Verdict:** {verdict(rows)}", "", *[line for table in ladders for line in (*table, "")],
-             *_registry_lines(champion, not_ranked), "",
+             *_registry_lines(champion, not_ranked), "", *_headline_why(rows),
              "## Every metric", "", *wide_table(rows)]
     if sweep:
         lines += ["", "## Quality against NFE", "", *sweep_table(sweep)]

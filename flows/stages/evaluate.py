@@ -14,7 +14,7 @@ from diffusion_core.data.atomic import write_json
 from diffusion_core.evaluation import intervals, metrics
 from flows.config.params import Params
 from flows.stages import image_eval, nfe_sweep
-from flows.stages.data import CLASSIFIER_SPLIT, manifest_hash
+from flows.stages.data import extractor_split, manifest_hash
 from flows.stages.likelihood_eval import nll_metrics
 from flows.tracking import runs as tracking
 from flows.tracking.costs import measured
@@ -130,15 +130,17 @@ def metrics_dir(params: Params) -> Path:
 
 
 def _check_extractor(params: Params) -> dict:
-    """The FD feature extractor's summary, checked before any work: trained on the classifier
-    split of these very shards, so that no image of the floor's pool (train) or of a reference
-    (val, test) is one it saw."""
+    """The FD feature extractor's summary, checked before any work: trained on its own split
+    (classifier, or extractor for unlabelled images) of these very shards, so that no image of
+    the floor's pool (train) or of a reference (val, test) is one it saw."""
     path = Path(params.classifier.out_dir) / "classifier_metrics.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
     if not summary.get("applicable"):
         return summary
+    meta = shards.read_manifest(params.data.out_dir)[1]
+    expected = extractor_split(meta["kind"], bool(meta.get("has_labels")))
     trained_on = summary.get("trained_split", "the train split (a classifier older than the val split)")
-    if trained_on != CLASSIFIER_SPLIT or summary.get("data_manifest_sha256") != manifest_hash(params):
+    if trained_on != expected or summary.get("data_manifest_sha256") != manifest_hash(params):
         raise ValueError(f"{path}: the FD feature extractor was trained on {trained_on} of other shards "
                          f"than {params.data.out_dir}; run `diffusion train-classifier` again")
     return summary

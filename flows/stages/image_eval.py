@@ -92,42 +92,49 @@ def _fid(sources: dict, weights: str | None, keep: int, workers: int, cpus: floa
             "fid_feature_extractor_sha256": weights_sha256(weights)}
 
 
+EXTRACTORS = {  # what a feature_extractor kind is, for the record
+    "classifier": "in-domain CNN classifier (penultimate layer)",
+    "contrastive": "in-domain CNN trained contrastively without labels (SimCLR; layer before the projection head)",
+}
+
+
 def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num_workers: int = 2,
                    cpus_per_worker: float = 1.0, seed: int = 0, pr_k: int = 3,
                    inception_weights: str | None = None, floor_sizes=(), gpus_per_worker: float = 0.0,
                    reference_split: str = "test", replicates: int = 200) -> dict:
     """Every image metric of the sample shards in ``samples_dir`` (split ``samples``) against
     the held-out ``reference_split`` (test, or val for tuning), with floors from the ``train``
-    split: real images that, like the samples, the classifier never trained on (it trains on
-    the ``classifier`` split alone). ``fd_floor_by_n`` holds the FD floor at each of
-    ``floor_sizes`` too."""
+    split: real images that, like the samples, the feature extractor never trained on (it
+    trains on its own split alone: ``classifier``, or ``extractor`` for the contrastive network
+    of unlabelled images). ``fd_floor_by_n`` holds the FD floor at each of ``floor_sizes`` too."""
     # absolute paths: Ray actors may run in another working directory than the driver
     samples_dir, data_dir, classifier_dir = (Path(p).resolve() for p in (samples_dir, data_dir, classifier_dir))
     summary = json.loads((classifier_dir / "classifier_metrics.json").read_text())
     if not summary.get("applicable"):
-        return {"note": "no labelled data, no classifier: FD not computed"}
+        return {"note": "not image data, no feature extractor: FD not computed"}
     weights = inception_path(inception_weights)
     if weights is not None:
         load_inception(weights)  # a missing or wrong file is named here, before any work
     _check_samples(samples_dir)
     sources = {"samples": (samples_dir, "samples"), "reference": (data_dir, reference_split),
                "train": (data_dir, "train")}
-    n_classes = json.loads((classifier_dir / "config.json").read_text())["n_classes"]
-    found = features_of(sources, Extractor("classifier", str(classifier_dir)), keep, num_workers,
+    kind = summary.get("feature_extractor", "classifier")  # older summaries: classifiers only
+    n_classes = json.loads((classifier_dir / "config.json").read_text()).get("n_classes")
+    found = features_of(sources, Extractor(kind, str(classifier_dir)), keep, num_workers,
                         cpus_per_worker, n_classes, gpus_per_worker)
     fake, test, train = found["samples"], found["reference"], found["train"]  # test: the reference
     out = _fidelity_block(fake, test, train, seed, pr_k, replicates)
     out["fd_floor_by_n"] = fd_floors_at(train, test, floor_sizes, seed)
-    coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
-    out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],
-               class_histogram=coverage["class_histogram"])
+    if n_classes is not None:  # a classifier's predicted labels
+        coverage = metrics.class_coverage(np.repeat(np.arange(n_classes), fake.histogram), n_classes)
+        out.update(class_coverage=coverage["coverage"], max_class_share=coverage["max_class_share"],
+                   class_histogram=coverage["class_histogram"])
     out.update(fidelity.memorization(fake.kept_x, test.kept_x, train.kept_x))
     out.update(_fid({"samples": sources["samples"], "reference": sources["reference"]}, weights, keep,
                     num_workers, cpus_per_worker, gpus_per_worker))
     out.update(num_samples=fake.stats.n, num_reference=test.stats.n, pairwise_num_samples=len(fake.kept_features),
-               classifier_val_accuracy=summary.get("val_accuracy"),
-               feature_extractor="in-domain CNN classifier (penultimate layer)",
-               feature_extractor_sha256=summary["sha256"], reference_split=reference_split,
+               classifier_val_accuracy=summary.get("val_accuracy"), feature_extractor=kind,
+               feature_extractor_description=EXTRACTORS[kind], feature_extractor_sha256=summary["sha256"], reference_split=reference_split,
                feature_extractor_split=summary.get("trained_split"),
                floor_split=f"train subsets vs {reference_split} (images the feature extractor never saw)",
                memorization_space="pixels")

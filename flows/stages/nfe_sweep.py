@@ -27,8 +27,8 @@ from flows.stages import plots  # noqa: E402
 
 class _Quality:
     """The sweep's quality metric against the reference split, evaluate.split (loaded once):
-    FD in the in-domain classifier's features for labelled images, else sliced Wasserstein-2
-    (of flattened pixels for unlabelled images)."""
+    FD in the in-domain feature extractor's features for images (a classifier's, or the
+    contrastive network's for unlabelled images), else sliced Wasserstein-2 of vectors."""
 
     def __init__(self, params: Params):
         self.split = params.evaluate.split
@@ -37,8 +37,9 @@ class _Quality:
         summary = Path(params.classifier.out_dir) / "classifier_metrics.json"
         if self.test.ndim == 4 and summary.is_file() and json.loads(summary.read_text()).get("applicable"):
             from diffusion_core.features import classifier as clf
+            from diffusion_core.features.contrastive import load_feature_network
 
-            self.classifier = clf.load_classifier(params.classifier.out_dir)
+            self.classifier = load_feature_network(params.classifier.out_dir)
             self.test_feats = clf.extract_features(self.classifier, self.test)
             self.extractor_sha256 = clf.classifier_hash(params.classifier.out_dir)
 
