@@ -46,7 +46,7 @@ def test_contrastive_features_tell_families_apart_better_than_an_untrained_trunk
     import torch
 
     train = np.concatenate([shapes(100, "square", 0), shapes(100, "disc", 1)])
-    model = contrastive.train_contrastive(train, epochs=40, seed=0)
+    model = contrastive.train_contrastive(train, epochs=20, seed=0)  # a few seconds
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         untrained = contrastive.ContrastiveEncoder(3, 8).eval()
@@ -73,9 +73,9 @@ def test_nt_xent_is_low_for_matching_views_and_training_is_deterministic(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """An unlabelled npz of 600 RGB 8×8 images (squares and discs) prepared and its feature
-    extractor trained, in a workspace of its own."""
+def prepared(tmp_path_factory):
+    """An unlabelled npz of 600 RGB 8×8 images (squares and discs), prepared in a workspace of
+    its own."""
     from flows.stages import data as stages
 
     root = tmp_path_factory.mktemp("unlabelled")
@@ -88,20 +88,36 @@ def workspace(tmp_path_factory):
     values["evaluate"].update(num_workers=1, bootstrap=50)
     params = parse_params(values)
     with contextlib.redirect_stdout(io.StringIO()):
-        prepared = stages.prepare(params)
-        summary = stages.train_classifier(params)
-    return root, params, prepared, summary
+        return root, params, stages.prepare(params)
 
 
-def test_unlabelled_images_hold_out_the_extractor_split_and_train_on_it_alone(workspace):
-    root, _, prepared, summary = workspace
-    assert {k: prepared[k] for k in ("train", "val", "extractor", "test")} == {
+@pytest.fixture(scope="module")
+def workspace(prepared):
+    """``prepared`` with its feature extractor trained (the train-classifier stage)."""
+    from flows.stages import data as stages
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return (*prepared, stages.train_classifier(prepared[1]))
+
+
+def test_unlabelled_images_hold_out_an_extractor_split_apart_from_the_rest(prepared):
+    root, _, sizes = prepared
+    assert {k: sizes[k] for k in ("train", "val", "extractor", "test")} == {
         "train": 200, "val": 100, "extractor": 150, "test": 150}
-    assert "classifier" not in prepared
+    assert "classifier" not in sizes
     fitted, _ = shards.load_split(root / "shards", "extractor")
     rows = {row.tobytes() for row in fitted}
     for name in ("train", "val", "test"):
         assert not rows & {row.tobytes() for row in shards.load_split(root / "shards", name)[0]}, name
+
+
+@pytest.mark.slow  # trains the feature network for several seconds
+def test_the_contrastive_extractor_trains_on_the_extractor_split_alone(workspace):
+    from flows.stages.data import images_sha256
+
+    root, _, _, summary = workspace
+    fitted, _ = shards.load_split(root / "shards", "extractor")
+    assert summary["trained_images_sha256"] == images_sha256(fitted)
     assert summary["feature_extractor"] == "contrastive" and summary["trained_split"] == "extractor"
     assert summary["trained_size"] == 150 and summary["sha256"] == clf.classifier_hash(root / "extractor")
     assert json.loads((root / "extractor" / "classifier_metrics.json").read_text()) == summary
@@ -112,8 +128,9 @@ def _samples(root, name: str, x: np.ndarray):
     return root / name
 
 
+@pytest.mark.slow  # Ray actors compute the features, as in the evaluate stage
 def test_evaluate_gives_unlabelled_images_an_fd_over_floor_headline(workspace):
-    from flows.stages import evaluate
+    from flows.stages import compare, evaluate
 
     root, params, _, _ = workspace
     real, _ = shards.load_split(root / "shards", "val")  # real images nobody trained on
@@ -128,3 +145,4 @@ def test_evaluate_gives_unlabelled_images_an_fd_over_floor_headline(workspace):
         assert result["fd_ratio_low"] <= result["fd_ratio"] <= result["fd_ratio_high"]
     assert 0.5 < good["fd_ratio"] < 2, good["fd_ratio"]
     assert bad["fd_ratio"] > 20 * good["fd_ratio"], (bad["fd_ratio"], good["fd_ratio"])
+    assert "contrastively (SimCLR, no labels) on the `extractor` split" in compare._headline_why([good])[0]
