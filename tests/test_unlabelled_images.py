@@ -144,5 +144,5 @@ def test_evaluate_gives_unlabelled_images_an_fd_over_floor_headline(workspace):
         assert result["fd_floor"] > 0 and result["fd_n"] == 100 and "class_coverage" not in result
         assert result["fd_ratio_low"] <= result["fd_ratio"] <= result["fd_ratio_high"]
     assert 0.5 < good["fd_ratio"] < 2, good["fd_ratio"]
-    assert bad["fd_ratio"] > 20 * good["fd_ratio"], (bad["fd_ratio"], good["fd_ratio"])
+    assert bad["fd_ratio"] > 10 and bad["fd_ratio_low"] > good["fd_ratio_high"], (bad, good)  # measured: 22.7, 1.00
     assert "contrastively (SimCLR, no labels) on the `extractor` split" in compare._headline_why([good])[0]
