@@ -1,1 +1,2 @@
-"""Feature extractors for image metrics: the in-domain classifier and Inception-v3 from a local file."""
+"""Feature extractors for image metrics: the in-domain classifier (labelled images), the in-domain
+contrastive network (unlabelled images, no labels) and Inception-v3 from a local file."""
