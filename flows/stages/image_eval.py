@@ -134,8 +134,8 @@ def image_fidelity(samples_dir, data_dir, classifier_dir, keep: int = 10000, num
                     num_workers, cpus_per_worker, gpus_per_worker))
     out.update(num_samples=fake.stats.n, num_reference=test.stats.n, pairwise_num_samples=len(fake.kept_features),
                classifier_val_accuracy=summary.get("val_accuracy"), feature_extractor=kind,
-               feature_extractor_description=EXTRACTORS[kind], feature_extractor_sha256=summary["sha256"], reference_split=reference_split,
-               feature_extractor_split=summary.get("trained_split"),
+               feature_extractor_description=EXTRACTORS[kind], feature_extractor_sha256=summary["sha256"],
+               feature_extractor_split=summary.get("trained_split"), reference_split=reference_split,
                floor_split=f"train subsets vs {reference_split} (images the feature extractor never saw)",
                memorization_space="pixels")
     return out
