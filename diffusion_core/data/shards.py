@@ -21,7 +21,8 @@ from diffusion_core.data.atomic import replacing_folder
 from diffusion_core.data.digest import file_sha256
 from diffusion_core.data.sources import data_kind, value_range
 
-# 2: prepare writes train/val/test (and classifier for labelled images); 1 had train/test only
+# 2: prepare writes train/val/test (and the feature extractor's split, classifier or
+# extractor, for images); 1 had train/test only
 SCHEMA_VERSION = 2
 _PREPARE_AGAIN = "run `diffusion prepare` again to rewrite the shards"
 MANIFEST_NAME = "manifest.parquet"

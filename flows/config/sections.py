@@ -28,7 +28,7 @@ class DataParams:
     seed: int = 0
     test_size: int = 500  # held-out examples of a data set read from disk: the final report's
     val_size: int = 300  # ... the tuning reference (evaluate --split val, the benchmarks)
-    classifier_size: int = 300  # ... the FD feature extractor's training set (labelled images only)
+    classifier_size: int = 300  # ... the FD feature extractor's training set (images only)
     toy_train_size: int = 20000
     toy_val_size: int = 5000
     toy_test_size: int = 5000
@@ -59,8 +59,10 @@ class DataParams:
         return self.name or default_dataset_name(self.source)
 
     def held_out_sizes(self, labelled_images: bool) -> dict:
-        """{split: size} held out of a data set read from disk (val, classifier where the FD
-        classifier applies, test); toys are drawn with their own sizes (toy_*)."""
+        """{split: size} held out of a data set read from disk (val, classifier where
+        `labelled_images`, which prepare passes for every image set: the FD feature extractor's
+        split, whether it trains a classifier or, without labels, a contrastive network; test);
+        toys are drawn with their own sizes (toy_*)."""
         kind = source_kind(self.source)[0]
         if kind == "toy":
             return {"val": self.toy_val_size, "test": self.toy_test_size}
