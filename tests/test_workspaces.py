@@ -1,15 +1,20 @@
 """Workspaces that keep to themselves (issue 29): two `diffusion pipeline`s started at once in
 two folders of one machine, as one user (one Prefect home, never used before), each run on their
-own local Ray and Prefect's temporary server, and finish without an error from the other.
+own local Ray and Prefect's temporary server, and finish without an error from the other. One
+runs on toy points; the other on the user's own unlabelled RGB images (`npz:…/shapes.npz`),
+which are named `shapes` throughout and get an FD/floor headline with its floor from a
+contrastive feature network (no labels, no download).
 
 Seen before the fix: Ray Train's placement-group cleaner, looking for "the" Ray instance on the
 machine, found both and died with `ConnectionError: Found multiple active Ray instances`; and
 the two temporary Prefect servers migrated the new home's database together, one failing with
 `Application startup failed`."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.tracking import runs as tracking
@@ -32,11 +37,32 @@ def _pipeline(root: Path, prefect_home: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _shapes_npz(path: Path, n: int = 600, size: int = 8) -> None:
+    """Unlabelled N×H×W×3 uint8 images: a square or a disc of a random colour on black."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        cy, cx, r = rng.integers(2, size - 2, 2).tolist() + [rng.integers(1, 3)]
+        inside = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r) if i % 2 else (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        images[i][inside] = rng.integers(80, 256, 3)
+    np.savez(path, x=images)
+
+
+def _workspaces(tmp_path: Path) -> tuple[Path, Path]:
+    toy, own = tmp_path / "toy", tmp_path / "own"
+    toy.mkdir(), own.mkdir()
+    write_params(toy, tiny_params(vector={"steps": 40}))
+    _shapes_npz(tmp_path / "shapes.npz")
+    write_params(own, tiny_params(source=f"npz:{tmp_path / 'shapes.npz'}",
+                                  data={"val_size": 60, "test_size": 100, "classifier_size": 100},
+                                  classifier={"contrastive_epochs": 20},
+                                  image={"nll_points": 8}))  # DDPM's bound: 1000 steps a point
+    return toy, own
+
+
 def test_two_pipelines_at_once_in_two_folders_each_finish_on_their_own(tmp_path):
-    roots = [tmp_path / "a", tmp_path / "b"]
-    for root in roots:
-        root.mkdir()
-        write_params(root, tiny_params(vector={"steps": 40}))
+    roots = _workspaces(tmp_path)
     procs = [_pipeline(root, tmp_path / "prefect-home") for root in roots]
     try:
         codes = [proc.wait(timeout=900) for proc in procs]
@@ -44,13 +70,20 @@ def test_two_pipelines_at_once_in_two_folders_each_finish_on_their_own(tmp_path)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for root, code in zip(roots, codes):
+    for root, code, name in zip(roots, codes, ("toy-checkerboard", "shapes")):
         log = (root / "pipeline.log").read_text(errors="replace")
         assert code == 0, log[-3000:]
         assert not [sign for sign in SIGNS_OF_THE_OTHER if sign in log], log[-3000:]
-        assert (root / "reports" / "compare.md").is_file()
+        assert f"on `{name}`" in (root / "reports" / "compare.md").read_text()
         with in_workspace(root):  # each workspace's own store holds its own run, finished
-            runs = tracking.client().search_runs(
-                [tracking.client().get_experiment_by_name("toy-checkerboard").experiment_id])
+            client = tracking.client()
+            runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+            assert client.get_model_version_by_alias(f"{name}-ddpm", "champion")
         trained = [r for r in runs if r.data.tags.get("run") == "ddpm"]
         assert len(trained) == 1 and trained[0].info.status == "FINISHED"
+        assert trained[0].data.tags["dataset"] == name
+    record = json.loads((roots[1] / "metrics" / "ddpm.json").read_text())
+    assert record["feature_extractor"] == "contrastive" and record["fd_floor"] > 0
+    assert record["fd_ratio_low"] < record["fd_ratio"] < record["fd_ratio_high"]  # with its interval
+    assert "Headline: FD/floor in the features of a small CNN trained contrastively" in \
+        (roots[1] / "reports" / "compare.md").read_text()
