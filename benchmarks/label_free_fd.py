@@ -9,6 +9,7 @@ as the evaluate stage reads it: the mean FD over 64 random n-subsets (`fd_draws`
 train subsets of the same n (no interval here: the evaluate stage adds one).
 
     .venv/bin/python benchmarks/label_free_fd.py [--seed 0] [--contrastive-epochs 150]
+        [--readout raw|direction_log_norm]  (the contrastive and untrained networks' feature readout)
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contrastive-epochs", type=int, default=None, help="default: params.yaml's")
+    parser.add_argument("--readout", choices=contrastive.READOUTS, default="raw",
+                        help="FD on the trunk's output (raw) or on [f/|f|, log |f|]")
     args = parser.parse_args()
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     x, y = sources.load_source("digits", 0, 0)
@@ -66,11 +69,12 @@ def main() -> None:
     print(f"classifier trained in {time.time() - start:.0f} s")
     start = time.time()
     extractors["contrastive"] = contrastive.train_contrastive(
-        x_fit, epochs=epochs, temperature=params.classifier.contrastive_temperature, seed=args.seed)
+        x_fit, epochs=epochs, temperature=params.classifier.contrastive_temperature, seed=args.seed,
+        readout=args.readout)
     print(f"contrastive ({epochs} epochs) trained in {time.time() - start:.0f} s")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        extractors["untrained"] = contrastive.ContrastiveEncoder(1, 8).eval()
+        extractors["untrained"] = contrastive.ContrastiveEncoder(1, 8, readout=args.readout).eval()
     cases = stand_ins(val, y_val, args.seed)
     table = {name: [fd_over_floor(m, s, train, test, args.seed) for s in cases.values()]
              for name, m in extractors.items()}

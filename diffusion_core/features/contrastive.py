@@ -3,8 +3,19 @@
 SimCLR (Chen et al. 2020): two random views of each image pass through the trunk f and a
 small projection head g; the NT-Xent loss pulls the two views' projections together and
 pushes them from every other image's in the batch. FD uses f's output (the representation
-before g, which SimCLR found the better feature), so it has the same width and kind as the
-classifier's penultimate layer. No labels and no download: any folder or npz of images.
+before g, which SimCLR found the better feature), read out as its direction and its log-norm
+(below), or raw. No labels and no download: any folder or npz of images.
+
+The readout. NT-Xent sees f only through g and a final normalisation, so nothing holds the
+norm of f: it drifts with training and the input's contrast, heavy-tailed (at 16×16, norms
+from a few to thousands across images), and in raw features those large norms swamp FD. The
+``readout="direction_log_norm"`` features are ``[f/‖f‖, log ‖f‖]`` (feature_dim + 1 wide):
+the direction, where the contrastive geometry lives, plus the norm on a log scale, so an
+image's overall scale still counts without its tail dominating. It separates 16×16 toy
+families that raw f does not, but it is not yet the pipeline's default (``readout="raw"``,
+f itself): at 8×8 with 100 evaluated images it widened the evaluate stage's FD/floor interval
+for noise so far that it overlapped real images' (docs/comparison.md). Networks saved before
+the readout existed (no ``readout`` in their config) are raw.
 
 The views teach the features what to ignore, and an invariance is a blind spot of the FD:
 mild crops and shifts (a generator's sub-pixel placement should not count), small
@@ -31,43 +42,62 @@ __all__ = ["ContrastiveEncoder", "augment", "nt_xent", "train_contrastive", "vie
 MIN_SCALE = 0.6  # smallest crop side, as a fraction of the image's (area ≥ 36%)
 JITTER = 0.2  # brightness shift and relative contrast change, at most, in [-1, 1] units
 NOISE_STD = 0.04  # about five 8-bit levels
+READOUTS = ("raw", "direction_log_norm")  # what ``features`` returns: f, or [f/‖f‖, log ‖f‖]
+MIN_NORM = 1e-6  # floor of ‖f‖ in the readout (an all-zero ReLU output), so log ‖f‖ is finite
 
 
 class ContrastiveEncoder(nn.Module):
     """The classifier's trunk (``build_trunk``) plus SimCLR's two-layer projection head.
 
-    ``features(x)``: the (N, feature_dim) representation FD uses; ``forward(x)``: unit-norm
-    projections for the loss. Inputs: float NCHW in [-1, 1].
+    ``trunk(x)``: f, (N, feature_dim); ``features(x)``: the representation FD uses, by
+    ``readout``: ``[f/‖f‖, log ‖f‖]`` (N, feature_dim + 1) or, for ``raw``, f itself;
+    ``forward(x)``: unit-norm projections g(f) for the loss. Inputs: float NCHW in [-1, 1].
+    The readout is in the config and, for ``direction_log_norm``, also a buffer of the state
+    dict, so ``model.pt`` (whose sha256 names the extractor) differs with it.
     """
 
     def __init__(self, in_channels: int, image_size: int, feature_dim: int = 64, width: int = WIDTH,
-                 projection_dim: int = 32):
+                 projection_dim: int = 32, readout: str = "raw"):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("image_size", image_size),
                             ("feature_dim", feature_dim), ("width", width), ("projection_dim", projection_dim)):
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.in_channels, self.image_size = int(in_channels), int(image_size)
         self.feature_dim, self.width, self.projection_dim = int(feature_dim), int(width), int(projection_dim)
+        self.readout = readout
         self.body, self.head = build_trunk(self.in_channels, self.image_size, self.feature_dim, self.width)
         self.projection = nn.Sequential(nn.Linear(self.feature_dim, self.feature_dim), nn.ReLU(),
                                         nn.Linear(self.feature_dim, self.projection_dim))
+        if readout == "direction_log_norm":
+            self.register_buffer("direction_log_norm_readout", torch.ones(()))
 
     def config(self) -> dict:
         """Constructor arguments as a JSON-able dict (``ContrastiveEncoder(**config)``)."""
         return {"in_channels": self.in_channels, "image_size": self.image_size, "feature_dim": self.feature_dim,
-                "width": self.width, "projection_dim": self.projection_dim}
+                "width": self.width, "projection_dim": self.projection_dim, "readout": self.readout}
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The representation FD is computed on, shape (N, feature_dim)."""
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x), the trunk's ReLU output, shape (N, feature_dim); the projection head's input."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         return self.head(self.body(x))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation FD is computed on: ``[f/‖f‖, log ‖f‖]`` (feature_dim + 1 wide),
+        or f for ``readout="raw"``. Every caller (floor, samples, NFE sweep) goes through here."""
+        f = self.trunk(x)
+        if self.readout == "raw":
+            return f
+        norm = f.norm(dim=1, keepdim=True).clamp_min(MIN_NORM)
+        return torch.cat([f / norm, norm.log()], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm projections g(f(x)), shape (N, projection_dim)."""
-        return F.normalize(self.projection(self.features(x)), dim=1)
+        return F.normalize(self.projection(self.trunk(x)), dim=1)
 
 
 # --------------------------------------------------------------------------- views and loss
@@ -135,10 +165,11 @@ def _fit(model, x, epochs, batch_size, lr, temperature, seed) -> None:
 
 def train_contrastive(x_train, epochs: int = 150, batch_size: int = 128, lr: float = 3e-3,
                       temperature: float = 0.5, seed: int = 0, feature_dim: int = 64, width: int = WIDTH,
-                      num_threads: int | None = 1) -> ContrastiveEncoder:
+                      num_threads: int | None = 1, readout: str = "raw") -> ContrastiveEncoder:
     """Train a ``ContrastiveEncoder`` on unlabelled images (CPU). Deterministic given ``seed``
     (initialisation, order and views from seeded generators; the global RNG untouched);
-    ``num_threads=1`` fixes the reduction order, as for the classifier."""
+    ``num_threads=1`` fixes the reduction order, as for the classifier. ``readout`` only
+    changes what ``features`` returns, not the training (same seed, same trunk weights)."""
     x = _as_images(x_train, "x_train")
     if x.shape[0] < 2:
         raise ValueError(f"x_train needs at least 2 images (each one's negatives), got {x.shape[0]}")
@@ -148,7 +179,7 @@ def train_contrastive(x_train, epochs: int = 150, batch_size: int = 128, lr: flo
         raise ValueError(f"lr and temperature must be positive, got {lr} and {temperature}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ContrastiveEncoder(x.shape[1], x.shape[2], feature_dim, width)
+        model = ContrastiveEncoder(x.shape[1], x.shape[2], feature_dim, width, readout=readout)
     with _torch_threads(num_threads):
         _fit(model, x, int(epochs), int(batch_size), float(lr), float(temperature), seed)
     return model.eval()
@@ -195,11 +226,13 @@ def _config(path: Path) -> dict:
 
 
 def load_contrastive(path_dir) -> ContrastiveEncoder:
-    """Rebuild from ``config.json`` and load ``model.pt`` with weights_only (no pickled code)."""
+    """Rebuild from ``config.json`` and load ``model.pt`` with weights_only (no pickled code);
+    a config without ``readout`` (saved before it existed) gets ``raw``, as it was measured."""
     path = Path(path_dir)
     config = _config(path)
     if config.pop("class", None) != "ContrastiveEncoder":
         raise ValueError(f"path_dir {str(path)!r} does not hold a ContrastiveEncoder")
+    config.setdefault("readout", "raw")  # saved before the readout existed: the trunk's raw output
     model = ContrastiveEncoder(**config)
     model.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return model.eval()
