@@ -775,7 +775,7 @@ def test_what_only_the_data_fixes_is_refused_by_prepare_before_writing(previous,
     before = _listing(previous / "shards")
     values = copy.deepcopy(REPO)
     values["data"].update(source=f"npz:{path}", out_dir=str(previous / "shards"), test_size=6, val_size=2,
-                          samples_per_shard=8)
+                          classifier_size=4, samples_per_shard=8)  # images: the extractor's split too
     values["train"]["frameworks"], values["evaluate"]["nfe_sweep"] = ["ddpm", "ncsn"], []
     for section, settings_ in change.items():
         values[section].update(settings_)
