@@ -52,12 +52,13 @@ def _shapes_npz(path: Path, n: int = 600, size: int = 8) -> None:
 def _workspaces(tmp_path: Path) -> tuple[Path, Path]:
     toy, own = tmp_path / "toy", tmp_path / "own"
     toy.mkdir(), own.mkdir()
-    write_params(toy, tiny_params(vector={"steps": 40}))
+    # no NLL and no NFE sweep: what is checked here is the runs' names, ends and headline
+    quick = {"evaluate": {"nfe_sweep": []}}
+    write_params(toy, tiny_params(vector={"steps": 40, "nll_points": 0}, **quick))
     _shapes_npz(tmp_path / "shapes.npz")
     write_params(own, tiny_params(source=f"npz:{tmp_path / 'shapes.npz'}",
                                   data={"val_size": 60, "test_size": 100, "classifier_size": 100},
-                                  classifier={"contrastive_epochs": 20},
-                                  image={"nll_points": 8}))  # DDPM's bound: 1000 steps a point
+                                  classifier={"contrastive_epochs": 20}, image={"nll_points": 0}, **quick))
     return toy, own
 
 
