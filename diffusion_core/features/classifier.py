@@ -113,7 +113,7 @@ class DigitClassifier(nn.Module):
 # --------------------------------------------------------------------------- inputs
 
 
-def _as_images(x, name: str = "x") -> torch.Tensor:
+def as_images(x, name: str = "x") -> torch.Tensor:
     """Return ``x`` as a float32 NCHW tensor (numpy or torch in), validating shape/values."""
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
     if t.ndim != 4 or t.shape[2] != t.shape[3]:
@@ -156,7 +156,7 @@ def _random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> 
 
 
 @contextmanager
-def _torch_threads(n: int | None):
+def torch_threads(n: int | None):
     """Temporarily set torch's intra-op thread count (``None`` leaves it alone)."""
     previous = torch.get_num_threads()
     if n is not None:
@@ -199,7 +199,7 @@ def train_classifier(
     count, and avoids the thread oversubscription that makes tiny convolutions slow on a
     busy CPU; pass ``None`` to use torch's current setting (larger images).
     """
-    x = _as_images(x_train, "x_train")
+    x = as_images(x_train, "x_train")
     y = _as_labels(y_train, x.shape[0], "y_train")
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
     if int(y.max()) >= n_classes:
@@ -212,7 +212,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DigitClassifier(x.shape[1], x.shape[2], n_classes, feature_dim, width)
-    with _torch_threads(num_threads):
+    with torch_threads(num_threads):
         _fit(model, x, y, int(epochs), int(batch_size), float(lr), seed, augment)
     return model.eval()
 
@@ -225,7 +225,7 @@ def _batched(model: DigitClassifier, x, fn, batch_size: int) -> torch.Tensor:
     """Apply ``fn(model, batch)`` over ``x`` in eval mode, restoring the model's mode."""
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    x = _as_images(x)
+    x = as_images(x)
     was_training = model.training
     model.eval()
     try:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffusion_core.features.classifier import (CONFIG_FILE, WEIGHTS_FILE, WIDTH, DigitClassifier,
-                                                _as_images, _torch_threads, build_trunk,
+                                                as_images, torch_threads, build_trunk,
                                                 load_classifier)
 
 __all__ = ["ContrastiveEncoder", "augment", "nt_xent", "train_contrastive", "view_match_accuracy",
@@ -170,7 +170,7 @@ def train_contrastive(x_train, epochs: int = 150, batch_size: int = 128, lr: flo
     (initialisation, order and views from seeded generators; the global RNG untouched);
     ``num_threads=1`` fixes the reduction order, as for the classifier. ``readout`` only
     changes what ``features`` returns, not the training (same seed, same trunk weights)."""
-    x = _as_images(x_train, "x_train")
+    x = as_images(x_train, "x_train")
     if x.shape[0] < 2:
         raise ValueError(f"x_train needs at least 2 images (each one's negatives), got {x.shape[0]}")
     if int(epochs) < 1 or int(batch_size) < 2:
@@ -180,7 +180,7 @@ def train_contrastive(x_train, epochs: int = 150, batch_size: int = 128, lr: flo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ContrastiveEncoder(x.shape[1], x.shape[2], feature_dim, width, readout=readout)
-    with _torch_threads(num_threads):
+    with torch_threads(num_threads):
         _fit(model, x, int(epochs), int(batch_size), float(lr), float(temperature), seed)
     return model.eval()
 
@@ -189,7 +189,7 @@ def train_contrastive(x_train, epochs: int = 150, batch_size: int = 128, lr: flo
 def view_match_accuracy(model: ContrastiveEncoder, x, seed: int = 0) -> float:
     """Held-out check of the training task: the fraction of 2N views whose most similar other
     view (cosine, projections) is the other view of the same image; chance is 1/(2N − 1)."""
-    x = _as_images(x)
+    x = as_images(x)
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
