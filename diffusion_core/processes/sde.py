@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from diffusion_core.noise import normal
+from diffusion_core.processes.schedules import BETA_CLIP, CosineSchedule, LinearSchedule
 from diffusion_core.tensors import append_dims, batch_of, sum_except_batch
 
 
@@ -120,7 +121,13 @@ class ReverseSDE:
 
 
 class StandardNormalPrior(SDE):
-    """A process whose prior p_T is the standard normal N(0, I): VP and sub-VP."""
+    """A process whose prior p_T is the standard normal N(0, I) and whose beta(t) is that of its
+    `beta_schedule` (`schedules.py`): VP and sub-VP."""
+
+    beta_schedule: LinearSchedule | CosineSchedule
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_schedule.beta(t)
 
     def prior_sampling(self, shape, generator=None):
         return normal(shape, generator)
@@ -135,16 +142,13 @@ class VPSDE(StandardNormalPrior):
 
     schedule "linear": beta(t) = beta_min + t (beta_max - beta_min); its discretization with
     N = 1000 is DDPM's beta = linspace(1e-4, 0.02) (Ho et al., 2020).
-    schedule "cosine": alpha_bar(t) = cos^2(((t + s)/(1 + s)) pi/2) / cos^2(s/(1 + s) pi/2)
-    (Nichol & Dhariwal, 2021, eq. 17), whose beta is infinite at t = 1, up to a clip time t_c
-    inside the chain's last step, then a constant beta_c: t_c makes the process lose over that
-    step exactly the log 1000 of the paper's clipped beta 0.999, so the N-step chain is the
-    paper's with every rung on the continuous marginal, and all is finite on [0, 1].
+    schedule "cosine": Nichol & Dhariwal's alpha_bar, clipped to stay finite on [0, 1] so that
+    the N-step chain is the paper's with every rung on the continuous marginal
+    (`schedules.CosineSchedule`, whose clip time is `clip_time`). `beta_schedule` holds the one
+    in use.
     """
 
     kind = "vp"
-    COSINE_OFFSET = 0.008
-    COSINE_BETA_CLIP = 0.999
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
                  schedule: str = "linear"):
@@ -156,11 +160,10 @@ class VPSDE(StandardNormalPrior):
         if beta_max / N >= 1:
             raise ValueError(f"beta_max / N must lie in (0, 1), got {beta_max / N}")
         self.beta_min, self.beta_max, self.schedule = float(beta_min), float(beta_max), schedule
+        self.beta_schedule = (LinearSchedule(beta_min, beta_max) if schedule == "linear"
+                              else CosineSchedule(self.N, self.T))
         if schedule == "cosine":
-            self.clip_time = self.T - self._cosine_clip_angle() * 2 * (1 + self.COSINE_OFFSET) / math.pi
-            clip = torch.tensor(self.clip_time, dtype=torch.float64)
-            self.clip_beta = float(self._cosine_beta(clip))
-            self.clip_log_alpha_bar = float(self._cosine_log_alpha_bar(clip))
+            self.clip_time = self.beta_schedule.clip_time
         self.discrete_betas = self._discrete_betas()
 
     def arguments(self) -> dict:
@@ -171,7 +174,7 @@ class VPSDE(StandardNormalPrior):
             return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N,
                                   dtype=torch.float64)
         # the paper's clipped chain; the clip only rounds, t_c is solved to hit it exactly
-        return self.marginal_betas(self.N).clamp(max=self.COSINE_BETA_CLIP)
+        return self.marginal_betas(self.N).clamp(max=BETA_CLIP)
 
     def marginal_betas(self, steps: int) -> torch.Tensor:
         """beta_i = 1 - alpha_bar(t_i) / alpha_bar(t_{i-1}) on t_i = i T / steps: the chain whose
@@ -194,44 +197,9 @@ class VPSDE(StandardNormalPrior):
         log_alpha_bar = torch.cumsum(torch.log1p(-self.discrete_betas), 0)[index]
         return torch.exp(0.5 * log_alpha_bar), torch.sqrt(-torch.expm1(log_alpha_bar))
 
-    def _cosine_angle_left(self, t):
-        """v = pi/2 - u = (1 - t) / (1 + s) pi / 2: cos u = sin v stays accurate near t = 1."""
-        return (self.T - t) / (1 + self.COSINE_OFFSET) * (math.pi / 2)
-
-    def _cosine_log_alpha_bar(self, t):
-        start = math.cos(self.COSINE_OFFSET / (1 + self.COSINE_OFFSET) * math.pi / 2)
-        return 2 * torch.log(torch.sin(self._cosine_angle_left(t)) / start)
-
-    def _cosine_beta(self, t):
-        """-d log alpha_bar / dt = pi / (1 + s) tan(u) = pi / (1 + s) / tan(v)."""
-        return math.pi / (1 + self.COSINE_OFFSET) / torch.tan(self._cosine_angle_left(t))
-
-    def _cosine_clip_angle(self, iterations: int = 80) -> float:
-        """The angle v_c of t_c: over the last step (angle v_1 at t = 1 - 1/N) the process loses
-        2 log(sin v_1 / sin v_c) (cosine part) + beta_c (1 - t_c) = 2 v_c / tan v_c (clipped
-        part) of log alpha_bar, which must be -log(1 - clip). The left side falls from +inf at
-        v_c = 0 to beta(1 - 1/N) / N <= 2 at v_1 (only the last step is clipped): bisection."""
-        v_1 = self.T / self.N / (1 + self.COSINE_OFFSET) * math.pi / 2
-        target = -math.log(1 - self.COSINE_BETA_CLIP)
-        low, high = 0.0, v_1
-        for _ in range(iterations):
-            v = 0.5 * (low + high)
-            lost = 2 * math.log(math.sin(v_1) / math.sin(v)) + 2 * v / math.tan(v)
-            low, high = (v, high) if lost > target else (low, v)
-        return 0.5 * (low + high)
-
-    def beta(self, t: torch.Tensor) -> torch.Tensor:
-        if self.schedule == "linear":
-            return self.beta_min + t * (self.beta_max - self.beta_min)
-        return self._cosine_beta(torch.clamp(t, max=self.clip_time))
-
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        """log alpha(t) = -1/2 int_0^t beta(s) ds: for the cosine, its own up to t_c, then linear."""
-        if self.schedule == "linear":
-            return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-        past_clip = torch.clamp(t - self.clip_time, min=0)
-        return 0.5 * (self._cosine_log_alpha_bar(torch.clamp(t, max=self.clip_time))
-                      - self.clip_beta * past_clip)
+        """log alpha(t) = -1/2 int_0^t beta(s) ds."""
+        return self.beta_schedule.log_alpha(t)
 
     def sde(self, x, t):
         beta = self.beta(batch_of(t, x))
@@ -250,27 +218,13 @@ class VPSDE(StandardNormalPrior):
         return f, torch.sqrt(beta)
 
     def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
-        """Closed forms from alpha_bar = 1 / (1 + s^2): s^2 = exp(B(t)) - 1 (linear); for the
-        cosine up to t_c, tan v = cos u_0 / sqrt(sin^2 u_0 + s^2) (accurate at both ends), past
-        it log alpha_bar falling at rate beta_c."""
+        """The schedule's closed form from alpha_bar = 1 / (1 + s^2)."""
         s = torch.as_tensor(s, dtype=torch.float64)
-        if self.schedule == "linear":
-            return _time_of_integrated_beta(torch.log1p(s**2), self.beta_min, self.beta_max).clamp(lo, self.T)
-        u_0 = self.COSINE_OFFSET / (1 + self.COSINE_OFFSET) * math.pi / 2
-        v = torch.atan2(torch.full_like(s, math.cos(u_0)), torch.sqrt(math.sin(u_0) ** 2 + s**2))
-        cosine = self.T - v * 2 * (1 + self.COSINE_OFFSET) / math.pi
-        clipped = self.clip_time + (torch.log1p(s**2) + self.clip_log_alpha_bar) / self.clip_beta
-        return torch.where(cosine < self.clip_time, cosine, clipped).clamp(lo, self.T)
+        return self.beta_schedule.time_of_noise_level(s).clamp(lo, self.T)
 
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i of the discrete step that continuous time t falls on, t_i = (i + 1) / N."""
         return (t * self.N / self.T - 1).round().long().clamp(0, self.N - 1)
-
-
-def _time_of_integrated_beta(big_b: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
-    """The t >= 0 with B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 = big_b (linear beta)."""
-    slope = beta_max - beta_min
-    return 2 * big_b / (beta_min + torch.sqrt(beta_min**2 + 2 * slope * big_b))  # no cancellation
 
 
 class SubVPSDE(StandardNormalPrior):
@@ -289,22 +243,20 @@ class SubVPSDE(StandardNormalPrior):
             raise ValueError(f"need 0 < beta_min < beta_max, got beta_min={beta_min}, "
                              f"beta_max={beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_schedule = LinearSchedule(beta_min, beta_max)
 
     def arguments(self) -> dict:
         return dict(beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
 
-    def beta(self, t: torch.Tensor) -> torch.Tensor:
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
     def integrated_beta(self, t: torch.Tensor) -> torch.Tensor:
         """B(t) = int_0^t beta(s) ds."""
-        return 0.5 * t**2 * (self.beta_max - self.beta_min) + t * self.beta_min
+        return self.beta_schedule.integrated_beta(t)
 
     def time_of_noise_level(self, s, lo: float = 0.0, iterations: int = 60):
         """Closed form: s = (1 - a^2) / a with a = alpha = exp(-B/2), so a = (sqrt(s^2 + 4) - s) / 2."""
         s = torch.as_tensor(s, dtype=torch.float64)
         big_b = -2 * torch.log((torch.sqrt(s**2 + 4) - s) / 2)
-        return _time_of_integrated_beta(big_b, self.beta_min, self.beta_max).clamp(lo, self.T)
+        return self.beta_schedule.time_of_integrated_beta(big_b).clamp(lo, self.T)
 
     def sde(self, x, t):
         t = batch_of(t, x)
