@@ -20,6 +20,7 @@ from diffusion_core.processes.ddpm_chain import DDPMChain
 from diffusion_core.processes.sde import VESDE, VPSDE, SubVPSDE
 from diffusion_core.samplers import registry
 from diffusion_core.samplers import sde as S
+from diffusion_core.samplers.rk45 import rk45_solve
 
 F64 = torch.float64
 N_SAMPLES = 2000
@@ -194,14 +195,14 @@ def test_rk45_controls_each_sample_as_scipy_controls_one():
             return drift(torch.tensor([t], dtype=F64), torch.from_numpy(y)[None])[0].numpy()
         reference = solve_ivp(fun, (1.0, 1e-3), row.numpy(), method="DOP853", rtol=1e-10, atol=1e-10)
         scipy = solve_ivp(fun, (1.0, 1e-3), row.numpy(), method="RK45", rtol=1e-5, atol=1e-5)
-        end, nfe = S.rk45_solve(drift, row[None], 1.0, 1e-3, 1e-5, 1e-5)
+        end, nfe = rk45_solve(drift, row[None], 1.0, 1e-3, 1e-5, 1e-5)
         error = np.abs(end[0].numpy() - reference.y[:, -1]).max()
         assert error < max(2 * np.abs(scipy.y[:, -1] - reference.y[:, -1]).max(), 1e-4), error
         ends.append(end[0])
         counts.append(nfe)
         scipy_counts.append(scipy.nfev)
     assert abs(np.mean(counts) / np.mean(scipy_counts) - 1) < 0.2, (counts, scipy_counts)
-    batch, nfe = S.rk45_solve(drift, x, 1.0, 1e-3, 1e-5, 1e-5)
+    batch, nfe = rk45_solve(drift, x, 1.0, 1e-3, 1e-5, 1e-5)
     torch.testing.assert_close(batch, torch.stack(ends), rtol=1e-12, atol=1e-12)
     assert nfe == max(counts) and (nfe - 2) % 6 == 0
 
@@ -212,7 +213,7 @@ def test_rk45_refuses_a_drift_that_is_not_finite():
         return torch.where((t < 0.5)[:, None], torch.nan, -y)
 
     with pytest.raises(RuntimeError, match="RK45"):
-        S.rk45_solve(drift, torch.ones(2, 1), 1.0, 0.1, 1e-5, 1e-5)
+        rk45_solve(drift, torch.ones(2, 1), 1.0, 0.1, 1e-5, 1e-5)
 
 
 # --------------------------------------------------------------------------- C. schedules to T

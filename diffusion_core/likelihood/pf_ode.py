@@ -6,11 +6,11 @@ variables (Chen et al., 2018) gives d log p_t(x_t) / dt = -div v(x_t, t), so
     log p_eps(x) = log p_T(x_T) + int_eps^T div v(x_t, t) dt,
 
 integrated jointly with x_t from t_eps to T by adaptive RK45 with per-sample step-size and error
-control (`samplers.sde.rk45_solve`), so example i's value does not depend on its batch. The divergence is exact
-(one backward pass per dimension; for low dimension) or the Hutchinson-Skilling estimate
-E[z^T (dv/dx) z] with Gaussian or Rademacher probes z held fixed during a solve (Grathwohl et
-al., 2019, FFJORD). Several probes give several unbiased estimates along the same trajectory,
-whose spread is the reported standard error.
+control (`samplers.rk45.rk45_solve`), so example i's value does not depend on its batch. The
+divergence is exact (one backward pass per dimension; for low dimension) or the
+Hutchinson-Skilling estimate E[z^T (dv/dx) z] with Gaussian or Rademacher probes z held fixed
+during a solve (Grathwohl et al., 2019, FFJORD). Several probes give several unbiased estimates
+along the same trajectory, whose spread is the reported standard error.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import NamedTuple
 import torch
 
 from diffusion_core.processes.sde import SDE
-from diffusion_core.samplers.sde import check_tolerances, rk45_solve
+from diffusion_core.samplers.rk45 import rk45_solve
+from diffusion_core.samplers.sde import check_tolerances
 from diffusion_core.tensors import sum_except_batch
 
 DIVERGENCES = ("exact", "hutchinson")
