@@ -263,11 +263,12 @@ def dpmpp_sigmas(process, settings: dict, s_max: float) -> torch.Tensor:
     return edm.karras_sigmas(s_min, s_max, steps, settings["rho"])
 
 
-class _Rungs:
-    """A ladder as `score_of_time` sees it: alpha_sigma(t) is that of the rung t falls on, the
-    noise level the ladder's steps assume (DDPM's own chain is up to ~5% off the continuous
-    marginal at its rung times; a coarser ladder sits on it)."""
+class _RungNoiseLevels:
+    """A ladder's own noise levels, in the shape `score_of_time` reads from a process."""
 
+    # alpha_sigma(t) is that of the rung t falls on, the noise level the ladder's steps assume:
+    # DDPM's own chain is up to ~5% off the continuous marginal at its rung times (a coarser
+    # ladder sits on it), so the score is queried where the step stands.
     def __init__(self, ladder):
         self.alpha_sigma = ladder.rung_alpha_sigma
 
@@ -280,7 +281,7 @@ def _pc(model, x, settings, noise, clip, progress):
     process, score = model.process, score_of_time(model.denoiser, model.process)
     if settings["predictor"] in sde_samplers.LADDER_PREDICTORS:
         process = process.ladder(settings["steps"])
-        grid, score = process.ladder_times(), score_of_time(model.denoiser, _Rungs(process))
+        grid, score = process.ladder_times(), score_of_time(model.denoiser, _RungNoiseLevels(process))
     else:
         grid = sde_samplers.time_grid(process.T, settings["eps"], settings["steps"])
     return sde_samplers.pc_sampler(
