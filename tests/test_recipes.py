@@ -3,9 +3,8 @@ the framework's params section; the recipe is recorded in the model's config and
 message naming the field when it cannot work."""
 import pytest
 
-from flows.config.params import ConfigError, load_params, parse_params
+from flows.config.params import ConfigError, load_params, params_with_sampler, parse_params
 from flows.config.recipes import recipe_of, split_run
-from flows.config.sampling import params_with_sampler
 from flows.config.sweep import sweep_points
 from flows.stages.train import model_config
 from tests.tiny import ROOT, tiny_params

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from diffusion_core.frameworks import DiffusionModel
-from flows.config import sampling
 from flows.config.params import parse_params
 from flows.distributed import sample_ray
 from flows.stages import data as stages
 from flows.stages import train as train_stage
+from flows.tracking.sampler import sample_seeds
 from tests.tiny import in_workspace, tiny_params
 from tests.waiting import log_tail, wait_for
 
@@ -66,7 +66,7 @@ def test_one_and_two_workers_draw_identical_samples(job, drawn):
     # the samples of seeds 6..11 do not depend on which part or batch drew them
     _, params, callables = job
     model = callables["load_model"]()
-    direct, _ = callables["draw"](model, sampling.sample_seeds(params, 6, 6))
+    direct, _ = callables["draw"](model, sample_seeds(params, 6, 6))
     np.testing.assert_allclose(direct, one[6:12], atol=1e-5)
 
 

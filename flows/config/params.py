@@ -6,7 +6,8 @@ type or an impossible value stops with one `ConfigError` naming the field (`trai
 before any stage does work; the checks across sections follow (cross.py). `load_params` reads
 the file (loader.py) and also checks what the params name on this machine (`check_local_paths`:
 the data source's folder or file, say), which a plain `parse_params` leaves alone: a registered
-model re-parses its params elsewhere.
+model re-parses its params elsewhere. `params_with_sampler` gives the params of a run drawn with
+another sampler (the NFE sweep, a registered version asked for one).
 """
 from __future__ import annotations
 
@@ -100,3 +101,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def as_dict(params) -> dict:
     return dataclasses.asdict(params)
+
+
+def params_with_sampler(params: Params, framework: str, settings: dict,
+                        seed: int | None = None) -> Params:
+    """params with the framework's sampler (and optionally sample.seed) replaced, validated:
+    a bad setting is a ConfigError naming it."""
+    data = as_dict(params)
+    name, recipe = split_run(framework)
+    section = data[name]["recipes"][recipe] if recipe else data[name]  # where the run's sampler is set
+    section["sampler"] = dict(settings)
+    if seed is not None:
+        data["sample"]["seed"] = int(seed)
+    return parse_params(data)

@@ -22,8 +22,8 @@ import numpy as np
 from diffusion_core.data.atomic import save_npz, write_json
 from diffusion_core.features.inception import weights_sha256
 from diffusion_core.frameworks import DiffusionModel
-from flows.config.sampling import draw_samples, sample_seeds
 from flows.distributed.actor_pool import actor_device, chunk_ranges, map_actors, progress_printer
+from flows.tracking.sampler import draw_samples, sample_seeds
 
 PLAN_FILE = "plan.json"
 

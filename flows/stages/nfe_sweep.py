@@ -18,8 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from diffusion_core.data import shards  # noqa: E402
 from diffusion_core.data.atomic import write_json  # noqa: E402
 from diffusion_core.evaluation import metrics  # noqa: E402
-from flows.config.params import Params  # noqa: E402
-from flows.config.sampling import params_with_sampler  # noqa: E402
+from flows.config.params import Params, params_with_sampler  # noqa: E402
 from flows.config.sweep import sweep_points  # noqa: E402
 from flows.distributed import sample_ray  # noqa: E402
 from flows.stages import plots  # noqa: E402

@@ -1,4 +1,11 @@
-"""A registered version's sampler, built from its files by the installed code: ``spec.json`` (the
+"""How a sample is drawn, and a registered version's sampler.
+
+Sample i of `sample.seed = s` is drawn from its own seed (`sample_seeds`) by `draw_samples`, so
+the sample stage's actors, the quality-against-NFE sweep and a registered version all draw the
+same sample i, whichever worker or batch draws it. The draw sits here, in the lowest layer that
+runs models (tracking, below distributed and stages), so that all three import it downwards.
+
+`RegisteredSampler` is a registered version's sampler, built from its files by the installed code: ``spec.json`` (the
 params and sampling spec it was registered with), ``model.json`` and ``weights.pt`` (a state dict
 read with ``weights_only``, mapped to the CPU). Nothing stored beside them is imported or run.
 
@@ -12,11 +19,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from diffusion_core.frameworks import DiffusionModel
+from diffusion_core.noise import PerSampleNoise
 from diffusion_core.samplers.registry import SAMPLERS
-from flows.config.params import Params, parse_params
+from flows.config.params import Params, params_with_sampler, parse_params
 from flows.config.recipes import split_run
-from flows.config.sampling import draw_samples, params_with_sampler, sample_seeds
+
+
+def sample_seeds(params: Params, first: int, count: int) -> list[int]:
+    """The seeds of samples first .. first+count-1: sample i is fixed by (sample.seed, i) alone."""
+    return [params.sample.seed * 1_000_000_007 + i for i in range(first, first + count)]
+
+
+def draw_samples(params: Params, framework: str, model: DiffusionModel, seeds: list[int],
+                 kind: str, shape: tuple) -> tuple[np.ndarray, int]:
+    """Samples for `seeds` with the framework's sampler (float32; images clipped to [-1, 1])."""
+    profile = params.profile(kind)
+    clip = profile.clip if kind == "image" else None
+    settings = params.framework(framework).sampler
+    x, nfe = model.sample(len(seeds), shape, settings, PerSampleNoise(seeds), clip)
+    return (x.clamp(-1, 1) if kind == "image" else x).numpy().astype(np.float32), nfe
 
 
 def check_fits(spec: dict, config: dict) -> None:
