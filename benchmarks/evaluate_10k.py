@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from diffusion_core.data import shards, sources  # noqa: E402
 from diffusion_core.evaluation import (
     fidelity,  # noqa: E402
+    frechet,  # noqa: E402
     metrics,  # noqa: E402
 )
 from diffusion_core.features import classifier as clf  # noqa: E402
@@ -54,8 +55,8 @@ def single_process(work: Path) -> float:
     test, _ = shards.load_split(work / "data", "test")
     train, _ = shards.load_split(work / "data", "train")
     f_fake, f_test, f_train = (clf.extract_features(model, a) for a in (fake, test, train))
-    metrics.frechet_distance_from_features(f_fake, f_test)
-    metrics.frechet_distance_from_features(f_train, f_test)
+    frechet.frechet_distance_from_features(f_fake, f_test)
+    frechet.frechet_distance_from_features(f_train, f_test)
     fidelity.kernel_inception_distance(f_test, f_fake)
     fidelity.precision_recall(f_test, f_fake)
     metrics.class_coverage(clf.predict(model, fake), 10)

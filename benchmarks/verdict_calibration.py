@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from diffusion_core.evaluation import intervals, metrics
+from diffusion_core.evaluation import frechet, intervals, metrics
 
 
 def one_repeat(rng: np.random.Generator, shift: float, dim: int, replicates: int) -> tuple[float, float, float, bool]:
@@ -26,7 +26,7 @@ def one_repeat(rng: np.random.Generator, shift: float, dim: int, replicates: int
     ref, pool = rng.standard_normal((200, dim)), rng.standard_normal((300, dim))
     seed = int(rng.integers(1 << 30))
     at_200 = lambda x: float(np.mean(metrics.subset_statistics(  # noqa: E731
-        metrics.frechet_distance_from_features, x, ref, 200, 16, seed)))
+        frechet.frechet_distance_from_features, x, ref, 200, 16, seed)))
     runs = [rng.standard_normal((300, dim)), rng.standard_normal((300, dim)) + shift]
     points = [at_200(x) for x in runs]
     reps = [intervals.replicates(intervals.fd_against, x, ref, pool, 200, replicates, seed) for x in runs]

@@ -11,7 +11,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from diffusion_core.evaluation import fidelity, intervals
-from diffusion_core.evaluation.metrics import FeatureStats
+from diffusion_core.evaluation.frechet import FeatureStats
 from flows.config.params import parse_params
 from flows.stages import compare
 from flows.tracking import figures, registry

@@ -7,7 +7,7 @@ import torch
 from scipy import linalg
 
 from diffusion_core.evaluation import fidelity
-from diffusion_core.evaluation.metrics import FeatureStats
+from diffusion_core.evaluation.frechet import FeatureStats
 from diffusion_core.features import inception
 
 

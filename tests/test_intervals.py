@@ -7,14 +7,14 @@ import pytest
 from scipy import stats
 
 from diffusion_core.data.toys import sample_toy
-from diffusion_core.evaluation import intervals, metrics
+from diffusion_core.evaluation import frechet, intervals, metrics
 
 
 def test_fd_against_equals_the_fid_reference_implementation():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6))
     x = rng.standard_normal((200, 6)) * 1.3 + 0.2
-    assert intervals.fd_against(ref)(x) == pytest.approx(metrics.frechet_distance_from_features(x, ref), rel=1e-7)
+    assert intervals.fd_against(ref)(x) == pytest.approx(frechet.frechet_distance_from_features(x, ref), rel=1e-7)
 
 
 def test_sliced_wasserstein_against_equals_the_two_set_function():
@@ -56,7 +56,7 @@ def test_the_floor_is_held_fixed_and_the_samples_redrawn():
 
 def _called_different(rng, shift: float, level: float) -> bool:
     ref, pool, seed = _gaussian_run(rng, size=200), _gaussian_run(rng), int(rng.integers(1 << 30))
-    fd_at_200 = lambda x: np.mean(metrics.subset_statistics(metrics.frechet_distance_from_features, x, ref,
+    fd_at_200 = lambda x: np.mean(metrics.subset_statistics(frechet.frechet_distance_from_features, x, ref,
                                                             200, 16, seed))  # noqa: E731
     runs = [(fd_at_200(x), _replicates(x, ref, pool, seed, 60))
             for x in (_gaussian_run(rng), _gaussian_run(rng, shift))]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion_core.evaluation import frechet as F
 from diffusion_core.evaluation import metrics as M
 from diffusion_core.evaluation.fd_estimators import fd_chunks_sem, fd_draws
 from diffusion_core.features import classifier as clf
@@ -91,7 +92,7 @@ def test_random_subsets_estimate_the_chunk_mean_with_less_variance():
     expected FD at size n; averaging over orderings (Rao-Blackwell) lowers the variance."""
     rng = _rng(6)
     test = rng.standard_normal((100, 16))
-    fd = M.frechet_distance_from_features
+    fd = F.frechet_distance_from_features
     chunks, subsets = [], []
     for repeat in range(40):
         sample = rng.standard_normal((400, 16))
@@ -110,8 +111,8 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
     # Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) = Σ_i (√s1_i − √s2_i)² for commuting diagonal covariances
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
     assert expected == pytest.approx(1 + 6.25 + 4 + 1)
-    assert M.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-12)
-    assert M.frechet_distance(mu1, np.diag(s1), mu1, np.diag(s1)) == pytest.approx(0.0, abs=1e-10)
+    assert F.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-12)
+    assert F.frechet_distance(mu1, np.diag(s1), mu1, np.diag(s1)) == pytest.approx(0.0, abs=1e-10)
 
 
 def _frechet_by_eigh(f1, f2):
@@ -129,21 +130,21 @@ def test_frechet_distance_from_features_matches_independent_computation():
     rng = _rng(5)
     f1 = rng.standard_normal((600, 16)) @ rng.standard_normal((16, 16))
     f2 = rng.standard_normal((500, 16)) @ rng.standard_normal((16, 16)) + 0.3
-    assert M.frechet_distance_from_features(f1, f2) == pytest.approx(_frechet_by_eigh(f1, f2), rel=1e-6)
+    assert F.frechet_distance_from_features(f1, f2) == pytest.approx(_frechet_by_eigh(f1, f2), rel=1e-6)
 
 
 def test_feature_stats_merge_of_chunks_equals_single_pass(tmp_path):
     feats = _rng(6).standard_normal((1000, 12)) * 3 + 5
-    whole = M.FeatureStats.from_features(feats)
-    merged = M.FeatureStats.empty(12)
+    whole = F.FeatureStats.from_features(feats)
+    merged = F.FeatureStats.empty(12)
     for chunk in np.split(feats, [137, 602]):
-        merged = merged.merge(M.FeatureStats.from_features(chunk))
+        merged = merged.merge(F.FeatureStats.from_features(chunk))
     assert merged.n == whole.n == 1000
     np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(merged.cov, whole.cov, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(whole.cov, np.cov(feats, rowvar=False), rtol=1e-10)
     merged.save(tmp_path / "stats.npz")
-    loaded = M.FeatureStats.load(tmp_path / "stats.npz")
+    loaded = F.FeatureStats.load(tmp_path / "stats.npz")
     assert loaded.n == merged.n and np.array_equal(loaded.m2, merged.m2)
 
 
@@ -169,12 +170,12 @@ def test_class_coverage_rule_and_histogram():
     (lambda: M.mmd_rbf(np.zeros((1, 2)), np.zeros((5, 2))), "a needs at least 2"),
     (lambda: M.mmd_rbf(np.zeros((5, 2)), np.zeros((5, 2)), bandwidths=[-1.0]), "bandwidths"),
     (lambda: M.mmd_rbf(np.zeros((5, 2)), np.full((5, 2), np.nan)), "b contains NaN"),
-    (lambda: M.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2)), "feature dims"),
-    (lambda: M.frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3)), "cov1"),
-    (lambda: M.frechet_distance_from_features(np.zeros((1, 4)), np.zeros((9, 4))), "f1"),
-    (lambda: M.frechet_distance_from_features(np.zeros((9, 4)), np.zeros((9, 5))), "feature dims"),
-    (lambda: M.FeatureStats.empty(3).merge(M.FeatureStats.empty(4)), "feature dims"),
-    (lambda: M.FeatureStats.from_features(np.zeros((1, 3))).cov, "at least 2"),
+    (lambda: F.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2)), "feature dims"),
+    (lambda: F.frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3)), "cov1"),
+    (lambda: F.frechet_distance_from_features(np.zeros((1, 4)), np.zeros((9, 4))), "f1"),
+    (lambda: F.frechet_distance_from_features(np.zeros((9, 4)), np.zeros((9, 5))), "feature dims"),
+    (lambda: F.FeatureStats.empty(3).merge(F.FeatureStats.empty(4)), "feature dims"),
+    (lambda: F.FeatureStats.from_features(np.zeros((1, 3))).cov, "at least 2"),
     (lambda: M.class_coverage([0, 1, 7], n_classes=3), "pred_labels"),
     (lambda: M.class_coverage([0, 1], n_classes=0), "n_classes"),
     (lambda: clf.DigitClassifier(1, 8, 10)(torch.zeros(2, 1, 7, 7)), "x must have shape"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffusion_core.data import shards
-from diffusion_core.evaluation.metrics import frechet_distance_from_features
+from diffusion_core.evaluation.frechet import frechet_distance_from_features
 from diffusion_core.features import classifier as clf
 from diffusion_core.features import contrastive
 from flows.config.params import parse_params

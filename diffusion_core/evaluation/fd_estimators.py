@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffusion_core.evaluation.metrics import (
-    frechet_distance_from_features,
-    subset_statistics,
-)
+from diffusion_core.evaluation.frechet import frechet_distance_from_features
+from diffusion_core.evaluation.metrics import subset_statistics
 
 
 def fd_draws(pool: np.ndarray, test_features: np.ndarray, n: int, seed: int, draws: int | None = None,

@@ -4,7 +4,7 @@ floors: the same statistic between real training data and the held-out set, at e
 
 Pure numpy/scipy in float64, like ``metrics``; the arrays usually come from a feature
 extractor (the in-domain classifier or Inception-v3), one (N, D) row per sample. Statistics
-are streamed per shard (``metrics.FeatureStats``) and merged, so an evaluation never needs
+are streamed per shard (``frechet.FeatureStats``) and merged, so an evaluation never needs
 every feature on one worker; the pairwise statistics work on a bounded subset.
 """
 from __future__ import annotations
@@ -14,13 +14,8 @@ from typing import Iterable
 
 import numpy as np
 
-from diffusion_core.evaluation.metrics import (
-    FeatureStats,
-    as_samples,
-    frechet_distance,
-    same_dim,
-    sq_dists,
-)
+from diffusion_core.evaluation.frechet import FeatureStats, frechet_distance
+from diffusion_core.evaluation.metrics import as_samples, same_dim, sq_dists
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 

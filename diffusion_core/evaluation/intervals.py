@@ -45,7 +45,7 @@ def fd_against(reference: np.ndarray) -> Callable[[np.ndarray], float]:
     d² = ‖μ − μ_r‖² + Tr Σ + Tr Σ_r − 2 Tr (Σ_r^½ Σ Σ_r^½)^½: the trace of the matrix square
     root is the sum of the square roots of the eigenvalues of the symmetric PSD matrix
     Σ_r^½ Σ Σ_r^½, so one ``eigvalsh`` replaces ``sqrtm`` (the FID reference implementation,
-    ``metrics.frechet_distance``, which it equals to rounding; tested)."""
+    ``frechet.frechet_distance``, which it equals to rounding; tested)."""
     reference = as_samples(reference, "reference")
     mu_r, cov_r = reference.mean(axis=0), np.cov(reference, rowvar=False)
     values, vectors = np.linalg.eigh(cov_r)

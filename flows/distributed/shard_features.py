@@ -12,7 +12,7 @@ import numpy as np
 
 from diffusion_core.data import shards
 from diffusion_core.evaluation.fidelity import merge_stats
-from diffusion_core.evaluation.metrics import FeatureStats
+from diffusion_core.evaluation.frechet import FeatureStats
 from flows.distributed.actor_pool import actor_device, map_actors
 
 

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from diffusion_core.data import shards  # noqa: E402
 from diffusion_core.data.atomic import write_json  # noqa: E402
 from diffusion_core.evaluation import metrics  # noqa: E402
+from diffusion_core.evaluation.frechet import frechet_distance_from_features  # noqa: E402
 from flows.config.params import Params, params_with_sampler  # noqa: E402
 from flows.config.sweep import sweep_points  # noqa: E402
 from flows.distributed import sample_ray  # noqa: E402
@@ -49,7 +50,7 @@ class _Quality:
             return name, metrics.sliced_wasserstein(x, self.test, p.swd_projections, p.seed)
         from diffusion_core.features import classifier as clf
 
-        return "fd", metrics.frechet_distance_from_features(clf.extract_features(self.classifier, x),
+        return "fd", frechet_distance_from_features(clf.extract_features(self.classifier, x),
                                                             self.test_feats)
 
 
