@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from diffusion_core.evaluation import fidelity, intervals
 from diffusion_core.evaluation.frechet import FeatureStats
 from flows.config.params import parse_params
-from flows.stages import compare
+from flows.stages import compare, compare_report
 from flows.tracking import figures, registry
 from flows.tracking import runs as tracking
 from tests.tiny import tiny_params
@@ -181,7 +181,7 @@ def test_versions_measured_differently_are_not_ranked_and_are_reported(store):
     assert reasons[fewer] == "measured with another sample count 500 vs 2000"
     uri, not_ranked = compare._registry_view("meas")
     assert uri == "models:/meas-ncsn@champion"
-    text = compare.markdown("meas", [], {}, uri, not_ranked)
+    text = compare_report.markdown("meas", [], {}, uri, not_ranked)
     assert "- `meas-sde` version 1: measured with another sample count 500 vs 2000" in text
 
 
@@ -229,7 +229,7 @@ def test_the_report_opens_with_one_line_per_run_and_a_verdict(tmp_path, monkeypa
     rows = [compare.run_row(params, key) for key in keys]
     sweep = {"sde-paper": [{"sampler": "pc", "steps": 10, "nfe": 20, "metric": "fd", "value": 9.0,
                             "num_samples": 200, "floor": 6.0, "ratio": 1.5}]}
-    text = compare.markdown("digits", rows, sweep, "models:/digits-sde-paper@champion")
+    text = compare_report.markdown("digits", rows, sweep, "models:/digits-sde-paper@champion")
     lines = text.splitlines()
     assert lines[2].startswith("| run | framework | recipe | steps trained | sampler (NFE) | headline [95% interval]")
     assert lines[4] == ("| ddpm-paper | ddpm | paper | 1200 | ddim (50) | FD/floor 1.80 [1.70, 1.90] | "
@@ -277,7 +277,7 @@ def test_recipes_are_compared_only_from_three_seeds_and_with_the_between_seed_sp
     means = compare.key_means(rows)
     assert means["ddpm-edm"]["seeds"] == 3 and means["ddpm-edm"]["estimate"] == pytest.approx(2.1)
     assert means["ncsn"]["high"] - means["ncsn"]["low"] > 10  # two seeds far apart: t with 1 df
-    table = "\n".join(compare.markdown("digits", rows, {}, None).splitlines())
+    table = "\n".join(compare_report.markdown("digits", rows, {}, None).splitlines())
     assert "| ddpm-edm | 3 | 2.10 [" in table and "ddpm-edm.s1: 2.20" in table
 
 
@@ -333,5 +333,5 @@ def test_the_ladder_table_shows_each_rungs_change_with_its_interval(tmp_path, mo
     assert table[6].startswith("| 2 | ddpm-paper_to_edm_2 | `noise` uniform → lognormal | 2.00 | -0.95 [")
     assert table[6].endswith("| better |")
     assert table[-1].startswith(f"| {len(keys) - 1} | ddpm-edm | `")  # the last rung is the end recipe
-    text = compare.markdown("digits", rows, {}, None, ladders=[table])
+    text = compare_report.markdown("digits", rows, {}, None, ladders=[table])
     assert "| 2 | ddpm-paper_to_edm_2 |" in text

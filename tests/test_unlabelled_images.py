@@ -157,7 +157,7 @@ def _samples(root, name: str, x: np.ndarray):
 
 @pytest.mark.slow  # Ray actors compute the features, as in the evaluate stage
 def test_evaluate_gives_unlabelled_images_an_fd_over_floor_headline(workspace):
-    from flows.stages import compare, evaluate
+    from flows.stages import compare_report, evaluate
 
     root, params, _, _ = workspace
     real, _ = shards.load_split(root / "shards", "val")  # real images nobody trained on
@@ -172,4 +172,4 @@ def test_evaluate_gives_unlabelled_images_an_fd_over_floor_headline(workspace):
         assert result["fd_ratio_low"] <= result["fd_ratio"] <= result["fd_ratio_high"]
     assert 0.5 < good["fd_ratio"] < 2, good["fd_ratio"]
     assert bad["fd_ratio"] > 10 and bad["fd_ratio_low"] > good["fd_ratio_high"], (bad, good)  # measured: 22.7, 1.00
-    assert "contrastively (SimCLR, no labels) on the `extractor` split" in compare._headline_why([good])[0]
+    assert "contrastively (SimCLR, no labels) on the `extractor` split" in compare_report._headline_why([good])[0]
