@@ -3,6 +3,9 @@ Modeling through Stochastic Differential Equations", section 3 and appendix B).
 
 Every process has a Gaussian marginal x_t = alpha(t) x_0 + sigma(t) z, which is the one fact the
 denoiser, the losses and the samplers rely on; `alpha_sigma` exposes it.
+
+The base and the three processes stay in one module (a little over 350 lines) so that each
+override reads beside the base method it replaces; the beta schedules are `schedules.py`'s.
 """
 from __future__ import annotations
 
