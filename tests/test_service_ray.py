@@ -5,6 +5,7 @@ pair and an address of its own (and an /etc/hosts there that names it, as a real
 `diffusion train` runs unchanged on the head host with RAY_ADDRESS, its two workers land on both
 nodes, and a worker killed on the second node resumes from the checkpoint folder both share."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -158,3 +159,43 @@ def test_training_spreads_over_both_nodes_and_resumes_from_the_shared_folder(clu
     resumed = client.get_metric_history(run_id, "resumed_from_step")
     assert resumed, "no resume from a checkpoint was logged"
     assert registered <= resumed[0].value < steps, (registered, resumed[0].value)
+
+
+STAGES_TOOK = re.compile(r"pipeline: the runs' stages took ([0-9.]+) s, (\d+) at a time")
+
+
+def _pipeline_on_cluster(root: Path, head_ns: str, address: str, runs_at_once: int) -> float:
+    """`diffusion pipeline` on the head host over two seed replicates of one run (equal work),
+    the driver's measure of the runs' stages in seconds, and how many went at once."""
+    root.mkdir()
+    params = write_params(root, tiny_params(
+        vector={"steps": 1500, "nll_points": 0}, evaluate={"nfe_sweep": []},
+        train={"frameworks": ["ddpm.s0", "ddpm.s1"], "time_limit_s": None, "checkpoint_every": 500},
+        ray={"num_workers": 1, "cpus_per_worker": 1, "runs_at_once": runs_at_once,
+             "storage_path": str(root / "ray_results")}))
+    log = root / "pipeline.log"
+    env = service_env(RAY_ADDRESS=address, PREFECT_HOME=str(root / "prefect"),
+                      PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
+    driver = start(["ip", "netns", "exec", head_ns, BIN / "diffusion", "pipeline", "--params", params],
+                   log, env, cwd=root)
+    try:
+        assert driver.wait(timeout=900) == 0, log_tail(log)
+    finally:
+        stop(driver)
+    took = STAGES_TOOK.findall(log.read_text(errors="replace"))
+    assert len(took) == 1, log_tail(log)
+    return float(took[0][0]), int(took[0][1])
+
+
+def test_two_runs_side_by_side_take_at_most_0_6_of_their_time_one_after_the_other(cluster, tmp_path):
+    """Two replicates, one CPU each, on two one-CPU nodes: one after the other (runs_at_once: 1)
+    and side by side (0: as many as fit, here two), each through train, sample, evaluate and
+    register. Issue 29's target: side by side takes at most 0.6x the time."""
+    address, ((head_ns, _), _), _ = cluster
+    one_after_the_other, at_once = _pipeline_on_cluster(tmp_path / "sequential", head_ns, address, 1)
+    assert at_once == 1
+    side_by_side, at_once = _pipeline_on_cluster(tmp_path / "side-by-side", head_ns, address, 0)
+    assert at_once == 2
+    ratio = side_by_side / one_after_the_other
+    print(f"side by side {side_by_side:.1f} s, one after the other {one_after_the_other:.1f} s: {ratio:.2f}x")
+    assert ratio <= 0.6, f"side by side {side_by_side:.1f} s against {one_after_the_other:.1f} s one after the other"

@@ -98,6 +98,7 @@ class RayParams:
     resources_timeout_s: float = 60.0  # how long to wait for the cluster to offer the workers
     max_failures: int = 2
     storage_path: str = "ray_results"
+    runs_at_once: int = 0  # independent runs trained side by side; 0: as many as the cluster holds
 
     @property
     def gpus_per_actor(self) -> float:
@@ -109,6 +110,8 @@ class RayParams:
         require(self.cpus_per_worker > 0, f"{name}.cpus_per_worker", "must be positive")
         require(self.resources_timeout_s > 0, f"{name}.resources_timeout_s", "must be positive")
         require(self.max_failures >= 0, f"{name}.max_failures", "must be >= 0")
+        require(self.runs_at_once >= 0, f"{name}.runs_at_once",
+                "must be >= 0 (0: as many runs at once as the cluster has room for)")
 
 
 @dataclass(frozen=True)

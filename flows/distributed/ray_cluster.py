@@ -55,13 +55,17 @@ def check_address(address: str | None = None, timeout_s: float = 5.0) -> None:
                              f"within {timeout_s:g} s: {err}") from err
 
 
+_CONNECTING = threading.Lock()
+
+
 def connect() -> None:
     """ray.init against RAY_ADDRESS, or a local instance bound to 127.0.0.1. The process keeps
     its SIGTERM handler: ray.init puts in one that calls sys.exit, which crashed a flow run
     stopped while sampling instead of cancelling it (stop_request.signals_interrupt)."""
     handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
-        _init()
+        with _CONNECTING:  # runs side by side (threads of one driver) start one instance
+            _init()
     finally:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
@@ -120,6 +124,27 @@ def quiet_local_worker() -> None:
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def runs_that_fit(ray_params, runs: int) -> int:
+    """How many of `runs` independent runs go side by side on the cluster (runs_in)."""
+    if runs <= 1 or ray_params.runs_at_once == 1:
+        return 1
+    connect()
+    import ray
+
+    return runs_in(ray.cluster_resources(), ray_params, runs)
+
+
+def runs_in(total: dict, ray_params, runs: int) -> int:
+    """As many of `runs` as a cluster of `total` resources holds at ray.num_workers x
+    ray.cpus_per_worker CPUs (and GPUs) each (a run's stages never ask for more: its training
+    workers, then its sampling and feature actors), at most ray.runs_at_once when that is
+    set, and at least one (a run that does not fit waits, then fails naming the shortfall)."""
+    need = {"CPU": ray_params.num_workers * ray_params.cpus_per_worker,
+            "GPU": ray_params.num_workers if ray_params.use_gpu else 0}
+    room = min(int(total.get(kind, 0) // amount) for kind, amount in need.items() if amount)
+    return max(1, min(runs, room, ray_params.runs_at_once or runs))
 
 
 def require_resources(ray_params, poll_s: float = 1.0) -> None:

@@ -138,6 +138,7 @@ def signals_request_stop(stop: str, run_name: str):
 
 
 _received: list[str] = []  # the stop signals_interrupt took, for code that sees another exception
+_training_off_main: set[str] = set()  # stop files of the runs training in other threads (side by side)
 
 
 def stop_received() -> str | None:
@@ -159,6 +160,8 @@ def signals_interrupt(what: str):
 
     def handler(signum, frame):
         _received.append(f"{what}: {signal.Signals(signum).name}: stopped; run the same command again to resume")
+        for stop in list(_training_off_main):  # runs side by side: each checkpoints and ends
+            request_stop(stop)
         raise TrainingInterrupted(_received[-1])
 
     _received.clear()
@@ -174,9 +177,16 @@ def fit_watching_signals(trainer, stop: str, run_name: str):
     """trainer.fit(), with SIGTERM and SIGINT asking for a checkpointed stop. fit() runs in a
     helper thread so that the main thread catches the signals (Ray Train's fit() in the main
     thread takes SIGINT to abort the run without a checkpoint). Off the main thread (a Prefect
-    task's), where no handler can be installed, fit() runs as it is."""
+    task's run side by side with others), where no handler can be installed, fit() runs as it
+    is and signals_interrupt's handler in the main thread writes its stop file."""
     if threading.current_thread() is not threading.main_thread():
-        return trainer.fit()
+        _training_off_main.add(stop)
+        if stop_received():  # the signal came as this run started
+            request_stop(stop)
+        try:
+            return trainer.fit()
+        finally:
+            _training_off_main.discard(stop)
     outcome = {}
 
     def run():

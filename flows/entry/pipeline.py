@@ -1,10 +1,15 @@
 """The Prefect flow: one task per stage of flows/entry/stages.py, in its order (prepare ->
-train-classifier -> (train -> sample -> evaluate -> register) per run -> compare).
+train-classifier -> (train -> sample -> evaluate -> register) per run -> compare). Runs go side
+by side where the Ray cluster has room for more than one (ray.runs_at_once).
 
 Prefect uses its ephemeral server unless PREFECT_API_URL names one. Stages that can fail for
 transient reasons (a Ray worker lost, a tracking server briefly away) are retried.
 """
 from __future__ import annotations
+
+import contextvars
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -15,6 +20,7 @@ from flows.config.params import Params, as_dict, load_params, parse_params
 from flows.config.ladder import with_ladder
 from flows.config.recipes import with_seeds
 from flows.config.validation import ConfigError
+from flows.distributed.ray_cluster import runs_that_fit
 from flows.distributed.stop_request import signals_interrupt, stop_received
 from flows.distributed.train_ray import NonFiniteLoss, TrainingInterrupted
 from flows.entry.lock import WorkspaceLocked, workspace_lock
@@ -132,16 +138,46 @@ def run_pipeline(params: Params) -> dict:
 
 
 def _run_stages(params: Params) -> dict:
-    """Each stage once, and in place of the per-run stages each run through all of them in
-    turn; the evaluation metrics by run."""
+    """Each stage once, and in place of the per-run stages each run through all of them
+    (side by side where the cluster has room); the evaluation metrics by run."""
     per_run = [stage for stage in STAGES if stage.per_run]
     results = {}
     for stage in STAGES:
         if not stage.per_run:
             TASKS[stage.name](params)
         elif stage is per_run[0]:
-            for framework in params.train.frameworks:
-                results[framework] = {s.name: TASKS[s.name](params, framework) for s in per_run}
+            results = _run_all(params, per_run)
     create_markdown_artifact(summary_markdown(params, results), key="diffusion-pipeline-summary",
                              description="Headline metrics of each framework")
     return {framework: done["evaluate"] for framework, done in results.items()}
+
+
+def _run_all(params: Params, per_run: list) -> dict:
+    """Every run through the per-run stages: {run: {stage: its result}}. Runs are independent,
+    so as many as the cluster holds (ray_cluster.runs_that_fit) go at once, each in a thread of
+    this flow with its own copy of the flow's context (Prefect records each stage as a task of
+    this flow run); one at a time on a machine with room for one. A failed run lets the others
+    finish, then its error is raised; a stop asks every run in training to checkpoint."""
+    runs = list(params.train.frameworks)
+    at_once = runs_that_fit(params.ray, len(runs))
+    started = time.perf_counter()
+    print(f"pipeline: {len(runs)} run(s), {at_once} at a time")
+    if at_once == 1:
+        results = {run: _one_run(params, run, per_run) for run in runs}
+    else:
+        with ThreadPoolExecutor(at_once, thread_name_prefix="run") as pool:
+            futures = {run: pool.submit(contextvars.copy_context().run, _one_run, params, run, per_run)
+                       for run in runs}
+            results = {run: future.result() for run, future in futures.items()}
+    print(f"pipeline: the runs' stages took {time.perf_counter() - started:.1f} s, {at_once} at a time")
+    return results
+
+
+def _one_run(params: Params, run: str, per_run: list) -> dict:
+    """One run through the per-run stages in order, unless a stop was asked for before a stage."""
+    done = {}
+    for stage in per_run:
+        if stop_received():
+            raise TrainingInterrupted(stop_received())
+        done[stage.name] = TASKS[stage.name](params, run)
+    return done

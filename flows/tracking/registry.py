@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import mlflow
@@ -106,6 +107,11 @@ def _save_pyfunc(params: Params, framework: str, model_dir: Path, meta: dict, ou
                           "pyyaml", "webdataset", "pyarrow"])
 
 
+# Runs side by side (threads of one driver) register one at a time: seed replicates share a
+# registered model, and every run's version competes for the data set's champion.
+_REGISTERING = threading.Lock()
+
+
 @measured("register")
 def register(params: Params, framework: str) -> dict:
     """Log the pyfunc as a logged model of the run's MLflow run (named after the run key, the
@@ -115,9 +121,9 @@ def register(params: Params, framework: str) -> dict:
     run_id = tracking.load_run_id(model_dir)  # names the file when train has not run
     meta = shards.read_manifest(params.data.out_dir)[1]
     figure, metrics = _figure(params, framework, meta["kind"])
-    with tracking.stage_run(run_id):  # reopened for this stage, ended again
+    with _REGISTERING, tracking.stage_run(run_id):  # reopened for this stage, ended again
         version, name = _register_version(params, framework, run_id, meta, figure, metrics)
-    champion = update_champion(params.data.dataset, (name, int(version.version)))
+        champion = update_champion(params.data.dataset, (name, int(version.version)))
     print(f"register: {name} version {version.version} ({figures.headline_text(figure)}); champion: "
           f"{champion['name']} version {champion['version']}")
     return {"name": name, "version": int(version.version), "primary_metric": figure["metric"],

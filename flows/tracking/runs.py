@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,10 +25,17 @@ RUN_FILE = "mlflow_run.json"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+# Runs side by side are threads of one driver: the process-wide URI's block (which unsets and
+# restores the variable) and the get-or-create of shared runs go one thread at a time.
+_PROCESS_WIDE = threading.RLock()
+_CREATING = threading.RLock()
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else a sqlite store in the working folder (made absolute so Ray
     workers started elsewhere write to the same file)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    with _PROCESS_WIDE:
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     return f"sqlite:///{Path('mlflow.db').resolve()}"
@@ -77,14 +85,15 @@ def process_wide_uri():
     the variable had changed (a later test's MlflowClient() reached a stopped server)."""
     import mlflow
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)  # clears MLflow's global, and unsets the variable
-        if before is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    with _PROCESS_WIDE:
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)  # clears MLflow's global, and unsets the variable
+            if before is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout whose code runs the stages
@@ -131,11 +140,12 @@ def experiment_id(mlflow_client, experiment: str) -> str:
     opens an experiment of no kind on its GenAI traces overview, which is empty here. A kind
     someone chose for the experiment is kept."""
     key, kind = EXPERIMENT_KIND
-    found = mlflow_client.get_experiment_by_name(experiment)
-    if found is None:  # a local store keeps its artifacts beside the database
-        local = "MLFLOW_TRACKING_URI" not in os.environ
-        location = Path("mlartifacts").resolve().as_uri() if local else None
-        return mlflow_client.create_experiment(experiment, artifact_location=location, tags={key: kind})
+    with _CREATING:
+        found = mlflow_client.get_experiment_by_name(experiment)
+        if found is None:  # a local store keeps its artifacts beside the database
+            local = "MLFLOW_TRACKING_URI" not in os.environ
+            location = Path("mlartifacts").resolve().as_uri() if local else None
+            return mlflow_client.create_experiment(experiment, artifact_location=location, tags={key: kind})
     if key not in found.tags:
         mlflow_client.set_experiment_tag(found.experiment_id, key, kind)
     return found.experiment_id
@@ -173,15 +183,16 @@ def seed_group_run(experiment: str, base: str, tags: dict | None = None) -> str:
     active run tagged seed_group=<base> (the oldest, if several), created when there is none.
     It is named after the base key and holds no training of its own; `tags` lends it GROUP_TAGS."""
     mlflow_client = client()
-    experiment_ids = [experiment_id(mlflow_client, experiment)]
-    found = mlflow_client.search_runs(experiment_ids, f"tags.{SEED_GROUP_TAG} = '{base}'",
-                                      max_results=1, order_by=["attributes.start_time ASC"])
-    if found:
-        return found[0].info.run_id
-    shared = {key: tags[key] for key in GROUP_TAGS if key in (tags or {})}
-    run = mlflow_client.create_run(experiment_ids[0], run_name=base, tags={
-        **shared, SEED_GROUP_TAG: base, "run_key": base, "base_key": base, **source_tags(TRAIN_SOURCE)})
-    return run.info.run_id
+    with _CREATING:
+        experiment_ids = [experiment_id(mlflow_client, experiment)]
+        found = mlflow_client.search_runs(experiment_ids, f"tags.{SEED_GROUP_TAG} = '{base}'",
+                                          max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        shared = {key: tags[key] for key in GROUP_TAGS if key in (tags or {})}
+        run = mlflow_client.create_run(experiment_ids[0], run_name=base, tags={
+            **shared, SEED_GROUP_TAG: base, "run_key": base, "base_key": base, **source_tags(TRAIN_SOURCE)})
+        return run.info.run_id
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
