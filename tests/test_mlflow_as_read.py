@@ -15,7 +15,7 @@ import pytest
 
 from flows.config.params import parse_params
 from flows.stages.data import manifest_hash
-from flows.tracking import integrity, registry
+from flows.tracking import integrity, registry, run_status, ui
 from flows.tracking import runs as tracking
 from tests.test_services import free_port, service_env, start, stop, wait_http
 from tests.tiny import ROOT, in_workspace, tiny_params, write_params
@@ -54,7 +54,7 @@ def test_every_run_has_ended_with_an_end_time(pipeline_store):
     for run in runs:  # the parent 'ddpm' too: it ends with its children's stages
         assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
         assert run.info.end_time and run.info.end_time >= run.info.start_time, run.info.run_name
-        assert tracking.ERROR_TAG not in run.data.tags
+        assert run_status.ERROR_TAG not in run.data.tags
 
 
 def test_runs_carry_mlflows_source_tags(pipeline_store):
@@ -78,7 +78,7 @@ def test_training_runs_log_the_data_set_as_dataset_inputs(pipeline_store):
         for split, found in (("train", inputs["toy-checkerboard-train"]), ("test", inputs["toy-checkerboard-test"])):
             assert found.dataset.digest == sha256[:tracking.DIGEST_CHARS]  # all the digest MLflow keeps
             assert f'"manifest_sha256": "{sha256}"' in found.dataset.profile
-            assert {t.key: t.value for t in found.tags} == {tracking.CONTEXT_TAG: split}
+            assert {t.key: t.value for t in found.tags} == {ui.CONTEXT_TAG: split}
 
 
 def test_registered_versions_are_logged_models_with_linked_metrics(pipeline_store):
@@ -104,12 +104,12 @@ def test_registered_versions_are_logged_models_with_linked_metrics(pipeline_stor
 def test_the_experiment_stores_the_comparison_view_that_compare_links(pipeline_store):
     root, _, client = pipeline_store
     experiment = client.get_experiment_by_name("toy-checkerboard")
-    view = experiment.tags[tracking.VIEW_TAG]
+    view = experiment.tags[ui.VIEW_TAG]
     for column in ("tags.`recipe`", "tags.`steps`", "tags.`headline`", "metrics.`eval_swd_ratio`"):
         assert column in view
     report = (root / "reports" / "compare.md").read_text()
     assert (f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
-            f"&viewStateShareKey={tracking.VIEW_KEY}") in report
+            f"&viewStateShareKey={ui.VIEW_KEY}") in report
 
 
 # -- Prefect's state of a stopped and of a failed `diffusion pipeline` -------------------------
@@ -168,7 +168,7 @@ def test_a_pipeline_stopped_by_sigterm_is_cancelled_and_its_run_killed(prefect_s
     with in_workspace(tmp_path):
         run = _runs(tracking.client(), "toy-checkerboard")[0]
     assert run.info.status == "KILLED" and run.info.end_time, run.info
-    assert "TrainingInterrupted" in run.data.tags[tracking.ERROR_TAG]
+    assert "TrainingInterrupted" in run.data.tags[run_status.ERROR_TAG]
 
 
 def test_a_pipeline_stopped_while_sampling_is_cancelled_and_its_run_killed(prefect_server, tmp_path):
@@ -195,7 +195,7 @@ def test_a_pipeline_stopped_while_sampling_is_cancelled_and_its_run_killed(prefe
     with in_workspace(tmp_path):
         run = _runs(tracking.client(), "toy-checkerboard")[0]
     assert run.info.status == "KILLED" and run.info.end_time, run.info
-    assert "SIGTERM" in run.data.tags[tracking.ERROR_TAG]
+    assert "SIGTERM" in run.data.tags[run_status.ERROR_TAG]
 
 
 def test_a_failed_pipeline_is_failed_with_the_errors_message(prefect_server, tmp_path):

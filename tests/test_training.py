@@ -109,13 +109,13 @@ def test_a_stop_raised_inside_c_code_is_still_read_as_the_stop():
     import pytest
 
     from flows.distributed import stop_request
-    from flows.tracking import runs
+    from flows.tracking.run_status import end_status
 
     with pytest.raises(stop_request.TrainingInterrupted):
         with stop_request.signals_interrupt("test"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert "SIGTERM" in stop_request.stop_received()
-    assert runs.end_status(SystemError("returned a result with an exception set")) == "KILLED"
+    assert end_status(SystemError("returned a result with an exception set")) == "KILLED"
     with stop_request.signals_interrupt("again"):
         assert stop_request.stop_received() is None

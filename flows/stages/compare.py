@@ -20,9 +20,10 @@ from flows.config.recipes import split_run  # noqa: E402
 from flows.stages import plots  # noqa: E402
 from flows.stages.compare_report import COLUMNS, WITHIN, markdown  # noqa: E402
 from flows.stages.verdict import key_means, key_pairs, ladder_table, model_pairs, verdict  # noqa: E402
-from flows.tracking import figures, registry  # noqa: E402
+from flows.tracking import figures, registry, ui  # noqa: E402
 from flows.tracking import runs as tracking  # noqa: E402
 from flows.tracking.costs import read_costs  # noqa: E402
+from flows.tracking.run_status import stage_run  # noqa: E402
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -164,7 +165,7 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     plot_side_by_side(samples, real, out / "samples_side_by_side.png")
     headline_metric = next((f"eval_{r['headline_metric']}" for r in rows if r.get("headline_metric")),
                            "eval_fd_ratio")
-    view = tracking.view_link(tracking.save_comparison_view(dataset, headline_metric), _mlflow_server())
+    view = ui.view_link(ui.save_comparison_view(dataset, headline_metric), _mlflow_server())
     ladders = [table for spec in params.compare.ladders if (table := ladder_table(rows, params, spec))]
     report = markdown(dataset, rows, sweep, champion, not_ranked, costs, ladders) + _view_lines(view)
     write_text(out / "compare.md", report)
@@ -174,7 +175,7 @@ def compare(params: Params, out_dir: str | Path = "reports") -> dict:
     write_json(out / "compare.json", summary)
     run_id = tracking.start_run(dataset, "compare", {"frameworks": list(keys)},
                                 {"kind": "compare", "dataset": dataset, "data_source": params.data.source}, source=COMPARE_SOURCE)
-    with tracking.stage_run(run_id):  # FINISHED once the report is logged
+    with stage_run(run_id):  # FINISHED once the report is logged
         tracking.log_metrics(run_id, {f"{r['framework']}_{k}": v for r in rows for k, v in r.items()})
         tracking.log_metrics(run_id, {f"cost_{c['stage']}{'_' + c['run'] if c.get('run') else ''}_{k}": c[k]
                                       for c in costs for k in ("seconds", "peak_rss_mb")})

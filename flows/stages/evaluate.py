@@ -17,7 +17,9 @@ from flows.stages import image_eval, nfe_sweep
 from flows.stages.data import extractor_split, manifest_hash
 from flows.stages.likelihood_eval import nll_metrics
 from flows.tracking import runs as tracking
+from flows.tracking import ui
 from flows.tracking.costs import measured
+from flows.tracking.run_status import stage_run
 from flows.tracking.figures import headline, headline_text, measurement
 
 
@@ -155,7 +157,7 @@ def _save_and_log(params: Params, framework: str, result: dict, sweep: list[dict
     path = out / f"{framework}.json"
     write_json(path, result)
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    tracking.log_dataset(run_id, params.data.dataset, split,
+    ui.log_dataset(run_id, params.data.dataset, split,
                          manifest_hash(params), params.data.out_dir)
     _log_to_run(run_id, framework, split, result, sweep, path)
     return path
@@ -204,7 +206,7 @@ def evaluate(params: Params, framework: str) -> dict:
     sampling = json.loads((sample_dir / "sampling.json").read_text())
     data = _check_samples(sample_dir, params)
     _check_extractor(params)
-    with tracking.stage_run(run_id):  # reopened for this stage, ended again
+    with stage_run(run_id):  # reopened for this stage, ended again
         result = _measure(params, framework, sample_dir, data["kind"], sampling)
     print(f"evaluate {framework} against {params.evaluate.split}: " + ", ".join(
         f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float)))

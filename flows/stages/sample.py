@@ -13,6 +13,7 @@ from flows.stages import plots
 from flows.stages.data import dataset_meta
 from flows.tracking import runs as tracking
 from flows.tracking.costs import measured
+from flows.tracking.run_status import stage_run
 
 
 @measured("sample")
@@ -23,7 +24,7 @@ def sample(params: Params, framework: str) -> dict:
     meta = dataset_meta(params)
     out = Path(params.sample.out_dir) / framework
     run_id = tracking.load_run_id(Path(params.train.out_dir) / framework)
-    with tracking.stage_run(run_id):  # RUNNING while it draws, ended again (KILLED if stopped)
+    with stage_run(run_id):  # RUNNING while it draws, ended again (KILLED if stopped)
         info = _draw_and_write(params, framework, meta, out)
         tracking.log_metrics(run_id, {"sample_nfe": info["nfe"], "sample_seconds": info["seconds"]})
         tracking.log_artifacts(run_id, out / "samples.png", "samples")

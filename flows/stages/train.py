@@ -18,7 +18,9 @@ from flows.config.recipes import base_key, recipe_of, run_seed, split_run
 from flows.distributed.train_ray import NonFiniteLoss, fit
 from flows.stages.data import dataset_meta, manifest_hash
 from flows.tracking import runs as tracking
+from flows.tracking import ui
 from flows.tracking.costs import measured
+from flows.tracking.run_status import stage_run
 
 
 def model_config(params: Params, framework: str, meta: dict) -> dict:
@@ -143,8 +145,8 @@ def train(params: Params, framework: str) -> dict:
     model = model_config(params, framework, meta)  # bad params stop here, before the run exists
     loop_config = _loop_config(params, framework, profile, model)
     run = _start_or_continue(params, framework, experiment, _run_inputs(params, loop_config))
-    with tracking.stage_run(run["run_id"]):  # RUNNING, then FINISHED / FAILED / KILLED
-        tracking.log_dataset(run["run_id"], experiment, "train", run["inputs"]["data_manifest_sha256"],
+    with stage_run(run["run_id"]):  # RUNNING, then FINISHED / FAILED / KILLED
+        ui.log_dataset(run["run_id"], experiment, "train", run["inputs"]["data_manifest_sha256"],
                              params.data.out_dir)
         return _fit_in_run(params, framework, run, loop_config, profile)
 

@@ -33,7 +33,9 @@ from flows.tracking import integrity
 from flows.tracking import figures
 from flows.tracking import runs as tracking
 from flows.tracking import sampler_model
+from flows.tracking import ui
 from flows.tracking.costs import measured
+from flows.tracking.run_status import stage_run
 
 ALIAS = "champion"
 ARTIFACT = "sampler"
@@ -121,7 +123,7 @@ def register(params: Params, framework: str) -> dict:
     run_id = tracking.load_run_id(model_dir)  # names the file when train has not run
     meta = shards.read_manifest(params.data.out_dir)[1]
     figure, metrics = _figure(params, framework, meta["kind"])
-    with _REGISTERING, tracking.stage_run(run_id):  # reopened for this stage, ended again
+    with _REGISTERING, stage_run(run_id):  # reopened for this stage, ended again
         version, name = _register_version(params, framework, run_id, meta, figure, metrics)
         champion = update_champion(params.data.dataset, (name, int(version.version)))
     print(f"register: {name} version {version.version} ({figures.headline_text(figure)}); champion: "
@@ -199,7 +201,7 @@ def _link_metrics(params: Params, run_id: str, model_id: str | None, metrics: di
         return
     experiment = params.data.dataset
     tracking.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, model_id=model_id,
-                         dataset=(tracking.dataset_name(experiment, "test"), manifest_hash(params)))
+                         dataset=(ui.dataset_name(experiment, "test"), manifest_hash(params)))
 
 
 def _versions(client, dataset: str) -> list[dict]:

@@ -2,7 +2,10 @@
 
 Runs are addressed by id through `MlflowClient`, so the driver, a Ray Train worker and a later
 stage can all log into the same run. The store is a local sqlite file unless
-MLFLOW_TRACKING_URI names a server.
+MLFLOW_TRACKING_URI names a server. Here: the server and its client, a run's creation (seed
+groups included) and what is logged into it, through a server's outages too (`MetricLog`).
+Beside it, run_status.py keeps a run's status while a stage works in it, and ui.py describes
+runs to MLflow's UI (dataset inputs, the comparison view).
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import getpass
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -206,6 +208,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# MLflow caps a dataset's digest (mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE): a metric's
+# link to its data set and ui.py's dataset input both keep this much of the manifest's sha256
+DIGEST_CHARS = 36
+
+
 def _metric_batch(metrics: dict, step: int | None, model_id: str | None = None,
                   dataset: tuple[str, str] | None = None) -> list:
     from mlflow.entities import Metric
@@ -321,120 +328,3 @@ def load_run_id(directory: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the train stage first")
     return json.loads(path.read_text())["run_id"]
-
-
-# -- a run's life: RUNNING while a stage works in it, terminated when the stage ends ----------
-
-ERROR_TAG = "error"  # why the last stage in the run failed or was stopped; removed on success
-
-
-def _interrupted(err: BaseException) -> bool:
-    """A stop someone asked for: Ctrl-C, or SIGTERM/SIGINT turned into TrainingInterrupted."""
-    if isinstance(err, KeyboardInterrupt):
-        return True
-    stop_request = sys.modules.get("flows.distributed.stop_request")  # loaded wherever it is raised
-    return stop_request is not None and (isinstance(err, stop_request.TrainingInterrupted)
-                                         or stop_request.stop_received() is not None)
-
-
-def end_status(err: BaseException | None) -> str:
-    """FINISHED, KILLED (a stop asked for) or FAILED."""
-    if err is None:
-        return "FINISHED"
-    return "KILLED" if _interrupted(err) else "FAILED"
-
-
-def _run_and_parent(mlflow_client, run_id: str) -> list[str]:
-    """The run, and its seed group's parent run if it is a replicate: the parent lives and ends
-    with the stages of its children."""
-    parent = mlflow_client.get_run(run_id).data.tags.get(PARENT_RUN_TAG)
-    return [run_id, parent] if parent else [run_id]
-
-
-@contextlib.contextmanager
-def stage_run(run_id: str):
-    """Wrap a stage's work in MLflow run `run_id`: the run (and its seed-group parent) is
-    RUNNING inside the block, and FINISHED, FAILED (with the error in tag `error`) or KILLED
-    (an interrupt) with an end time when the block ends, so the UI's status and duration are
-    true after any stage. A stage that reopens the run (resume, sample, evaluate, register)
-    marks it RUNNING again. The stage's own error is never hidden by a tracking one."""
-    mlflow_client = client()
-    ids = _run_and_parent(mlflow_client, run_id)
-    for each in ids:
-        mlflow_client.update_run(each, status="RUNNING")
-    try:
-        yield run_id
-    except BaseException as err:
-        _end(mlflow_client, ids, end_status(err), f"{type(err).__name__}: {err}")
-        raise
-    _end(mlflow_client, ids, "FINISHED", None)
-
-
-def _end(mlflow_client, ids: list[str], status: str, error: str | None) -> None:
-    try:
-        if error is not None:
-            mlflow_client.set_tag(ids[0], ERROR_TAG, error[:5000])
-        elif ERROR_TAG in mlflow_client.get_run(ids[0]).data.tags:
-            mlflow_client.delete_tag(ids[0], ERROR_TAG)  # an earlier failure, since mended
-        end = int(time.time() * 1000)
-        for each in ids:
-            mlflow_client.set_terminated(each, status, end_time=end)
-    except Exception as err:  # the server away: the stage's outcome stands, the status lags
-        print(f"warning: could not mark MLflow run {ids[0]} {status}: {err}", file=sys.stderr)
-
-
-# -- the data set as MLflow's dataset input ---------------------------------------------------
-
-DIGEST_CHARS = 36  # MLflow caps a dataset's digest (mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE)
-CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag for what a data set was used for
-
-
-def dataset_name(experiment: str, split: str) -> str:
-    """One MLflow dataset per split ('digits-train', 'digits-test'): MLflow keeps one input per
-    name and digest on a run, so two splits of one manifest need two names."""
-    return f"{experiment}-{split}"
-
-
-def log_dataset(run_id: str, experiment: str, split: str, manifest_sha256: str, data_dir: str | Path,
-                rows: int | None = None) -> None:
-    """Log the data set's `split` as a dataset input of the run: digest = the manifest's sha256
-    (its first DIGEST_CHARS characters, all MLflow stores; the whole one in the profile), source
-    = the shards' folder. Fills the UI's Dataset column and its Datasets filter."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    profile = {"manifest_sha256": manifest_sha256, "split": split, **({"rows": rows} if rows else {})}
-    dataset = Dataset(name=dataset_name(experiment, split), digest=manifest_sha256[:DIGEST_CHARS],
-                      source_type="local", source=json.dumps({"uri": Path(data_dir).resolve().as_uri()}),
-                      profile=json.dumps(profile))
-    client().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag(CONTEXT_TAG, split)])])
-
-
-# -- the runs list's view: recipe, steps, headline and the headline metric ---------------------
-
-VIEW_KEY = "comparison"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # how the UI's "Save view" stores a view
-
-
-def view_columns(headline_metric: str) -> list[str]:
-    """The view's columns, as the UI names them: attributes, tags and metrics by name."""
-    return ["attributes.`Dataset`", "tags.`recipe`", "tags.`steps`", "tags.`stopped_by`",
-            "tags.`headline`", f"metrics.`{headline_metric}`", "attributes.`Duration`",
-            "attributes.`Models`", "attributes.`Source`"]
-
-
-def view_link(experiment_id_: str, server: str = "http://127.0.0.1:5000") -> str:
-    """The link that opens the experiment's runs list on the comparison view: MLflow 3.17 keeps
-    a chosen view in the browser only, so a fresh browser needs the view's key in the URL."""
-    return (f"{server}/#/experiments/{experiment_id_}/runs?workflowType=machine_learning"
-            f"&viewStateShareKey={VIEW_KEY}")
-
-
-def save_comparison_view(experiment: str, headline_metric: str) -> str:
-    """Store the comparison view as the experiment's shared view: recipe, steps, headline and
-    `headline_metric` (eval_fd_ratio), the runs sorted by it, best first; the experiment's id."""
-    mlflow_client = client()
-    found = experiment_id(mlflow_client, experiment)
-    state = {"selectedColumns": view_columns(headline_metric), "orderByKey": f"metrics.`{headline_metric}`",
-             "orderByAsc": True, "runsExpanded": {}}
-    mlflow_client.set_experiment_tag(found, VIEW_TAG, json.dumps(state))
-    return found
