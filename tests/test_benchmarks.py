@@ -69,7 +69,9 @@ def test_network_throughput_compares_equal_sized_networks(timed, capsys):
         assert abs(project["params"] / diffusers["params"] - 1) <= 0.1
         assert row["ratio"] == pytest.approx(diffusers_s / project_s)  # the project's steps/s over diffusers'
         assert (project["steps_per_s"], diffusers["steps_per_s"]) == pytest.approx((1 / project_s, 1 / diffusers_s))
-        assert 0 < project["peak_fraction"] < 1 and 0 < diffusers["peak_fraction"] < 1
+        # above 0; not bounded by 1: the matmul peak is one timing, and a busy neighbour during it
+        # puts a step above it (seen under load)
+        assert project["peak_fraction"] > 0 and diffusers["peak_fraction"] > 0
         assert f"{layout}: project {project['steps_per_s']:.2f} steps/s" in out
         assert f"diffusers {diffusers['steps_per_s']:.2f} (" in out
 
