@@ -174,8 +174,7 @@ def _check_pc(settings: dict) -> None:
     sde_samplers.check_pc(settings["predictor"], settings["corrector"], settings["snr"],
                           settings["corrector_steps"])
     _check_eps(settings)
-    if settings["steps"] < 2:
-        raise ValueError(f"steps: must be >= 2, got {settings['steps']}")
+    sde_samplers.check_grid_steps(settings["steps"])
 
 
 def _check_pc_process(settings: dict, process) -> None:

@@ -57,10 +57,16 @@ def check_time_grid(grid, T: float = 1.0) -> torch.Tensor:
     return grid
 
 
+def check_grid_steps(steps: int) -> None:
+    """A time grid has both its ends, T and eps: at least 2 points. The registry's PC check
+    asks this too; the ValueError starts with the setting."""
+    if int(steps) < 2:
+        raise ValueError(f"steps: must be >= 2, got {steps}")
+
+
 def time_grid(T: float = 1.0, eps: float = 1e-3, steps: int = 1000) -> torch.Tensor:
     """Uniform grid t_0 = T > t_1 > ... > t_{steps-1} = eps (Song et al., algorithms 2-3)."""
-    if int(steps) < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}")
+    check_grid_steps(steps)
     if not 0 < eps < T:
         raise ValueError(f"need 0 < eps < T, got eps={eps}, T={T}")
     return check_time_grid(torch.linspace(T, eps, int(steps), dtype=torch.float64), T)

@@ -4,7 +4,6 @@ read through any parameterization and trained with L_simple's uniform t or EDM's
 noise levels."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
@@ -12,7 +11,7 @@ from diffusion_core.objectives.denoising import WEIGHTINGS
 from diffusion_core.processes.build import build_process
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.choices import RecipeChoices
-from flows.config.validation import ConfigError, check_sampler, require
+from flows.config.validation import check_sampler, core_checked, require
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,7 @@ class DDPMParams(RecipeChoices):  # + network, conditioning, ema, optimizer, bat
 
     def _process(self, name: str):
         """The process built by the core, which checks its arguments (VPSDE: the schedule,
-        0 < beta_min < beta_max, beta_max / N < 1); a refusal is a ConfigError naming the field
-        of the first argument the core's message mentions."""
+        0 < beta_min < beta_max, beta_max / N < 1); a refusal names the field of the first
+        argument the core's message mentions."""
         config = self.process_config()
-        try:
-            return build_process(config)
-        except ValueError as err:
-            arguments = "|".join(key for key in config if key != "kind")
-            named = re.search(rf"\b({arguments})\b", str(err))
-            raise ConfigError(f"{name}.{named.group(1)}: {err}" if named else f"{name}: {err}") from err
+        return core_checked(name, lambda: build_process(config), [key for key in config if key != "kind"])

@@ -9,10 +9,11 @@ from diffusion_core.likelihood.pf_ode import DIVERGENCES, PROBES
 from diffusion_core.likelihood.vlb import MODEL_VARIANCES
 from diffusion_core.models.denoiser import PARAMETERIZATIONS
 from diffusion_core.objectives.continuous_dsm import DSM_WEIGHTINGS
-from diffusion_core.processes.build import PROCESSES
+from diffusion_core.processes.build import PROCESSES, build_process
+from diffusion_core.samplers.sde import check_tolerances
 from diffusion_core.training.lr_schedule import LR_SCHEDULES
 from flows.config.choices import RecipeChoices
-from flows.config.validation import check_sampler, require, require_positive
+from flows.config.validation import check_sampler, core_checked, require
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class LikelihoodParams:
                 f"must be one of {DIVERGENCES + ('auto',)}, got {self.method!r}")
         require(self.probe in PROBES, f"{name}.probe", f"must be one of {PROBES}, got {self.probe!r}")
         require(self.probes >= 1, f"{name}.probes", "must be >= 1")
-        require_positive(self, name, "rtol", "atol")
+        core_checked(name, lambda: check_tolerances(self.rtol, self.atol), ("rtol", "atol"))
         require(0 < self.eps < 1, f"{name}.eps", f"must lie in (0, 1), got {self.eps}")
         require(self.vlb_variance in MODEL_VARIANCES, f"{name}.vlb_variance",
                 f"must be one of {MODEL_VARIANCES}, got {self.vlb_variance!r}")
@@ -74,18 +75,26 @@ class SDEParams(RecipeChoices):  # + network, conditioning, ema, optimizer, batc
     def check(self, name: str) -> None:
         require(self.process in PROCESSES, f"{name}.process",
                 f"must be one of {sorted(PROCESSES)}, got {self.process!r}")
-        require(0 < self.beta_min < self.beta_max, f"{name}.beta_min",
-                f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-        require(0 < self.sigma_min < self.sigma_max, f"{name}.sigma_min",
-                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         require(self.N >= 2, f"{name}.N", "must be >= 2")
-        require(self.process != "vp" or self.beta_max / self.N < 1, f"{name}.beta_max",
-                "the discrete betas beta_max / N must lie in (0, 1)")
+        process = self._processes(name)
         require(0 < self.eps < 1, f"{name}.eps", f"must lie in (0, 1), got {self.eps}")
         require(self.weighting in DSM_WEIGHTINGS, f"{name}.weighting",
                 f"must be one of {DSM_WEIGHTINGS}, got {self.weighting!r}")
         require(self.parameterization in PARAMETERIZATIONS, f"{name}.parameterization",
                 f"must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
-        check_sampler(self.sampler, f"{name}.sampler", self.process_config())
+        check_sampler(self.sampler, f"{name}.sampler", process)
         require(self.lr_schedule in (None,) + LR_SCHEDULES, f"{name}.lr_schedule",
                 f"must be one of {LR_SCHEDULES} or null (train.lr_schedule), got {self.lr_schedule!r}")
+
+    def _processes(self, name: str):
+        """The section's process, built by the core, which checks its arguments (0 < beta_min <
+        beta_max and, for vp, beta_max / N < 1; 0 < sigma_min < sigma_max). The pair it does not
+        use is checked by a process that does (subvp's betas, ve's sigmas): a recipe may switch
+        the process, and a bad pair is named here, not in a later run. A refusal names the field
+        of the first argument the core's message mentions."""
+        betas = dict(kind="subvp", beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
+        sigmas = dict(kind="ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
+        fields = ("beta_min", "beta_max", "sigma_min", "sigma_max", "N")
+        process = core_checked(name, lambda: build_process(self.process_config()), fields)
+        core_checked(name, lambda: build_process(betas if self.process == "ve" else sigmas), fields)
+        return process

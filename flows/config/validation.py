@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from diffusion_core.samplers.registry import SAMPLERS, check_fits, resolve_settings
 
@@ -27,6 +28,22 @@ def require_positive(section, name: str, *keys: str) -> None:
     """Each of `keys` of the params section `section` (named `name`) must be positive."""
     for key in keys:
         require(getattr(section, key) > 0, f"{name}.{key}", "must be positive")
+
+
+def core_checked(name: str, call, fields):
+    """`call()`, the core owning the rule it checks; its ValueError becomes a ConfigError naming
+    `name.<field>` for the first of `fields` the core's message mentions ('need 0 < beta_min <
+    beta_max' names beta_min, 'rtol: must be positive' rtol), or `name` when it names none."""
+    try:
+        return call()
+    except ValueError as err:
+        message = str(err)
+        named = re.search(rf"\b({'|'.join(map(re.escape, fields))})\b", message)
+        if named is None:
+            raise ConfigError(f"{name}: {message}") from err
+        field = named.group(1)
+        what = message.removeprefix(f"{field}: ")  # a message that starts with its field says it once
+        raise ConfigError(f"{name}.{field}: {what}") from err
 
 
 def _is_number(value) -> bool:
