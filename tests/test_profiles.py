@@ -14,7 +14,7 @@ from diffusion_core.frameworks import DiffusionModel
 from diffusion_core.models.networks import UNet, build_network
 from diffusion_core.samplers.ddpm import ddpm_ancestral_step
 from flows.config.loader import PROFILES, read_params
-from flows.config.params import ConfigError, parse_params
+from flows.config.params import ConfigError, load_params, parse_params
 from flows.entry import cli
 from flows.stages.train import model_config
 
@@ -154,3 +154,18 @@ def test_cli_takes_a_profile(tmp_path, capsys):
     path.write_text("image: {network: {heads: 0}}\n")
     assert cli.main(["check-params", "--params", str(PARAMS), "--profile", str(path)]) == 2
     assert "error: bad params: image.network.heads: must be positive" in capsys.readouterr().err
+
+
+def test_scheduled_runs_keep_the_profile(tmp_path):
+    """`diffusion deploy|serve --profile NAME`: both deployments pass the profile to their flow,
+    which lays it over the params file each time a scheduled run loads it."""
+    from flows.entry import deploy
+
+    deployments = deploy.build(str(PARAMS), profile="cifar10-ddpm")
+    assert [d.parameters.get("profile") for d in deployments] == ["cifar10-ddpm"] * len(deploy.SCHEDULES)
+    assert all("profile" not in d.parameters for d in deploy.build(str(PARAMS)))
+    args = cli._parser().parse_args(["serve", "--params", str(PARAMS), "--profile", "celeba64-ddim"])
+    assert args.profile == "celeba64-ddim"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("image: {network: {blocks: 1}}\n")
+    assert load_params(PARAMS, str(mine)).image.network.blocks == 1  # what the flows call

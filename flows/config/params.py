@@ -19,7 +19,7 @@ from flows.config.choices import TrainingChoices
 from flows.config.choices import resolve as resolve_choices
 from flows.config.cross import check_data, check_params
 from flows.config.ddpm import DDPMParams
-from flows.config.loader import check_local_paths, read_params_file
+from flows.config.loader import check_local_paths, read_params
 from flows.config.ncsn import NCSNParams
 from flows.config.recipes import run_section_name, run_seed, split_run, with_recipe
 from flows.config.schema import build, check_keys
@@ -90,11 +90,11 @@ def parse_params(data: dict) -> Params:
     return build(Params, data or {}, "")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """params.yaml read, validated and checked against this machine's files; a ConfigError
-    names the file (unreadable, not YAML, not a mapping) or the dotted field."""
-    path = Path(path)
-    params = parse_params(read_params_file(path))
+def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
+    """params.yaml (with a profile laid over it: loader.read_params) read, validated and
+    checked against this machine's files; a ConfigError names the file (unreadable, not YAML,
+    not a mapping, no such profile) or the dotted field."""
+    params = parse_params(read_params(path, profile))
     check_local_paths(params)
     return params
 

@@ -11,8 +11,7 @@ import os
 import sys
 
 from flows.config.deviations import deviations_markdown
-from flows.config.loader import read_params
-from flows.config.params import ConfigError, check_local_paths, load_params, parse_params
+from flows.config.params import ConfigError, load_params
 from flows.distributed.stop_request import signals_interrupt, stop_received
 from flows.entry.deploy import check_prefect_api, run_command
 from flows.entry.lock import workspace_lock
@@ -51,10 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in (*COMMANDS, *DEPLOYMENTS):
         cmd = sub.add_parser(name)
         cmd.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-        if name not in DEPLOYMENTS:  # a deployment keeps only the params file's path
-            cmd.add_argument("--profile", metavar="NAME|PATH",
-                             help="lay a profile (profiles/NAME.yaml, or a YAML file) over the params "
-                                  "before validation: docs/profiles.md")
+        cmd.add_argument("--profile", metavar="NAME|PATH",
+                         help="lay a profile (profiles/NAME.yaml, or a YAML file) over the params "
+                              "before validation: docs/profiles.md")
         command = COMMANDS.get(name)
         if command is not None and command.per_run:
             cmd.add_argument("--framework", required=True, help="a run of train.frameworks (ddpm-paper)")
@@ -88,12 +86,7 @@ def _deployment_args(cmd: argparse.ArgumentParser, name: str) -> None:
 
 def _load(args):
     """The validated params of the command line: --params, with --profile laid over it."""
-    profile = getattr(args, "profile", None)
-    if profile is None:
-        return load_params(args.params)
-    params = parse_params(read_params(args.params, profile))
-    check_local_paths(params)
-    return params
+    return load_params(args.params, args.profile)
 
 
 def _preflight(command: str) -> None:

@@ -46,9 +46,9 @@ class PrefectUnavailable(RuntimeError):
 
 @flow(name="diffusion-evaluation", log_prints=True)
 def evaluation_flow(params_path: str | None = "params.yaml", source: str | None = None,
-                    frameworks: list[str] | None = None) -> dict:
+                    frameworks: list[str] | None = None, profile: str | None = None) -> dict:
     """Sample and evaluate each framework's current model again; publish one summary table."""
-    params = with_overrides(load_params(params_path), source, frameworks)
+    params = with_overrides(load_params(params_path, profile), source, frameworks)
     results = {}
     with workspace_lock("."):
         for framework in params.train.frameworks:
@@ -92,11 +92,12 @@ def _load_flow(entrypoint: str):
 
 def build(params_path: str = "params.yaml", source: str | None = None,
           frameworks: list[str] | None = None, pool: str | None = None,
-          workdir: str | None = None) -> list:
-    """One RunnerDeployment per schedule; `workdir` is where a process worker runs the flow."""
+          workdir: str | None = None, profile: str | None = None) -> list:
+    """One RunnerDeployment per schedule; `workdir` is where a process worker runs the flow;
+    `profile` is laid over the params file each time a scheduled run loads it."""
     from prefect.types.entrypoint import EntrypointType
 
-    parameters = {"params_path": params_path, "source": source, "frameworks": frameworks}
+    parameters = {"params_path": params_path, "source": source, "frameworks": frameworks, "profile": profile}
     return [_load_flow(s.entrypoint).to_deployment(
         name=s.name, cron=s.cron, description=s.description, tags=["diffusion"],
         parameters={k: v for k, v in parameters.items() if v is not None},
@@ -127,13 +128,13 @@ def _ensure_pool(name: str) -> str:
 
 def deploy(params_path: str = "params.yaml", source: str | None = None,
            frameworks: list[str] | None = None, pool: str | None = None,
-           image: str | None = None, workdir: str | None = None) -> dict:
+           image: str | None = None, workdir: str | None = None, profile: str | None = None) -> dict:
     """Register every schedule with the work pool; returns {deployment name: id}."""
     check_prefect_api()
     pool = pool_name(pool)
     if _ensure_pool(pool) == "process":  # a local worker runs the flow in this checkout
         workdir = os.path.abspath(workdir or os.getcwd())
-    deployments = build(params_path, source, frameworks, pool, workdir)
+    deployments = build(params_path, source, frameworks, pool, workdir, profile)
     ids = {f"{d.flow_name}/{d.name}": str(d.apply(work_pool_name=pool, image=image))
            for d in deployments}
     print(f"deployed {sorted(ids)} to the work pool {pool!r}; "
@@ -142,19 +143,19 @@ def deploy(params_path: str = "params.yaml", source: str | None = None,
 
 
 def serve(params_path: str = "params.yaml", source: str | None = None,
-          frameworks: list[str] | None = None, limit: int = 1) -> None:
+          frameworks: list[str] | None = None, limit: int = 1, profile: str | None = None) -> None:
     """Create the deployments and run their scheduled and triggered runs from this process."""
     from prefect import serve as prefect_serve
 
     check_prefect_api()
-    prefect_serve(*build(params_path, source, frameworks), limit=limit)
+    prefect_serve(*build(params_path, source, frameworks, profile=profile), limit=limit)
 
 
 def run_command(args) -> dict:
     """`diffusion deploy` and `diffusion serve` with their command-line options."""
     frameworks = args.frameworks.split(",") if args.frameworks else None
-    with_overrides(load_params(args.params), args.source, frameworks)  # ConfigError: exit 2
+    with_overrides(load_params(args.params, args.profile), args.source, frameworks)  # ConfigError: exit 2
     if args.command == "serve":
-        serve(args.params, args.source, frameworks)
+        serve(args.params, args.source, frameworks, profile=args.profile)
         return {"served": [s.name for s in SCHEDULES]}
-    return deploy(args.params, args.source, frameworks, args.pool, args.image, args.workdir)
+    return deploy(args.params, args.source, frameworks, args.pool, args.image, args.workdir, args.profile)

@@ -86,11 +86,12 @@ def with_overrides(params: Params, source: str | None, frameworks: list[str] | N
 @flow(name="diffusion-pipeline", log_prints=True)
 def pipeline_flow(params_path: str | None = "params.yaml", source: str | None = None,
                   frameworks: list[str] | None = None, params: Params | None = None,
-                  seeds: list[int] | None = None, ladder: str | None = None) -> dict:
-    """Run the whole DAG; `source` and `frameworks` override params.yaml for scheduled runs;
-    `ladder` trains an ablation ladder's runs ('ddpm:paper:edm'); `seeds` trains each run key
-    at each of these seeds (training-seed replicates)."""
-    params = with_overrides(params or load_params(params_path), source, frameworks, seeds, ladder)
+                  seeds: list[int] | None = None, ladder: str | None = None,
+                  profile: str | None = None) -> dict:
+    """Run the whole DAG; `profile` is laid over params.yaml, then `source` and `frameworks`
+    override it for scheduled runs; `ladder` trains an ablation ladder's runs ('ddpm:paper:edm');
+    `seeds` trains each run key at each of these seeds (training-seed replicates)."""
+    params = with_overrides(params or load_params(params_path, profile), source, frameworks, seeds, ladder)
     with workspace_lock("."):  # a scheduled run and a manual one never share the outputs
         try:
             # in place of Prefect's own SIGTERM handler, whose TerminationSignal crashes the run
