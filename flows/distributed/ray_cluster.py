@@ -126,6 +126,12 @@ def quiet_local_worker() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def run_needs(ray_params) -> dict:
+    """What one run's workers ask of the cluster: {"CPU": ..., "GPU": ...}."""
+    return {"CPU": ray_params.num_workers * ray_params.cpus_per_worker,
+            "GPU": ray_params.num_workers if ray_params.use_gpu else 0}
+
+
 def runs_that_fit(ray_params, runs: int) -> int:
     """How many of `runs` independent runs go side by side on the cluster (runs_in)."""
     if runs <= 1 or ray_params.runs_at_once == 1:
@@ -141,8 +147,7 @@ def runs_in(total: dict, ray_params, runs: int) -> int:
     ray.cpus_per_worker CPUs (and GPUs) each (a run's stages never ask for more: its training
     workers, then its sampling and feature actors), at most ray.runs_at_once when that is
     set, and at least one (a run that does not fit waits, then fails naming the shortfall)."""
-    need = {"CPU": ray_params.num_workers * ray_params.cpus_per_worker,
-            "GPU": ray_params.num_workers if ray_params.use_gpu else 0}
+    need = run_needs(ray_params)
     room = min(int(total.get(kind, 0) // amount) for kind, amount in need.items() if amount)
     return max(1, min(runs, room, ray_params.runs_at_once or runs))
 
@@ -154,8 +159,7 @@ def require_resources(ray_params, poll_s: float = 1.0) -> None:
     hang in fit()."""
     import ray
 
-    need = {"CPU": ray_params.num_workers * ray_params.cpus_per_worker,
-            "GPU": ray_params.num_workers if ray_params.use_gpu else 0}
+    need = run_needs(ray_params)
     deadline = time.time() + ray_params.resources_timeout_s
     while True:
         free = ray.available_resources()
