@@ -19,7 +19,7 @@ from flows.tracking import integrity, registry, run_status, ui
 from flows.tracking import runs as tracking
 from tests.test_services import free_port, service_env, start, stop, wait_http
 from tests.tiny import ROOT, in_workspace, tiny_params, write_params
-from tests.waiting import log_tail, registered_checkpoint_step, wait_for
+from tests.waiting import log_tail, registered_checkpoint_step, registered_checkpoint_steps, wait_for
 
 pytestmark = pytest.mark.slow  # a pipeline, a Prefect server: the service tier
 
@@ -196,6 +196,38 @@ def test_a_pipeline_stopped_while_sampling_is_cancelled_and_its_run_killed(prefe
         run = _runs(tracking.client(), "toy-checkerboard")[0]
     assert run.info.status == "KILLED" and run.info.end_time, run.info
     assert "SIGTERM" in run.data.tags[run_status.ERROR_TAG]
+
+
+def test_two_runs_side_by_side_stopped_by_sigterm_both_checkpoint_and_are_killed(prefect_server, tmp_path):
+    """Runs side by side train in threads of the flow, where no signal handler can be: the
+    main thread's SIGTERM writes each run's stop file, both checkpoint and end, and the flow is
+    Cancelled with both MLflow runs KILLED (the real local Ray: 2 CPUs hold two 1-CPU runs)."""
+    api_url, _ = prefect_server
+    write_params(tmp_path, tiny_params(
+        vector={"steps": 5000}, ray={"num_workers": 1, "cpus_per_worker": 1},
+        train={"frameworks": ["ddpm.s0", "ddpm.s1"], "checkpoint_every": 20, "time_limit_s": 300}))
+    earlier = _flow_states(api_url)
+    proc = _pipeline(tmp_path, api_url)
+    try:
+        wait_for(lambda: len(registered_checkpoint_steps(tmp_path / "ray_results")) == 2,
+                 "a checkpoint of both runs", timeout_s=300, alive=proc, detail=log_tail(tmp_path / "pipeline.log"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=180) == 1, log_tail(tmp_path / "pipeline.log")()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = (tmp_path / "pipeline.log").read_text(errors="replace")
+    assert "pipeline: 2 run(s), 2 at a time" in log
+    states = [s for run, s in _flow_states(api_url).items() if run not in earlier]
+    assert len(states) == 1 and states[0].name == "Cancelled", [(s.name, s.message) for s in states]
+    with in_workspace(tmp_path):
+        runs = {r.info.run_name: r for r in _runs(tracking.client(), "toy-checkerboard")}
+    for name in ("ddpm.s0", "ddpm.s1"):
+        assert runs[name].info.status == "KILLED" and runs[name].info.end_time, runs[name].info
+        assert "TrainingInterrupted" in runs[name].data.tags[run_status.ERROR_TAG]
+    steps = registered_checkpoint_steps(tmp_path / "ray_results")
+    assert len(steps) == 2 and all(step < 5000 for step in steps.values()), steps  # what a rerun resumes
 
 
 def test_a_failed_pipeline_is_failed_with_the_errors_message(prefect_server, tmp_path):

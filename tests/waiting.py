@@ -26,19 +26,26 @@ def wait_for(condition: Callable, what: str, timeout_s: float = 120, poll_s: flo
         time.sleep(poll_s)
 
 
-def registered_checkpoint_step(storage: Path) -> int | None:
-    """The step of the latest checkpoint Ray Train's controller has registered, read from the
-    record it writes into the run's storage folder after registering one
-    (checkpoint_manager_snapshot.json): what a restarted worker group resumes from. None before
-    the first. (A checkpoint_* folder on disk is not enough: it exists before it is registered.)"""
+def registered_checkpoint_steps(storage: Path) -> dict[str, int]:
+    """{run folder: the step of its latest checkpoint Ray Train's controller has registered},
+    read from the record it writes into each run's storage folder after registering one
+    (checkpoint_manager_snapshot.json): what a restarted worker group resumes from. A run
+    before its first is absent. (A checkpoint_* folder on disk is not enough: it exists before
+    it is registered.)"""
+    steps = {}
     for snapshot in Path(storage).glob("*/checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
         except (OSError, ValueError):  # being written
             continue
         if latest:
-            return int(latest["metrics"]["step"])
-    return None
+            steps[snapshot.parent.name] = int(latest["metrics"]["step"])
+    return steps
+
+
+def registered_checkpoint_step(storage: Path) -> int | None:
+    """The registered checkpoint's step of a storage folder's (first) run, or None before it."""
+    return next(iter(registered_checkpoint_steps(storage).values()), None)
 
 
 def log_tail(path: Path, chars: int = 3000) -> Callable[[], str]:
