@@ -109,13 +109,18 @@ def test_a_stop_raised_inside_c_code_is_still_read_as_the_stop():
     import pytest
 
     from flows.distributed import stop_request
-    from flows.tracking.run_status import end_status
+    from flows.tracking.run_status import _error_text, end_status
 
     with pytest.raises(stop_request.TrainingInterrupted):
         with stop_request.signals_interrupt("test"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert "SIGTERM" in stop_request.stop_received()
-    assert end_status(SystemError("returned a result with an exception set")) == "KILLED"
+    from_c = SystemError("returned a result with an exception set")
+    assert end_status(from_c) == "KILLED"
+    # tag `error` says the stop, not only what C code made of it
+    assert _error_text(from_c) == f"{stop_request.stop_received()} (raised here as SystemError: {from_c})"
+    assert _error_text(stop_request.TrainingInterrupted(stop_request.stop_received())).startswith(
+        "TrainingInterrupted: test: SIGTERM")
     with stop_request.signals_interrupt("again"):
         assert stop_request.stop_received() is None

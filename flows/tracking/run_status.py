@@ -15,13 +15,26 @@ from flows.tracking import runs
 ERROR_TAG = "error"  # why the last stage in the run failed or was stopped; removed on success
 
 
+def _stop_received() -> str | None:
+    """The stop signals_interrupt took, if any (its module is loaded wherever one is raised)."""
+    stop_request = sys.modules.get("flows.distributed.stop_request")
+    return stop_request.stop_received() if stop_request is not None else None
+
+
 def _interrupted(err: BaseException) -> bool:
     """A stop someone asked for: Ctrl-C, or SIGTERM/SIGINT turned into TrainingInterrupted."""
     if isinstance(err, KeyboardInterrupt):
         return True
-    stop_request = sys.modules.get("flows.distributed.stop_request")  # loaded wherever it is raised
-    return stop_request is not None and (isinstance(err, stop_request.TrainingInterrupted)
-                                         or stop_request.stop_received() is not None)
+    stop_request = sys.modules.get("flows.distributed.stop_request")
+    return (stop_request is not None and isinstance(err, stop_request.TrainingInterrupted)) \
+        or _stop_received() is not None
+
+
+def _error_text(err: BaseException) -> str:
+    """What tag `error` says: the exception, or the stop when the signal came back from C code
+    as another exception (numpy, torch: a SystemError that names no signal)."""
+    text, stop = f"{type(err).__name__}: {err}", _stop_received()
+    return text if stop is None or stop in text else f"{stop} (raised here as {text})"
 
 
 def end_status(err: BaseException | None) -> str:
@@ -52,7 +65,7 @@ def stage_run(run_id: str):
     try:
         yield run_id
     except BaseException as err:
-        _end(mlflow_client, ids, end_status(err), f"{type(err).__name__}: {err}")
+        _end(mlflow_client, ids, end_status(err), _error_text(err))
         raise
     _end(mlflow_client, ids, "FINISHED", None)
 
